@@ -1,0 +1,195 @@
+"""System checks of the ``OUTBOX_*`` settings (ids ``django_outbox.E0xx`` / ``W0xx``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+
+from .conf import DEFAULTS, outbox_settings
+from .topics import topic_problem
+
+TAG = "django_outbox"
+POLICIES = ("skip", "retry", "dead")
+Messages = list[CheckMessage]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_bootstrap_servers(**kwargs: Any) -> Messages:
+    value = outbox_settings.raw("KAFKA_BOOTSTRAP_SERVERS")
+    servers = value.split(",") if isinstance(value, str) else value
+    ok = isinstance(servers, list | tuple) and bool(servers)
+    ok = ok and all(isinstance(s, str) and s.strip().rpartition(":")[2].isdigit() for s in servers)
+    if ok:
+        return []
+    return [
+        Error(
+            f"OUTBOX_KAFKA_BOOTSTRAP_SERVERS is {value!r}.",
+            hint="Set it to 'host:port' strings: a list, or one comma-separated string.",
+            id="django_outbox.E001",
+        )
+    ]
+
+
+def check_databases(**kwargs: Any) -> Messages:
+    messages: Messages = []
+    known = set(settings.DATABASES)
+    database = outbox_settings.raw("DATABASE")
+    if database not in known:
+        messages.append(
+            Error(
+                f"OUTBOX_DATABASE is {database!r}, which is not in DATABASES.",
+                hint=f"Use one of {sorted(known)}.",
+                id="django_outbox.E002",
+            )
+        )
+    aliases = outbox_settings.raw("DATABASES")
+    if aliases is not None:
+        listed = aliases.split(",") if isinstance(aliases, str) else aliases
+        unknown = [a for a in listed if not isinstance(a, str) or a.strip() not in known]
+        if not isinstance(listed, list | tuple) or not listed or unknown:
+            messages.append(
+                Error(
+                    f"OUTBOX_DATABASES is {aliases!r}; {unknown or 'it'} is not a DATABASES alias.",
+                    hint=f"List the aliases the relay serves, from {sorted(known)}, or leave it "
+                    "unset to serve OUTBOX_DATABASE only.",
+                    id="django_outbox.E003",
+                )
+            )
+    return messages
+
+
+def check_topics(**kwargs: Any) -> Messages:
+    messages: Messages = []
+    topics = outbox_settings.raw("TOPICS")
+    if not isinstance(topics, dict):
+        return [
+            Error(
+                "OUTBOX_TOPICS must be a dict of event type to topic, "
+                f"not {type(topics).__name__}.",
+                hint="For example {'chat.message.created': 'chat-events'}.",
+                id="django_outbox.E004",
+            )
+        ]
+    for event_type, topic in topics.items():
+        problem = topic_problem(topic)
+        if not isinstance(event_type, str) or not event_type or len(event_type) > 64:
+            problem = f"event type {event_type!r} is not a string of 1 to 64 characters"
+        if problem:
+            messages.append(
+                Error(
+                    f"OUTBOX_TOPICS[{event_type!r}]: {problem}.",
+                    hint="Fix or remove that entry.",
+                    id="django_outbox.E004",
+                )
+            )
+    default = outbox_settings.raw("DEFAULT_TOPIC")
+    if default is not None and (problem := topic_problem(default)):
+        messages.append(
+            Error(
+                f"OUTBOX_DEFAULT_TOPIC: {problem}.",
+                hint="Use a valid Kafka topic name, or None to require a topic per event type.",
+                id="django_outbox.E005",
+            )
+        )
+    if default is None and not topics:
+        messages.append(
+            Warning(
+                "Neither OUTBOX_DEFAULT_TOPIC nor OUTBOX_TOPICS is set.",
+                hint="Every publish_event() call will need topic=...; set OUTBOX_DEFAULT_TOPIC.",
+                id="django_outbox.W001",
+            )
+        )
+    return messages
+
+
+def check_numbers(**kwargs: Any) -> Messages:
+    messages: Messages = []
+    max_retry = outbox_settings.raw("MAX_RETRY")
+    if not isinstance(max_retry, int) or isinstance(max_retry, bool) or max_retry < 0:
+        messages.append(
+            Error(
+                f"OUTBOX_MAX_RETRY is {max_retry!r}.",
+                hint=f"Use a whole number >= 0 (default {DEFAULTS['MAX_RETRY']}).",
+                id="django_outbox.E006",
+            )
+        )
+    for name in (
+        "LEASE_SECONDS",
+        "FAST_PATH_TIMEOUT",
+        "RETRY_BACKOFF_BASE",
+        "RETRY_BACKOFF_MAX",
+        "BATCH_SIZE",
+    ):
+        value = outbox_settings.raw(name)
+        if not _is_number(value) or value <= 0:
+            messages.append(
+                Error(
+                    f"OUTBOX_{name} is {value!r}.",
+                    hint=f"Use a positive number (default {DEFAULTS[name]}).",
+                    id="django_outbox.E007",
+                )
+            )
+    return messages
+
+
+def check_client_options(**kwargs: Any) -> Messages:
+    messages: Messages = []
+    for name in ("KAFKA_PRODUCER", "KAFKA_CONSUMER"):
+        value = outbox_settings.raw(name)
+        if not isinstance(value, dict):
+            messages.append(
+                Error(
+                    f"OUTBOX_{name} must be a dict of kafka-python options, "
+                    f"not {type(value).__name__}.",
+                    hint="For example {'compression_type': 'gzip'}.",
+                    id="django_outbox.E008",
+                )
+            )
+    producer = outbox_settings.raw("KAFKA_PRODUCER")
+    if isinstance(producer, dict) and (
+        producer.get("acks", "all") not in ("all", -1)
+        or producer.get("enable_idempotence", True) is False
+    ):
+        messages.append(
+            Warning(
+                "OUTBOX_KAFKA_PRODUCER weakens delivery (acks other than 'all', or "
+                "enable_idempotence=False).",
+                hint="A row may then be marked published although Kafka lost it; "
+                "keep acks='all' and the idempotent producer.",
+                id="django_outbox.W002",
+            )
+        )
+    group = outbox_settings.raw("CONSUMER_GROUP")
+    if not isinstance(group, str) or not group.strip():
+        messages.append(
+            Error(
+                f"OUTBOX_CONSUMER_GROUP is {group!r}.",
+                hint="Use a non-empty consumer group id, e.g. 'billing-service'.",
+                id="django_outbox.E009",
+            )
+        )
+    policy = outbox_settings.raw("UNKNOWN_EVENT_POLICY")
+    if policy not in POLICIES:
+        messages.append(
+            Error(
+                f"OUTBOX_UNKNOWN_EVENT_POLICY is {policy!r}.",
+                hint=f"Use one of {', '.join(POLICIES)}.",
+                id="django_outbox.E010",
+            )
+        )
+    return messages
+
+
+ALL: Sequence[Callable[..., Messages]] = (
+    check_bootstrap_servers,
+    check_databases,
+    check_topics,
+    check_numbers,
+    check_client_options,
+)

@@ -1,0 +1,124 @@
+"""The app's settings, read from ``django.conf.settings`` each time they are used.
+
+Nothing here is frozen at import, so ``override_settings`` and pytest-django's
+``settings`` fixture take effect immediately.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+#: Defaults of every ``OUTBOX_*`` setting; see README.rst for what each means.
+DEFAULTS: dict[str, Any] = {
+    "KAFKA_BOOTSTRAP_SERVERS": ["127.0.0.1:9092"],
+    "DEFAULT_TOPIC": None,
+    "TOPICS": {},
+    "MAX_RETRY": 20,
+    "DATABASE": "default",
+    "DATABASES": None,  # aliases the relay serves; None means [DATABASE]
+    "KAFKA_PRODUCER": {},
+    "KAFKA_CONSUMER": {},
+    "CONSUMER_GROUP": "django-outbox",
+    "FAST_PATH": True,
+    "FAST_PATH_TIMEOUT": 2.0,  # seconds the on_commit fast path may cost a request
+    "LEASE_SECONDS": 60,
+    "RETRY_BACKOFF_BASE": 1.0,  # seconds before the first retry
+    "RETRY_BACKOFF_MAX": 3600.0,  # cap of the exponential backoff, seconds
+    "BATCH_SIZE": 500,
+    "UNKNOWN_EVENT_POLICY": "skip",  # or "retry" / "dead"
+}
+
+
+class OutboxSettings:
+    """Typed, access-time view of the ``OUTBOX_*`` Django settings."""
+
+    prefix = "OUTBOX_"
+
+    def _get(self, name: str) -> Any:
+        return getattr(django_settings, self.prefix + name, DEFAULTS[name])
+
+    @property
+    def kafka_bootstrap_servers(self) -> list[str]:
+        value = self._get("KAFKA_BOOTSTRAP_SERVERS")
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return list(value)
+
+    @property
+    def default_topic(self) -> str | None:
+        value = self._get("DEFAULT_TOPIC")
+        return value or None
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return dict(self._get("TOPICS"))
+
+    @property
+    def max_retry(self) -> int:
+        return int(self._get("MAX_RETRY"))
+
+    @property
+    def database(self) -> str:
+        return str(self._get("DATABASE"))
+
+    @property
+    def databases(self) -> list[str]:
+        value = self._get("DATABASES")
+        if value is None:
+            return [self.database]
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return list(value)
+
+    @property
+    def kafka_producer(self) -> dict[str, Any]:
+        return dict(self._get("KAFKA_PRODUCER"))
+
+    @property
+    def kafka_consumer(self) -> dict[str, Any]:
+        return dict(self._get("KAFKA_CONSUMER"))
+
+    @property
+    def consumer_group(self) -> str:
+        return str(self._get("CONSUMER_GROUP"))
+
+    @property
+    def fast_path(self) -> bool:
+        return bool(self._get("FAST_PATH"))
+
+    @property
+    def fast_path_timeout(self) -> float:
+        return float(self._get("FAST_PATH_TIMEOUT"))
+
+    @property
+    def lease_seconds(self) -> float:
+        return float(self._get("LEASE_SECONDS"))
+
+    @property
+    def retry_backoff_base(self) -> float:
+        return float(self._get("RETRY_BACKOFF_BASE"))
+
+    @property
+    def retry_backoff_max(self) -> float:
+        return float(self._get("RETRY_BACKOFF_MAX"))
+
+    @property
+    def batch_size(self) -> int:
+        return int(self._get("BATCH_SIZE"))
+
+    @property
+    def unknown_event_policy(self) -> str:
+        return str(self._get("UNKNOWN_EVENT_POLICY"))
+
+    def topic_for(self, event_type: str) -> str | None:
+        """The topic an event type goes to: ``OUTBOX_TOPICS``, then ``OUTBOX_DEFAULT_TOPIC``."""
+        return self.topics.get(event_type) or self.default_topic
+
+    def raw(self, name: str) -> Any:
+        """The raw configured value of ``OUTBOX_<name>`` (for the system checks)."""
+        return self._get(name)
+
+
+outbox_settings = OutboxSettings()

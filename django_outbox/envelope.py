@@ -1,0 +1,143 @@
+"""The event envelope: the JSON stored in ``payload`` and sent to Kafka as the value.
+
+Format (all keys required; unknown keys are ignored, so producers may add some)::
+
+    {
+      "event_id": "7d0c1d0e-4a4b-4a56-9a4e-2b1f0e6c2f61",   # UUID, unique per event
+      "event_type": "chat.message.created",                # at most 64 characters
+      "version": 1,                                        # schema version of ``data``
+      "occurred_at": "2026-11-27T19:00:00.123456Z",        # ISO 8601, UTC
+      "key": "conversation-42",                            # Kafka key, at most 128 characters
+      "headers": {"trace_id": "abc"},                      # str -> str
+      "data": {"text": "hello"}                            # any JSON value
+    }
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from .exceptions import MalformedEvent
+
+#: Kafka headers every outbox record carries (values are UTF-8 bytes); the
+#: envelope's own ``headers`` are copied too, but may not use these names.
+HEADER_EVENT_ID = "event_id"
+HEADER_EVENT_TYPE = "event_type"
+HEADER_OUTBOX_ID = "outbox_id"  # the row's primary key
+HEADER_OUTBOX_DB = "outbox_db"  # the Django database alias the row lives in
+RESERVED_HEADERS = frozenset(
+    {HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_OUTBOX_ID, HEADER_OUTBOX_DB}
+)
+
+FIELDS = ("event_id", "event_type", "version", "occurred_at", "key", "headers", "data")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON with Django's encoder (datetimes, Decimals, UUIDs); no NaN."""
+    return json.dumps(
+        value, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    )
+
+
+def _format_time(value: datetime.datetime) -> str:
+    value = value.astimezone(datetime.timezone.utc)
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse_time(value: str) -> datetime.datetime:
+    parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("no time zone")
+    return parsed.astimezone(datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event, as handlers receive it."""
+
+    event_type: str
+    data: Any
+    key: str
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    version: int = 1
+    occurred_at: datetime.datetime = field(
+        default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+    )
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event_id": str(self.event_id),
+            "event_type": self.event_type,
+            "version": self.version,
+            "occurred_at": _format_time(self.occurred_at),
+            "key": self.key,
+            "headers": dict(self.headers),
+            "data": self.data,
+        }
+
+    def to_json(self) -> str:
+        """Serialise; raises ``TypeError``/``ValueError`` for data JSON cannot hold."""
+        return dumps(self.as_dict())
+
+    def to_bytes(self) -> bytes:
+        return self.to_json().encode()
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | bytearray | memoryview) -> Event:
+        """Parse an envelope; anything malformed raises ``MalformedEvent``."""
+        if isinstance(raw, memoryview | bytearray):
+            raw = bytes(raw)
+        try:
+            document = json.loads(raw)
+        except (TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            raise MalformedEvent(f"event envelope is not valid JSON: {exc}") from exc
+        return cls.from_dict(document)
+
+    @classmethod
+    def from_dict(cls, document: Any) -> Event:
+        if not isinstance(document, dict):
+            raise MalformedEvent(
+                f"event envelope must be a JSON object, not {type(document).__name__}"
+            )
+        missing = [name for name in FIELDS if name not in document]
+        if missing:
+            raise MalformedEvent(f"event envelope lacks {', '.join(missing)}")
+        event_type, key, headers = document["event_type"], document["key"], document["headers"]
+        version = document["version"]
+        if not isinstance(event_type, str) or not event_type:
+            raise MalformedEvent("event_type must be a non-empty string")
+        if not isinstance(key, str):
+            raise MalformedEvent("key must be a string")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise MalformedEvent("version must be a positive integer")
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise MalformedEvent("headers must be an object of strings")
+        try:
+            event_id = uuid.UUID(str(document["event_id"]))
+        except ValueError as exc:
+            raise MalformedEvent(f"event_id is not a UUID: {document['event_id']!r}") from exc
+        try:
+            occurred_at = _parse_time(document["occurred_at"])
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise MalformedEvent(
+                f"occurred_at is not an ISO 8601 time with zone: {document['occurred_at']!r}"
+            ) from exc
+        return cls(
+            event_type=event_type,
+            data=document["data"],
+            key=key,
+            event_id=event_id,
+            version=version,
+            occurred_at=occurred_at,
+            headers=headers,
+        )

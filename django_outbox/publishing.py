@@ -1,0 +1,154 @@
+"""``publish_event()``: write an event to the outbox in the caller's transaction."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from .conf import outbox_settings
+from .envelope import RESERVED_HEADERS, Event
+from .exceptions import ImproperlyConfiguredOutbox, InvalidEvent
+from .models import OutboxMessage, Status
+from .topics import topic_problem
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPE_MAX = 64
+KEY_MAX = 128
+
+
+def publish_event(
+    event_type: str,
+    data: Any,
+    *,
+    key: str | None = None,
+    topic: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    using: str | None = None,
+    max_retry: int | None = None,
+    version: int = 1,
+) -> OutboxMessage:
+    """Write ``data`` as a ``pending`` event of ``event_type`` and return the new row.
+
+    The row is written through the ``using`` database alias (default:
+    ``OUTBOX_DATABASE``) inside whatever transaction the caller holds there, so it
+    commits or rolls back with the business data. Everything is validated first:
+    bad input raises ``InvalidEvent`` (or ``ImproperlyConfiguredOutbox`` when no
+    topic is configured) and writes nothing.
+    """
+    alias = using or outbox_settings.database or DEFAULT_DB_ALIAS
+    if alias not in connections:
+        raise ImproperlyConfiguredOutbox(
+            f"database alias {alias!r} is not in settings.DATABASES (publish_event(using=...) "
+            "or OUTBOX_DATABASE)"
+        )
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise InvalidEvent(f"event_type must be a non-empty string, not {event_type!r}")
+    if len(event_type) > EVENT_TYPE_MAX:
+        raise InvalidEvent(
+            f"event_type {event_type[:40]!r}... is {len(event_type)} characters; "
+            f"the biz_type column holds at most {EVENT_TYPE_MAX}"
+        )
+    event_id = uuid.uuid4()
+    if key is None:
+        key = str(event_id)
+    if not isinstance(key, str) or not key:
+        raise InvalidEvent(f"key must be a non-empty string, not {key!r}")
+    if len(key) > KEY_MAX:
+        raise InvalidEvent(
+            f"key {key[:40]!r}... is {len(key)} characters; message_key holds at most {KEY_MAX}"
+        )
+    if topic is None:
+        topic = outbox_settings.topic_for(event_type)
+        if topic is None:
+            raise ImproperlyConfiguredOutbox(
+                f"no topic for event type {event_type!r}: pass topic=..., or set "
+                "OUTBOX_TOPICS[event_type] or OUTBOX_DEFAULT_TOPIC"
+            )
+    problem = topic_problem(topic)
+    if problem:
+        raise InvalidEvent(problem)
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise InvalidEvent(f"headers must map strings to strings, not {headers!r}")
+    reserved = sorted(RESERVED_HEADERS.intersection(headers))
+    if reserved:
+        raise InvalidEvent(f"header names {reserved} are reserved for the outbox's own headers")
+    if max_retry is None:
+        max_retry = outbox_settings.max_retry
+    if not isinstance(max_retry, int) or isinstance(max_retry, bool) or max_retry < 0:
+        raise InvalidEvent(f"max_retry must be a non-negative integer, not {max_retry!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidEvent(f"version must be a positive integer, not {version!r}")
+
+    event = Event(
+        event_type=event_type,
+        data=data,
+        key=key,
+        event_id=event_id,
+        version=version,
+        headers=dict(headers),
+    )
+    try:
+        payload = event.to_json()
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"data of {event_type!r} cannot be serialised to JSON: {exc}") from exc
+
+    message = OutboxMessage(
+        event_type=event_type,
+        topic=topic,
+        message_key=key,
+        payload=payload,
+        status=Status.PENDING,
+        retry_count=0,
+        max_retry=max_retry,
+    )
+    message.save(using=alias, force_insert=True)
+    if outbox_settings.fast_path:
+        _schedule_fast_path(alias, message.pk)
+    return message
+
+
+class _CommitBatch:
+    """The ids one transaction wrote; delivered right after it commits."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.ids: list[int] = []
+
+    def __call__(self) -> None:
+        from .fastpath import deliver_after_commit
+
+        try:
+            deliver_after_commit(self.alias, self.ids)
+        except Exception:  # the relay delivers whatever the fast path could not
+            logger.exception("outbox fast path failed; the relay will deliver %s", self.ids)
+
+
+def _schedule_fast_path(alias: str, pk: int) -> None:
+    # One on_commit callback per transaction: later publishes in the same
+    # transaction add their ids to the batch already registered. A rollback (of the
+    # transaction or of the savepoint that registered it) discards the callback,
+    # so a fresh one is registered next time.
+    connection = connections[alias]
+    batch: _CommitBatch | None = getattr(connection, "_outbox_commit_batch", None)
+    registered = (
+        batch is not None
+        and connection.in_atomic_block
+        and any(entry[1] is batch for entry in connection.run_on_commit)
+    )
+    if not registered:
+        batch = _CommitBatch(alias)
+        connection._outbox_commit_batch = batch  # type: ignore[union-attr]
+        batch.ids.append(pk)
+        transaction.on_commit(batch, using=alias)
+    else:
+        assert batch is not None
+        batch.ids.append(pk)
