@@ -1,0 +1,80 @@
+"""The legacy table as the Go service (GORM, MySQL dialect) creates it, for the schema tests."""
+
+from __future__ import annotations
+
+LEGACY_MYSQL_DDL = """
+CREATE TABLE `agent_outbox_messages` (
+  `id` bigint AUTO_INCREMENT,
+  `biz_type` varchar(64) NOT NULL COMMENT 'event type',
+  `topic` varchar(128) NOT NULL COMMENT 'Kafka Topic',
+  `message_key` varchar(128) NOT NULL COMMENT 'Kafka message key',
+  `payload` longtext NOT NULL COMMENT 'business payload (JSON)',
+  `status` varchar(32) NOT NULL COMMENT 'pending/published/consumed/dead',
+  `retry_count` bigint NOT NULL DEFAULT 0 COMMENT 'retries so far',
+  `max_retry` bigint NOT NULL DEFAULT 20 COMMENT 'max retries',
+  `next_retry_at` datetime(3) NULL COMMENT 'next retry time',
+  `last_error` text COMMENT 'last error',
+  `published_at` datetime(3) NULL COMMENT 'time written to Kafka',
+  `consumed_at` datetime(3) NULL COMMENT 'time consumption finished',
+  `created_at` datetime(3) NULL,
+  `updated_at` datetime(3) NULL,
+  PRIMARY KEY (`id`),
+  INDEX `idx_outbox_status_next` (`status`, `next_retry_at`, `biz_type`)
+) DEFAULT CHARSET=utf8mb4
+"""
+
+#: (column, MySQL COLUMN_TYPE, nullable, default) in table order.
+LEGACY_MYSQL_COLUMNS = [
+    ("id", "bigint(20)", False, None),
+    ("biz_type", "varchar(64)", False, None),
+    ("topic", "varchar(128)", False, None),
+    ("message_key", "varchar(128)", False, None),
+    ("payload", "longtext", False, None),
+    ("status", "varchar(32)", False, None),
+    ("retry_count", "bigint(20)", False, "0"),
+    ("max_retry", "bigint(20)", False, "20"),
+    ("next_retry_at", "datetime(3)", True, "NULL"),
+    ("last_error", "text", True, "NULL"),
+    ("published_at", "datetime(3)", True, "NULL"),
+    ("consumed_at", "datetime(3)", True, "NULL"),
+    ("created_at", "datetime(3)", True, "NULL"),
+    ("updated_at", "datetime(3)", True, "NULL"),
+]
+
+#: The nearest native types on PostgreSQL: (column, data type, nullable, default).
+POSTGRES_COLUMNS = [
+    ("id", "bigint", False, None),
+    ("biz_type", "character varying(64)", False, None),
+    ("topic", "character varying(128)", False, None),
+    ("message_key", "character varying(128)", False, None),
+    ("payload", "text", False, None),
+    ("status", "character varying(32)", False, None),
+    ("retry_count", "bigint", False, "0"),
+    ("max_retry", "bigint", False, "20"),
+    ("next_retry_at", "timestamp with time zone", True, None),
+    ("last_error", "text", True, None),
+    ("published_at", "timestamp with time zone", True, None),
+    ("consumed_at", "timestamp with time zone", True, None),
+    ("created_at", "timestamp with time zone", True, None),
+    ("updated_at", "timestamp with time zone", True, None),
+]
+
+SQLITE_COLUMNS = [
+    ("id", "integer", False, None),
+    ("biz_type", "varchar(64)", False, None),
+    ("topic", "varchar(128)", False, None),
+    ("message_key", "varchar(128)", False, None),
+    ("payload", "text", False, None),
+    ("status", "varchar(32)", False, None),
+    ("retry_count", "bigint", False, "0"),
+    ("max_retry", "bigint", False, "20"),
+    ("next_retry_at", "datetime", True, None),
+    ("last_error", "text", True, None),
+    ("published_at", "datetime", True, None),
+    ("consumed_at", "datetime", True, None),
+    ("created_at", "datetime", True, None),
+    ("updated_at", "datetime", True, None),
+]
+
+INDEX_NAME = "idx_outbox_status_next"
+INDEX_COLUMNS = ["status", "next_retry_at", "biz_type"]
