@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+from django.core.checks import run_checks
+
+from django_outbox.conf import outbox_settings
+
+
+def outbox_ids() -> set[str]:
+    return {m.id for m in run_checks(tags=["django_outbox"]) if m.id}
+
+
+def test_the_test_settings_pass():
+    assert outbox_ids() == set()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "check_id"),
+    [
+        ("OUTBOX_KAFKA_BOOTSTRAP_SERVERS", [], "django_outbox.E001"),
+        ("OUTBOX_KAFKA_BOOTSTRAP_SERVERS", "localhost", "django_outbox.E001"),
+        ("OUTBOX_KAFKA_BOOTSTRAP_SERVERS", [9092], "django_outbox.E001"),
+        ("OUTBOX_DATABASE", "missing", "django_outbox.E002"),
+        ("OUTBOX_DATABASES", ["default", "missing"], "django_outbox.E003"),
+        ("OUTBOX_DATABASES", [], "django_outbox.E003"),
+        ("OUTBOX_TOPICS", ["a"], "django_outbox.E004"),
+        ("OUTBOX_TOPICS", {"a.b": "bad topic"}, "django_outbox.E004"),
+        ("OUTBOX_TOPICS", {"x" * 65: "fine"}, "django_outbox.E004"),
+        ("OUTBOX_DEFAULT_TOPIC", "no/slashes", "django_outbox.E005"),
+        ("OUTBOX_MAX_RETRY", -1, "django_outbox.E006"),
+        ("OUTBOX_MAX_RETRY", "20", "django_outbox.E006"),
+        ("OUTBOX_LEASE_SECONDS", 0, "django_outbox.E007"),
+        ("OUTBOX_BATCH_SIZE", "big", "django_outbox.E007"),
+        ("OUTBOX_KAFKA_PRODUCER", [("acks", "all")], "django_outbox.E008"),
+        ("OUTBOX_KAFKA_CONSUMER", None, "django_outbox.E008"),
+        ("OUTBOX_CONSUMER_GROUP", "", "django_outbox.E009"),
+        ("OUTBOX_UNKNOWN_EVENT_POLICY", "ignore", "django_outbox.E010"),
+        ("OUTBOX_KAFKA_PRODUCER", {"acks": 1}, "django_outbox.W002"),
+        ("OUTBOX_KAFKA_PRODUCER", {"enable_idempotence": False}, "django_outbox.W002"),
+    ],
+)
+def test_each_wrong_setting_has_its_check(settings, name, value, check_id):
+    setattr(settings, name, value)
+    assert outbox_ids() == {check_id}
+
+
+def test_messages_name_the_fix(settings):
+    settings.OUTBOX_DATABASE = "missing"
+    (message,) = [m for m in run_checks(tags=["django_outbox"]) if m.id == "django_outbox.E002"]
+    assert "'missing'" in message.msg
+    assert "default" in message.hint and "other" in message.hint
+
+
+def test_no_topic_at_all_is_a_warning(settings):
+    settings.OUTBOX_DEFAULT_TOPIC = None
+    settings.OUTBOX_TOPICS = {}
+    assert outbox_ids() == {"django_outbox.W001"}
+
+
+def test_valid_alternatives_pass(settings):
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = "a:9092, b:9093"
+    settings.OUTBOX_DATABASES = "default,other"
+    settings.OUTBOX_KAFKA_PRODUCER = {"acks": "all", "compression_type": "gzip"}
+    settings.OUTBOX_DEFAULT_TOPIC = None
+    assert outbox_ids() == set()
+
+
+def test_settings_are_read_at_access_time(settings):
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = "a:1, b:2"
+    assert outbox_settings.kafka_bootstrap_servers == ["a:1", "b:2"]
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = ["c:3"]
+    assert outbox_settings.kafka_bootstrap_servers == ["c:3"]
+    settings.OUTBOX_DATABASES = "default, other"
+    assert outbox_settings.databases == ["default", "other"]
+    del settings.OUTBOX_DATABASES
+    settings.OUTBOX_DATABASE = "other"
+    assert outbox_settings.databases == ["other"]
+
+
+def test_topic_for_prefers_the_map(settings):
+    settings.OUTBOX_TOPICS = {"a.b": "special"}
+    settings.OUTBOX_DEFAULT_TOPIC = "general"
+    assert outbox_settings.topic_for("a.b") == "special"
+    assert outbox_settings.topic_for("c.d") == "general"
+    settings.OUTBOX_DEFAULT_TOPIC = None
+    assert outbox_settings.topic_for("c.d") is None
