@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import TruncSecond
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .fields import MillisecondDateTimeField, ShortTextField
+from .fields import MillisecondDateTimeField, ShortTextField, truncate_to_millis
 
 if TYPE_CHECKING:
     from .envelope import Event
@@ -34,6 +35,29 @@ class Status(models.TextChoices):
 FINAL_STATUSES = (Status.CONSUMED, Status.DEAD)
 
 
+def lease_expiry(now: datetime.datetime, seconds: float) -> datetime.datetime:
+    """When a relay's claim made at ``now`` for ``seconds`` runs out.
+
+    The legacy table has no lock columns, so a claim lives in ``next_retry_at``.
+    A lease expiry is always a whole second and a backoff time never is (see
+    ``retry_time``): that is how the admin tells "in flight" from "backing off".
+    Rounding up also makes every new lease later than any lease that expired
+    before it was taken, so write-backs fenced on the lease value are unique.
+    """
+    expiry = now + datetime.timedelta(seconds=seconds)
+    if expiry.microsecond:
+        expiry = expiry.replace(microsecond=0) + datetime.timedelta(seconds=1)
+    return expiry
+
+
+def retry_time(now: datetime.datetime, delay: float) -> datetime.datetime:
+    """``now + delay`` at millisecond precision, never on a whole second (see ``lease_expiry``)."""
+    moment = truncate_to_millis(now + datetime.timedelta(seconds=delay))
+    if moment.microsecond == 0:
+        moment += datetime.timedelta(milliseconds=1)
+    return moment
+
+
 class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
     def pending(self) -> OutboxMessageQuerySet:
         return self.filter(status=Status.PENDING)
@@ -43,6 +67,20 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         now = now or timezone.now()
         return self.filter(
             Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=now), status=Status.PENDING
+        )
+
+    def in_flight(self, now: datetime.datetime | None = None) -> OutboxMessageQuerySet:
+        """Pending rows a relay has claimed and whose lease has not run out."""
+        now = now or timezone.now()
+        return self.filter(
+            status=Status.PENDING, next_retry_at__gt=now, next_retry_at=TruncSecond("next_retry_at")
+        )
+
+    def backing_off(self, now: datetime.datetime | None = None) -> OutboxMessageQuerySet:
+        """Pending rows waiting for their retry window after a failure."""
+        now = now or timezone.now()
+        return self.filter(status=Status.PENDING, next_retry_at__gt=now).exclude(
+            next_retry_at=TruncSecond("next_retry_at")
         )
 
     def published(self) -> OutboxMessageQuerySet:
