@@ -146,7 +146,7 @@ def _schedule_fast_path(alias: str, pk: int) -> None:
     )
     if not registered:
         batch = _CommitBatch(alias)
-        connection._outbox_commit_batch = batch  # type: ignore[union-attr]
+        connection._outbox_commit_batch = batch  # type: ignore[attr-defined]
         batch.ids.append(pk)
         transaction.on_commit(batch, using=alias)
     else:
