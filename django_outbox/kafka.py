@@ -6,11 +6,21 @@ settings, and for the record format (key, value, headers) of an outbox row.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    InvalidRecordError,
+    InvalidTopicError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from .conf import outbox_settings
@@ -39,7 +49,14 @@ __all__ = [
     "build_admin",
     "build_consumer",
     "build_producer",
+    "close_producer",
+    "is_poison",
+    "is_retriable",
+    "is_timeout",
+    "outbox_headers",
     "record_headers",
+    "send_records",
+    "OutboxRecord",
 ]
 
 #: What the outbox needs from a producer; OUTBOX_KAFKA_PRODUCER may override the rest.
@@ -48,6 +65,15 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable_idempotence": True,
     "linger_ms": 5,
     "client_id": "django-outbox-relay",
+    # kafka-python waits 30-120 s by default; a relay must give up well within its
+    # lease (OUTBOX_LEASE_SECONDS, 60 s), so that it records the failure itself.
+    "bootstrap_timeout_ms": 10_000,
+    "max_block_ms": 10_000,
+    "request_timeout_ms": 10_000,
+    "delivery_timeout_ms": 30_000,
+    # A batch of 500 rows of ~1 KB fills 16 KB batches in no time; bigger batches
+    # mean fewer produce requests per relay batch.
+    "batch_size": 256 * 1024,
 }
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
@@ -69,8 +95,30 @@ def producer_config(**overrides: Any) -> dict[str, Any]:
 
 
 def build_producer(**overrides: Any) -> KafkaProducer:
-    """A producer with ``acks='all'`` and idempotence, plus ``OUTBOX_KAFKA_PRODUCER``."""
-    return KafkaProducer(**producer_config(**overrides))
+    """A producer with ``acks='all'`` and idempotence, plus ``OUTBOX_KAFKA_PRODUCER``.
+
+    Raises ``KafkaTimeoutError`` when no broker answers within ``bootstrap_timeout_ms``.
+    """
+    config = producer_config(**overrides)
+    make_client = config.get("kafka_client", KafkaProducer.DEFAULT_CONFIG["kafka_client"])
+    clients: list[Any] = []
+
+    def tracked_client(**kwargs: Any) -> Any:
+        client = make_client(**kwargs)
+        clients.append(client)
+        return client
+
+    try:
+        return KafkaProducer(**{**config, "kafka_client": tracked_client})
+    except BaseException:
+        # kafka-python leaves the network client of a failed constructor open: two
+        # sockets per attempt, which a relay retrying against a dead broker would leak.
+        for client in clients:
+            try:
+                client.close()
+            except Exception:
+                pass
+        raise
 
 
 def build_consumer(*topics: str, **overrides: Any) -> KafkaConsumer:
@@ -96,20 +144,206 @@ def record_headers(
 
     ``extra`` are the envelope's own headers; the reserved names always win.
     """
-    headers = [
-        (name, value.encode())
-        for name, value in (extra or {}).items()
-        if name not in RESERVED_HEADERS
-    ]
     event_id = ""
     try:
         event_id = str(message.event.event_id)
     except Exception:  # a malformed payload still gets delivered; the consumer records it
         pass
+    return _headers(event_id, message.event_type, message.pk, alias, extra)
+
+
+def _headers(
+    event_id: str, event_type: str, pk: int, alias: str, extra: dict[str, str] | None
+) -> list[tuple[str, bytes]]:
+    headers = [
+        (name, value.encode())
+        for name, value in (extra or {}).items()
+        if name not in RESERVED_HEADERS
+    ]
     headers += [
         (HEADER_EVENT_ID, event_id.encode()),
-        (HEADER_EVENT_TYPE, message.event_type.encode()),
-        (HEADER_OUTBOX_ID, str(message.pk).encode()),
+        (HEADER_EVENT_TYPE, event_type.encode()),
+        (HEADER_OUTBOX_ID, str(pk).encode()),
         (HEADER_OUTBOX_DB, alias.encode()),
     ]
     return headers
+
+
+# --------------------------------------------------------------------------- producer side
+
+
+class OutboxRecord(NamedTuple):
+    """One Kafka record, ready for ``send_records``."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def outbox_headers(pk: int, event_type: str, payload: str, alias: str) -> list[tuple[str, bytes]]:
+    """``record_headers`` for a row given as plain values (the relay's hot path).
+
+    Reads only ``event_id`` and ``headers`` from the payload, with one ``json.loads``:
+    full envelope validation is the consumer's job, and a malformed payload is still
+    delivered (with an empty event id) so that the consumer can record it.
+    """
+    event_id, extra = "", None
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        event_id = str(document.get("event_id") or "")
+        found = document.get("headers")
+        if isinstance(found, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in found.items()
+        ):
+            extra = found
+    return _headers(event_id, event_type, pk, alias, extra)
+
+
+class NotAcknowledged(KafkaTimeoutError):
+    """Kafka gave no answer for a record within the time the caller could wait."""
+
+
+class NotSent(KafkaTimeoutError):
+    """A record was not handed to the producer: the time budget was spent first."""
+
+
+def send_records(
+    producer: KafkaProducer, records: Sequence[OutboxRecord], timeout: float
+) -> list[BaseException | None]:
+    """Send ``records``, wait up to ``timeout`` seconds for acks; one outcome per record.
+
+    ``None`` means Kafka acknowledged the record (acks=all); otherwise the exception
+    that record met. A record that fails (too large, invalid topic) fails alone. When
+    a topic's metadata cannot be fetched (broker down, topic missing), the first
+    ``send`` blocks up to ``max_block_ms``; the other records of that topic then
+    share its error instead of blocking again. Records not acknowledged in time get
+    ``NotAcknowledged`` (the producer may still deliver them: at least once). Once
+    ``timeout`` is spent, the remaining records are not sent (``NotSent``).
+    """
+    deadline = time.monotonic() + timeout
+    outcomes: list[BaseException | None] = [None] * len(records)
+    futures: list[tuple[int, Any]] = []
+    unavailable: dict[str, BaseException] = {}
+    for index, record in enumerate(records):
+        blocked = unavailable.get(record.topic)
+        if blocked is not None:
+            outcomes[index] = blocked
+            continue
+        if time.monotonic() >= deadline:
+            outcomes[index] = NotSent("not sent: the time allowed for this batch ran out")
+            continue
+        try:
+            future = producer.send(
+                record.topic, value=record.value, key=record.key, headers=record.headers
+            )
+        except KafkaTimeoutError as exc:  # no metadata for this topic within max_block_ms
+            unavailable[record.topic] = exc
+            outcomes[index] = exc
+        except Exception as exc:  # too large, invalid topic name, closed producer: this one only
+            outcomes[index] = exc
+        else:
+            futures.append((index, future))
+    if futures:
+        try:
+            producer.flush(timeout=max(deadline - time.monotonic(), 0))
+        except KafkaTimeoutError:
+            pass  # the futures still pending are reported one by one below
+    for index, future in futures:
+        if not future.is_done:
+            outcomes[index] = NotAcknowledged(
+                f"no acknowledgement from Kafka within {timeout:.1f}s"
+            )
+        elif future.exception is not None:
+            outcomes[index] = future.exception
+    return outcomes
+
+
+#: Errors a record meets every time, whatever the broker's health: retrying is futile.
+POISON_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    InvalidRecordError,  # e.g. no key on a compacted topic
+    ValueError,  # kafka-python's own check of topic names
+    TypeError,
+)
+
+
+def is_poison(exc: BaseException) -> bool:
+    """True when the record itself is at fault (too large, invalid topic)."""
+    return isinstance(exc, POISON_ERRORS)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True for errors that usually pass by themselves (broker down, leader moved)."""
+    return bool(getattr(exc, "retriable", False))
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """True when Kafka did not answer in time (nothing is known about the record)."""
+    return isinstance(exc, KafkaTimeoutError)
+
+
+def close_producer(producer: KafkaProducer, timeout: float = 10.0) -> None:
+    """Close ``producer``, waiting up to ``timeout`` seconds for what it still holds."""
+    try:
+        producer.close(timeout=timeout)
+    except Exception:  # closing is best effort; the records are still in the outbox
+        pass
+
+
+# ----------------------------------------------------------------------------- consumer side
+
+from kafka.errors import CommitFailedError  # noqa: E402,F401  (used by consumer.py)
+
+
+def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Commit synchronously, for each partition, the offset of the next record to read.
+
+    Raises ``CommitFailedError`` when the group rebalanced meanwhile.
+    """
+    consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+
+
+def consumer_lag(consumer: KafkaConsumer) -> int | None:
+    """Records between the position and the last known end of the assigned partitions.
+
+    From the consumer's last fetch responses, without a request; None before any fetch.
+    """
+    lag, known = 0, False
+    for tp in consumer.assignment():
+        end = consumer.highwater(tp)
+        position = consumer.position(tp, timeout_ms=1000)
+        if end is not None and position is not None:
+            lag, known = lag + max(end - position, 0), True
+    return lag if known else None
+
+
+def caught_up(consumer: KafkaConsumer, timeout_ms: int = 5000) -> bool:
+    """True when every assigned partition was read up to its end offset (asks the broker)."""
+    assigned = list(consumer.assignment())
+    if not assigned:
+        return False
+    for tp in assigned:  # cheap first: the last fetch already says so
+        end = consumer.highwater(tp)
+        position = consumer.position(tp, timeout_ms=timeout_ms)
+        if position is None or (end is not None and position < end):
+            return False
+    ends = consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+    return all(
+        (position := consumer.position(tp, timeout_ms=timeout_ms)) is not None and position >= end
+        for tp, end in ends.items()
+    )
+
+
+def missing_topics(consumer: KafkaConsumer, topics: list[str]) -> list[str]:
+    """The ``topics`` the cluster has no partitions for; refreshes the consumer's metadata.
+
+    Called before the first poll, so that the group's assignment sees every topic
+    (a join made before the metadata arrived assigns nothing until its next refresh).
+    """
+    return [topic for topic in topics if not consumer.partitions_for_topic(topic)]

@@ -150,3 +150,6 @@ class OutboxMessage(models.Model):
         from .envelope import Event
 
         return Event.from_json(self.payload)
+
+
+from .inbox import InboxEntry, RejectedRecord  # noqa: E402,F401

@@ -49,7 +49,11 @@ def test_occurred_at_in_another_zone_is_written_in_utc():
 
 def test_django_types_in_data_are_serialised():
     event = make_event(
-        data={"at": datetime.date(2026, 1, 2), "amount": decimal.Decimal("1.10"), "id": uuid.UUID(int=1)}
+        data={
+            "at": datetime.date(2026, 1, 2),
+            "amount": decimal.Decimal("1.10"),
+            "id": uuid.UUID(int=1),
+        }
     )
     assert Event.from_json(event.to_json()).data == {
         "at": "2026-01-02",
@@ -80,7 +84,10 @@ VALID = make_event().as_dict()
         ("[1, 2]", "must be a JSON object"),
         ("null", "must be a JSON object"),
         (json.dumps({k: v for k, v in VALID.items() if k != "data"}), "lacks data"),
-        (json.dumps({k: v for k, v in VALID.items() if k not in ("key", "event_id")}), "lacks event_id, key"),
+        (
+            json.dumps({k: v for k, v in VALID.items() if k not in ("key", "event_id")}),
+            "lacks event_id, key",
+        ),
         (json.dumps(VALID | {"event_id": "nope"}), "not a UUID"),
         (json.dumps(VALID | {"event_type": ""}), "event_type"),
         (json.dumps(VALID | {"event_type": 5}), "event_type"),

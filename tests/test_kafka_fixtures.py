@@ -45,20 +45,22 @@ def test_produce_and_read_back(kafka_bootstrap: str, kafka_topic: str) -> None:
     assert topic_record_count(kafka_bootstrap, kafka_topic) == 10
 
 
-def test_broker_restart_keeps_records(
+def test_private_broker_restart_keeps_records(
     kafka_broker_control: BrokerControl, kafka_bootstrap: str
 ) -> None:
+    bootstrap = kafka_broker_control.bootstrap
+    assert bootstrap != kafka_bootstrap  # the shared broker is never stopped
     topic = unique_topic_name("restart")
-    create_topic(kafka_bootstrap, topic, partitions=1)
+    create_topic(bootstrap, topic, partitions=1)
     try:
-        with KafkaProducer(bootstrap_servers=kafka_bootstrap) as producer:
+        with KafkaProducer(bootstrap_servers=bootstrap) as producer:
             producer.send(topic, key=b"k", value=b"before-restart").get(timeout=30)
 
         kafka_broker_control.stop()
         assert not kafka_broker_control.is_running()
         kafka_broker_control.start()
 
-        records = read_topic(kafka_bootstrap, topic, expected_count=1, timeout=30)
+        records = read_topic(bootstrap, topic, expected_count=1, timeout=30)
         assert [(r.key, r.value) for r in records] == [(b"k", b"before-restart")]
     finally:
-        delete_topic(kafka_bootstrap, topic)
+        delete_topic(bootstrap, topic)

@@ -70,7 +70,11 @@ def test_max_retry_default_follows_the_setting(settings, deliveries):
 
 def test_django_types_are_serialised(deliveries):
     row = publish_event(
-        "a.b", {"when": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc), "id": uuid.UUID(int=5)}
+        "a.b",
+        {
+            "when": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+            "id": uuid.UUID(int=5),
+        },
     )
     assert json.loads(row.payload)["data"] == {
         "when": "2026-01-01T00:00:00Z",
@@ -94,7 +98,11 @@ class Unserialisable:
         ({"event_type": ""}, InvalidEvent, "event_type must be a non-empty string"),
         ({"event_type": "   "}, InvalidEvent, "event_type must be a non-empty string"),
         ({"event_type": None}, InvalidEvent, "event_type must be a non-empty string"),
-        ({"event_type": "x" * 65}, InvalidEvent, "65 characters; the biz_type column holds at most 64"),
+        (
+            {"event_type": "x" * 65},
+            InvalidEvent,
+            "65 characters; the biz_type column holds at most 64",
+        ),
         ({"key": "k" * 129}, InvalidEvent, "129 characters; message_key holds at most 128"),
         ({"key": ""}, InvalidEvent, "key must be a non-empty string"),
         ({"key": 42}, InvalidEvent, "key must be a non-empty string"),
@@ -109,7 +117,11 @@ class Unserialisable:
         ({"max_retry": -1}, InvalidEvent, "max_retry"),
         ({"max_retry": "3"}, InvalidEvent, "max_retry"),
         ({"version": 0}, InvalidEvent, "version"),
-        ({"using": "nowhere"}, ImproperlyConfiguredOutbox, "'nowhere' is not in settings.DATABASES"),
+        (
+            {"using": "nowhere"},
+            ImproperlyConfiguredOutbox,
+            "'nowhere' is not in settings.DATABASES",
+        ),
     ],
 )
 def test_bad_input_is_refused_and_writes_nothing(kwargs, error, message, deliveries):

@@ -72,9 +72,7 @@ def test_the_composite_index_has_its_legacy_name_and_column_order():
     assert constraints[INDEX_NAME]["unique"] is False
     # no extra constraints: the primary key and the legacy index, nothing else
     extra = {
-        name
-        for name, spec in constraints.items()
-        if name != INDEX_NAME and not spec["primary_key"]
+        name for name, spec in constraints.items() if name != INDEX_NAME and not spec["primary_key"]
     }
     assert extra == set()
 

@@ -16,9 +16,7 @@ MESSAGE_CREATED = "chat.message.created"
 
 def post_message(conversation: Conversation, author: str, text: str) -> OutboxMessage:
     with transaction.atomic():
-        Conversation.objects.filter(pk=conversation.pk).update(
-            message_count=F("message_count") + 1
-        )
+        Conversation.objects.filter(pk=conversation.pk).update(message_count=F("message_count") + 1)
         return publish_event(
             MESSAGE_CREATED,
             {

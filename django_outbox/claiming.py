@@ -1,0 +1,172 @@
+"""Claims on outbox rows, and the fenced write-backs of what Kafka answered.
+
+The legacy table has no lock columns, so a claim is a *lease* stored in
+``next_retry_at``: ``lease_expiry(now, seconds)``, a whole second. While it runs,
+``due()`` skips the row; when it runs out (a relay died) the row is due again.
+
+Every write-back is fenced on ``status = 'pending' AND next_retry_at = <lease>``:
+whoever lost the lease (it expired and another relay took the row, or a consumer
+already marked it ``consumed``) changes nothing. A new lease is always later than
+any lease that had expired when it was taken (``lease_expiry`` rounds up), so two
+holders never share a lease value.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from django.db import transaction
+from django.utils import timezone
+
+from .backoff import retry_delay
+from .fields import clip_error
+from .models import OutboxMessage, OutboxMessageQuerySet, Status, lease_expiry, retry_time
+
+
+class ClaimedRow(NamedTuple):
+    """The columns a sender needs, read as plain values (cheaper than model instances)."""
+
+    id: int
+    event_type: str
+    topic: str
+    message_key: str
+    payload: str
+    retry_count: int
+    max_retry: int
+
+
+COLUMNS = ClaimedRow._fields
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Rows of one database, leased until ``lease``."""
+
+    alias: str
+    lease: datetime.datetime
+    rows: list[ClaimedRow]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def fenced(self, ids: Iterable[int]) -> OutboxMessageQuerySet:
+        """The rows among ``ids`` that this claim still holds."""
+        return OutboxMessage.objects.using(self.alias).filter(
+            pk__in=list(ids), status=Status.PENDING, next_retry_at=self.lease
+        )
+
+
+class Failure(NamedTuple):
+    """A claimed row Kafka did not take."""
+
+    row: ClaimedRow
+    error: str
+    #: The record can never be delivered as it is (too large, invalid topic): dead at once.
+    final: bool = False
+
+
+def claim(
+    alias: str,
+    batch_size: int,
+    lease_seconds: float,
+    *,
+    ids: Sequence[int] | None = None,
+    due_by: datetime.datetime | None = None,
+    now: datetime.datetime | None = None,
+) -> Claim:
+    """Lease up to ``batch_size`` due rows of ``alias`` (only among ``ids`` if given), oldest first.
+
+    ``due_by``: take only rows due at that moment (default: now); a burst passes its
+    start time, so that rows it failed (and which back off) wait for the next run.
+
+    One short transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL and
+    MariaDB, so that concurrent relays take disjoint rows without waiting for each
+    other; then one ``UPDATE`` sets the lease. SQLite has no row locks, but its
+    transactions are serializable (one writer at a time; a concurrent writer gets
+    "database is locked"), so the same select-then-update is just as safe there.
+    """
+    now = now or timezone.now()
+    lease = lease_expiry(now, lease_seconds)
+    due_by = min(due_by or now, now)
+    manager = OutboxMessage.objects.using(alias)
+    with transaction.atomic(using=alias):
+        due = manager.due(due_by)
+        if ids is not None:
+            due = due.filter(pk__in=list(ids))
+        rows = [
+            ClaimedRow(*values)
+            for values in due.select_for_update(skip_locked=True)
+            .order_by("id")
+            .values_list(*COLUMNS)[:batch_size]
+        ]
+        if rows:
+            claimed = [row.id for row in rows]
+            # The due() condition again: a no-op under row locks, and a guard for
+            # any backend whose isolation would let a row slip between the two.
+            updated = (
+                manager.due(due_by)
+                .filter(pk__in=claimed)
+                .update(next_retry_at=lease, updated_at=now)
+            )
+            if updated != len(rows):
+                held = set(
+                    manager.filter(pk__in=claimed, next_retry_at=lease).values_list("pk", flat=True)
+                )
+                rows = [row for row in rows if row.id in held]
+    return Claim(alias, lease, rows)
+
+
+def record_published(claim: Claim, ids: Sequence[int], now: datetime.datetime | None = None) -> int:
+    """Mark rows Kafka acknowledged ``published``, in one statement; return how many changed."""
+    if not ids:
+        return 0
+    now = now or timezone.now()
+    return claim.fenced(ids).update(
+        status=Status.PUBLISHED, published_at=now, next_retry_at=None, updated_at=now
+    )
+
+
+def record_failed(
+    claim: Claim, failures: Sequence[Failure], now: datetime.datetime | None = None
+) -> int:
+    """Count a failed attempt on each row: back off, or ``dead`` when out of retries.
+
+    Rows that share attempt number, fate and error are written by one statement
+    (a broker outage fails whole batches with the same error).
+    """
+    now = now or timezone.now()
+    groups: dict[tuple[int, bool, str], list[int]] = defaultdict(list)
+    for failure in failures:
+        attempts = failure.row.retry_count + 1
+        dead = failure.final or attempts >= failure.row.max_retry
+        groups[(attempts, dead, clip_error(failure.error))].append(failure.row.id)
+    changed = 0
+    for (attempts, dead, error), ids in groups.items():
+        if dead:
+            changed += claim.fenced(ids).update(
+                status=Status.DEAD,
+                retry_count=attempts,
+                last_error=error,
+                next_retry_at=None,
+                updated_at=now,
+            )
+        else:
+            changed += claim.fenced(ids).update(
+                retry_count=attempts,
+                last_error=error,
+                next_retry_at=retry_time(now, retry_delay(attempts)),
+                updated_at=now,
+            )
+    return changed
+
+
+def release(claim: Claim, ids: Sequence[int], now: datetime.datetime | None = None) -> int:
+    """Give rows back without counting an attempt: they are due again at once."""
+    if not ids:
+        return 0
+    now = now or timezone.now()
+    return claim.fenced(ids).update(next_retry_at=None, updated_at=now)

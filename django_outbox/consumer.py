@@ -1,0 +1,339 @@
+"""The consumer: reads outbox events from Kafka and runs their handlers, once.
+
+``Consumer(...).run()`` is the loop behind ``manage.py outbox_consume``. It joins
+``OUTBOX_CONSUMER_GROUP``, subscribes to the topics of the registered event types
+(or the topics given), and for each record calls ``Handling.handle`` (see
+``handling.py`` for the once-only rules). Offsets are committed only for records
+whose outcome is recorded, in order, partition by partition, after each poll.
+
+- Handler failures never block a partition: an outbox row goes back to the relay
+  with a backoff (``dead`` after ``max_retry``); an inbox event is retried here a
+  few times, then recorded as rejected.
+- A database that does not answer blocks the record in hand: it is retried, with
+  a backoff, until the database is back; its offset is not committed before.
+- ``burst`` stops once every assigned partition is read to its end offset,
+  ``max_messages`` after that many records; SIGTERM/SIGINT stop after the record in hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from . import kafka
+from .backoff import retry_delay
+from .conf import outbox_settings
+from .exceptions import ImproperlyConfiguredOutbox
+from .handling import DATABASE_ERRORS, Delivery, Handling, Outcome, Result
+from .registry import HandlerRegistry, registry
+from .shutdown import Shutdown
+
+logger = logging.getLogger(__name__)
+
+#: Database errors in a row, with the database answering, after which a handler's
+#: OperationalError counts as a handler failure (a deadlock retried in vain, a bug).
+DATABASE_ERRORS_BEFORE_FAILURE = 3
+
+
+@dataclass
+class ConsumerStats:
+    """What one ``run()`` did: records seen, per outcome."""
+
+    records: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    commits: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, result: Result) -> None:
+        self.records += 1
+        self.outcomes[result.outcome.value] = self.outcomes.get(result.outcome.value, 0) + 1
+
+    def count(self, outcome: Outcome) -> int:
+        return self.outcomes.get(outcome.value, 0)
+
+
+def subscribed_topics(handlers: HandlerRegistry = registry) -> list[str]:
+    """The topics the registered event types go to (``OUTBOX_TOPICS``, default topic)."""
+    topics = set()
+    for event_type in handlers:
+        topic = outbox_settings.topic_for(event_type)
+        if topic is None:
+            logger.warning("event type %r has no topic; its handler gets nothing", event_type)
+        else:
+            topics.add(topic)
+    return sorted(topics)
+
+
+class Consumer:
+    """Consumes outbox events and runs their handlers; see the module docstring."""
+
+    def __init__(
+        self,
+        topics: Sequence[str] | None = None,
+        *,
+        group: str | None = None,
+        burst: bool = False,
+        max_messages: int | None = None,
+        poll_timeout: float = 1.0,
+        progress_interval: float = 30.0,
+        inbox_attempts: int = 3,
+        inbox_retry_max_delay: float = 10.0,
+        database_retry_delay: float = 0.5,
+        database_retry_max_delay: float = 30.0,
+        assignment_timeout: float = 60.0,
+        consumer_options: dict[str, Any] | None = None,
+        handlers: HandlerRegistry = registry,
+        shutdown: Shutdown | None = None,
+        install_signal_handlers: bool = False,
+    ) -> None:
+        self.topics = list(topics) if topics else subscribed_topics(handlers)
+        if not self.topics:
+            raise ImproperlyConfiguredOutbox(
+                "the consumer has no topic to read: register handlers (events.py) for event "
+                "types that OUTBOX_TOPICS or OUTBOX_DEFAULT_TOPIC map to a topic, or pass --topic"
+            )
+        if max_messages is not None and max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if inbox_attempts < 1:
+            raise ValueError("inbox_attempts must be at least 1")
+        self.group = group or outbox_settings.consumer_group
+        self.burst = burst
+        self.max_messages = max_messages
+        self.poll_timeout = poll_timeout
+        self.progress_interval = progress_interval
+        self.inbox_attempts = inbox_attempts
+        self.inbox_retry_max_delay = inbox_retry_max_delay
+        self.database_retry_delay = database_retry_delay
+        self.database_retry_max_delay = database_retry_max_delay
+        self.assignment_timeout = assignment_timeout
+        self.consumer_options = dict(consumer_options or {})
+        self.handling = Handling(self.group, handlers=handlers)
+        self.shutdown = shutdown or Shutdown()
+        self.install_signal_handlers = install_signal_handlers
+        self.stats = ConsumerStats()
+        self._client: Any = None
+        self._uncommitted: dict[Any, int] = {}
+        self._last_progress = (time.monotonic(), 0)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return after the record in hand (thread-safe)."""
+        self.shutdown.request()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> ConsumerStats:
+        """Consume until stopped, caught up (``burst``) or ``max_messages``; return the stats."""
+        self.stats = ConsumerStats()
+        if self.install_signal_handlers:
+            self.shutdown.install()
+        logger.info(
+            "outbox consumer starting: group %r, topics %s%s",
+            self.group,
+            ", ".join(self.topics),
+            " (burst)" if self.burst else "",
+        )
+        try:
+            self._client = kafka.build_consumer(
+                *self.topics, group_id=self.group, **self.consumer_options
+            )
+            missing = kafka.missing_topics(self._client, self.topics)
+            if missing:
+                logger.warning("outbox consumer: topics %s do not exist (yet)", missing)
+            self._loop()
+        finally:
+            if self.install_signal_handlers:
+                self.shutdown.restore()
+            self._close()
+        self._log_progress(final=True)
+        return self.stats
+
+    def _loop(self) -> None:
+        unassigned_since = last_refresh = time.monotonic()
+        while not self.shutdown.requested:
+            close_old_connections()
+            if not self._client.assignment() and time.monotonic() - last_refresh > 5:
+                # Nothing assigned yet: new metadata (a topic created since) makes the
+                # group rebalance, sooner than metadata_max_age_ms would.
+                kafka.missing_topics(self._client, self.topics)
+                last_refresh = time.monotonic()
+            batch = self._client.poll(
+                timeout_ms=int(self.poll_timeout * 1000), max_records=outbox_settings.batch_size
+            )
+            for records in batch.values():
+                for record in records:
+                    if self.shutdown.requested or self._limit_reached():
+                        break
+                    if not self._consume(record):
+                        break
+            self._commit()
+            self._maybe_log_progress()
+            if self._limit_reached():
+                logger.info("outbox consumer: %d records handled; stopping", self.stats.records)
+                return
+            if self.burst and not self.shutdown.requested:
+                if self._client.assignment():
+                    unassigned_since = time.monotonic()
+                    if kafka.caught_up(self._client):
+                        logger.info("outbox consumer: caught up; stopping (burst)")
+                        return
+                elif time.monotonic() - unassigned_since > self.assignment_timeout:
+                    logger.warning(
+                        "outbox consumer: no partition assigned after %.0f s; stopping (burst)",
+                        self.assignment_timeout,
+                    )
+                    return
+
+    def _limit_reached(self) -> bool:
+        return self.max_messages is not None and self.stats.records >= self.max_messages
+
+    def _consume(self, record: Any) -> bool:
+        """Handle one record; False when a stop request interrupted it (not recorded)."""
+        delivery = Delivery.from_record(record)
+        result = self._handle(delivery)
+        if result is None:
+            return False
+        self.stats.add(result)
+        tp = kafka.TopicPartition(record.topic, record.partition)
+        self._uncommitted[tp] = record.offset + 1
+        logger.debug("record %s: %s", delivery, result.outcome.value)
+        return True
+
+    def _handle(self, delivery: Delivery) -> Result | None:
+        attempt = 1
+        while True:
+            result = self._retrying_database(
+                delivery, functools.partial(self._try_handle, delivery)
+            )
+            if result is None or result.outcome is not Outcome.RETRY_IN_PLACE:
+                return result
+            if attempt >= self.inbox_attempts:
+                give_up = functools.partial(self._give_up, delivery, result.error, attempt)
+                return self._retrying_database(delivery, give_up)
+            # Bounded, so an inbox event blocks its partition for seconds at most.
+            if self.shutdown.wait(min(retry_delay(attempt), self.inbox_retry_max_delay)):
+                return None
+            attempt += 1
+
+    def _try_handle(self, delivery: Delivery, database_errors_fail: bool) -> Result:
+        return self.handling.handle(delivery, database_errors_fail=database_errors_fail)
+
+    def _give_up(
+        self, delivery: Delivery, error: str, attempts: int, database_errors_fail: bool
+    ) -> Result:
+        return self.handling.give_up(delivery, error, attempts)
+
+    def _retrying_database(
+        self, delivery: Delivery, action: Callable[[bool], Result]
+    ) -> Result | None:
+        """``action()``, again and again while the database fails; None if stopped meanwhile."""
+        # Errors in a row while the database answers: only those can be the handler's fault.
+        errors, delay = 0, self.database_retry_delay
+        while True:
+            try:
+                return action(errors >= DATABASE_ERRORS_BEFORE_FAILURE)
+            except DATABASE_ERRORS as exc:
+                self._drop_connections()
+                answers = self._database_answers(delivery)
+                errors = errors + 1 if answers else 0
+                logger.warning(
+                    "database error on record %s (%s); %s",
+                    delivery,
+                    exc,
+                    "retrying" if answers else f"database unavailable, retrying in {delay:.1f} s",
+                    extra={"topic": delivery.topic, "offset": delivery.offset},
+                )
+                if errors == 1 and answers:
+                    continue  # a dropped connection or a deadlock: once more at once
+                if self.shutdown.wait(delay):
+                    return None
+                delay = min(delay * 2, self.database_retry_max_delay)
+
+    def _drop_connections(self) -> None:
+        for connection in connections.all(initialized_only=True):
+            if connection.in_atomic_block:
+                continue  # someone else's transaction (a test's); not ours to close
+            try:
+                connection.close()
+            except Exception:  # a dead connection may fail to close; it is gone either way
+                pass
+
+    def _database_answers(self, delivery: Delivery) -> bool:
+        aliases = {self.handling.inbox_database}
+        reference = self.handling._local_reference(delivery)
+        if reference is not None:
+            aliases.add(reference[0])
+        try:
+            for alias in aliases:
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("SELECT 1")
+        except DATABASE_ERRORS:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ offsets, progress
+
+    def _commit(self) -> None:
+        if not self._uncommitted or self._client is None:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        try:
+            kafka.commit_offsets(self._client, offsets)
+            self.stats.commits += 1
+        except kafka.CommitFailedError as exc:
+            # The group moved these partitions elsewhere; their new owner reads the records
+            # again and finds them handled (once-only), so nothing is lost or doubled.
+            logger.warning("outbox consumer: offset commit failed (%s); records will repeat", exc)
+
+    def _close(self) -> None:
+        if self._client is None:
+            return
+        client, self._client = self._client, None
+        try:
+            if not self.shutdown.forced:
+                self._commit_quietly(client)
+            client.close(autocommit=False, timeout_ms=0 if self.shutdown.forced else 5000)
+        except Exception:  # closing is best effort; committed offsets are already safe
+            logger.exception("outbox consumer: error while closing the Kafka consumer")
+
+    def _commit_quietly(self, client: Any) -> None:
+        if not self._uncommitted:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        try:
+            kafka.commit_offsets(client, offsets)
+            self.stats.commits += 1
+        except Exception as exc:
+            logger.warning("outbox consumer: final offset commit failed (%s)", exc)
+
+    def _maybe_log_progress(self) -> None:
+        if time.monotonic() - self._last_progress[0] >= self.progress_interval:
+            self._log_progress()
+
+    def _log_progress(self, final: bool = False) -> None:
+        now = time.monotonic()
+        since, records_then = self._last_progress
+        if final:
+            since, records_then = self.stats.started, 0
+        rate = (self.stats.records - records_then) / max(now - since, 1e-9)
+        lag = None
+        if self._client is not None:
+            try:
+                lag = kafka.consumer_lag(self._client)
+            except Exception:  # lag is informative only; a rebalance may be under way
+                lag = None
+        logger.info(
+            "outbox consumer%s: %d records (%s), %.1f/s, lag %s",
+            " stopped" if final else "",
+            self.stats.records,
+            ", ".join(f"{n} {k}" for k, n in sorted(self.stats.outcomes.items())) or "none",
+            rate,
+            "unknown" if lag is None else lag,
+            extra={"records": self.stats.records, "rate": rate, "lag": lag},
+        )
+        self._last_progress = (now, self.stats.records)

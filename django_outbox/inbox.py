@@ -1,0 +1,193 @@
+"""The consumer's own tables: the inbox and the rejected records.
+
+``InboxEntry`` makes events that have no outbox row in this process's databases
+(published by another service) take effect once: its row is inserted in the
+handler's transaction, and ``(consumer_group, event_id)`` is unique.
+
+``RejectedRecord`` keeps what the consumer could not handle (malformed bytes, an
+unknown event type, a handler that kept failing) with enough of the Kafka record
+(topic, partition, offset, key, headers, value) for an operator to find and replay it.
+
+Both tables grow with traffic: prune them with ``manage.py outbox_consume --prune DAYS``
+(or ``.prune()``). Keep inbox entries longer than Kafka keeps records (``retention.ms``):
+an event re-delivered after its entry was pruned would be handled again.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from collections.abc import Sequence
+
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .fields import MillisecondDateTimeField
+
+#: Rows deleted per statement by ``prune()``: keeps locks and undo logs small.
+PRUNE_CHUNK = 5_000
+
+
+class _PrunableQuerySet(models.QuerySet):
+    time_field = "created_at"
+
+    def older_than(self, moment: datetime.datetime) -> _PrunableQuerySet:
+        return self.filter(**{f"{self.time_field}__lt": moment})
+
+    def prune(self, days: float, *, now: datetime.datetime | None = None) -> int:
+        """Delete the rows older than ``days`` days, in chunks; return how many went."""
+        cutoff = (now or timezone.now()) - datetime.timedelta(days=days)
+        deleted = 0
+        while True:
+            ids = list(
+                self.older_than(cutoff).order_by("pk").values_list("pk", flat=True)[:PRUNE_CHUNK]
+            )
+            if not ids:
+                return deleted
+            count, _detail = self.model._default_manager.using(self.db).filter(pk__in=ids).delete()
+            deleted += count
+
+
+class InboxQuerySet(_PrunableQuerySet):
+    time_field = "handled_at"
+
+    def for_group(self, group: str) -> InboxQuerySet:
+        return self.filter(consumer_group=group)
+
+
+class InboxEntry(models.Model):
+    """An event from elsewhere that a consumer group has handled (once)."""
+
+    id = models.BigAutoField(_("id"), primary_key=True)
+    consumer_group = models.CharField(_("consumer group"), max_length=255)
+    event_id = models.UUIDField(_("event id"))
+    event_type = models.CharField(_("event type"), max_length=64)
+    topic = models.CharField(_("topic"), max_length=255)
+    partition = models.IntegerField(_("partition"))
+    offset = models.BigIntegerField(_("offset"))
+    handled_at = MillisecondDateTimeField(_("handled at"), auto_now_add=True)
+
+    objects = InboxQuerySet.as_manager()
+
+    class Meta:
+        db_table = "django_outbox_inbox"
+        verbose_name = _("inbox entry")
+        verbose_name_plural = _("inbox entries")
+        constraints = [
+            # The once-only guarantee: a second insert of the same event fails.
+            models.UniqueConstraint(
+                fields=["consumer_group", "event_id"], name="outbox_inbox_group_event_uniq"
+            )
+        ]
+        indexes = [models.Index(fields=["handled_at"], name="outbox_inbox_handled_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} ({self.consumer_group})"
+
+
+class RejectionReason(models.TextChoices):
+    MALFORMED = "malformed", _("malformed record")
+    MISSING_HEADERS = "missing_headers", _("missing headers")
+    UNKNOWN_EVENT_TYPE = "unknown_event_type", _("unknown event type")
+    HANDLER_FAILED = "handler_failed", _("handler failed")
+
+
+class Encoding(models.TextChoices):
+    UTF8 = "utf-8", _("UTF-8 text")
+    BASE64 = "base64", _("base64 of raw bytes")
+
+
+def encode_bytes(*values: bytes | None) -> tuple[list[str | None], str]:
+    """Text for each value, and how it is encoded: UTF-8 if all decode, else base64."""
+    try:
+        return [None if v is None else v.decode("utf-8") for v in values], Encoding.UTF8
+    except UnicodeDecodeError:
+        return [
+            None if v is None else base64.b64encode(v).decode("ascii") for v in values
+        ], Encoding.BASE64
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> list[dict[str, str | None]]:
+    """Kafka headers as JSON: ``{"name", "value"}``, or ``{"name", "base64"}`` for binary values."""
+    encoded: list[dict[str, str | None]] = []
+    for name, value in headers:
+        if value is None:
+            encoded.append({"name": name, "value": None})
+            continue
+        try:
+            encoded.append({"name": name, "value": value.decode("utf-8")})
+        except UnicodeDecodeError:
+            encoded.append({"name": name, "base64": base64.b64encode(value).decode("ascii")})
+    return encoded
+
+
+class RejectedQuerySet(_PrunableQuerySet):
+    time_field = "created_at"
+
+    def for_group(self, group: str) -> RejectedQuerySet:
+        return self.filter(consumer_group=group)
+
+
+class RejectedRecord(models.Model):
+    """A Kafka record a consumer group could not handle, kept for an operator."""
+
+    id = models.BigAutoField(_("id"), primary_key=True)
+    consumer_group = models.CharField(_("consumer group"), max_length=255)
+    reason = models.CharField(_("reason"), max_length=32, choices=RejectionReason.choices)
+    error = models.TextField(_("error"), blank=True, default="")
+    topic = models.CharField(_("topic"), max_length=255)
+    partition = models.IntegerField(_("partition"))
+    offset = models.BigIntegerField(_("offset"))
+    key = models.TextField(_("key"), null=True, blank=True)
+    value = models.TextField(_("value"), null=True, blank=True)
+    encoding = models.CharField(
+        _("encoding of key and value"),
+        max_length=8,
+        choices=Encoding.choices,
+        default=Encoding.UTF8,
+    )
+    headers = models.JSONField(_("headers"), default=list, blank=True)
+    event_id = models.UUIDField(_("event id"), null=True, blank=True)
+    event_type = models.CharField(_("event type"), max_length=255, blank=True, default="")
+    attempts = models.PositiveIntegerField(_("attempts"), default=1)
+    created_at = MillisecondDateTimeField(_("created at"), auto_now_add=True)
+    updated_at = MillisecondDateTimeField(_("updated at"), auto_now=True)
+
+    objects = RejectedQuerySet.as_manager()
+
+    class Meta:
+        db_table = "django_outbox_rejected_record"
+        verbose_name = _("rejected record")
+        verbose_name_plural = _("rejected records")
+        constraints = [
+            # A record delivered again updates its entry instead of adding one.
+            models.UniqueConstraint(
+                fields=["consumer_group", "topic", "partition", "offset"],
+                name="outbox_rejected_record_uniq",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["created_at"], name="outbox_rejected_created_idx"),
+            models.Index(fields=["event_id"], name="outbox_rejected_event_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}: {self.reason}"
+
+    @property
+    def raw_value(self) -> bytes | None:
+        """The record's value as the bytes Kafka held."""
+        if self.value is None:
+            return None
+        if self.encoding == Encoding.BASE64:
+            return base64.b64decode(self.value)
+        return self.value.encode("utf-8")
+
+    @property
+    def raw_key(self) -> bytes | None:
+        if self.key is None:
+            return None
+        if self.encoding == Encoding.BASE64:
+            return base64.b64decode(self.key)
+        return self.key.encode("utf-8")

@@ -1,0 +1,128 @@
+"""Helpers of the consumer tests: records built like the relay builds them, test handlers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db.models import F
+from kafka import KafkaProducer
+from kafka.structs import TopicPartition
+
+from django_outbox import Event
+from django_outbox.consumer import Consumer
+from django_outbox.kafka import build_consumer, record_headers
+from django_outbox.models import OutboxMessage
+from django_outbox.registry import registry
+from testproject.chat.models import Conversation
+
+#: Group membership that starts and ends quickly on the test broker.
+FAST_GROUP = {
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 500,
+    "fetch_max_wait_ms": 100,
+}
+
+COUNTER = "test.counter"
+BROKEN = "test.broken"
+
+
+def count_handler(event: Event) -> None:
+    """Not idempotent on purpose: a second run shows as a second increment."""
+    Conversation.objects.filter(pk=event.data["conversation_id"]).update(
+        message_count=F("message_count") + 1
+    )
+
+
+def broken_handler(event: Event) -> None:
+    raise RuntimeError(f"broken handler refuses {event.event_id}")
+
+
+@contextmanager
+def registered(event_type: str, func: Any) -> Iterator[None]:
+    registry.register(event_type, func)
+    try:
+        yield
+    finally:
+        registry.unregister(event_type)
+
+
+def unique_group() -> str:
+    return f"test-consumer-{uuid.uuid4().hex[:10]}"
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+
+
+def send_rows(
+    bootstrap: str,
+    topic: str,
+    rows: Iterable[OutboxMessage],
+    alias: str = "default",
+    partition: int | None = None,
+) -> None:
+    """Send outbox rows as the relay does: key, payload unchanged, the outbox headers."""
+    with producer(bootstrap) as client:
+        futures = [
+            client.send(
+                topic,
+                key=row.message_key.encode(),
+                value=row.payload.encode(),
+                headers=record_headers(row, alias, dict(row.event.headers)),
+                partition=partition,
+            )
+            for row in rows
+        ]
+        client.flush()
+        for future in futures:
+            future.get(timeout=30)
+
+
+def send_raw(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+    partition: int | None = 0,
+) -> None:
+    """Send ``(key, value, headers)`` records, by default all to partition 0 (in order)."""
+    with producer(bootstrap) as client:
+        futures = [
+            client.send(topic, key=key, value=value, headers=headers, partition=partition)
+            for key, value, headers in records
+        ]
+        client.flush()
+        for future in futures:
+            future.get(timeout=30)
+
+
+def foreign_record(
+    event_type: str, data: Any, key: str = "k"
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """An event published by another service: envelope and event headers, no outbox row here."""
+    event = Event(event_type=event_type, data=data, key=key)
+    headers = [("event_id", str(event.event_id).encode()), ("event_type", event_type.encode())]
+    return key.encode(), event.to_bytes(), headers
+
+
+def consume(topic: str, group: str, **options: Any) -> Consumer:
+    """Run a burst consumer over ``topic`` and return it (its ``stats`` say what happened)."""
+    options.setdefault("burst", True)
+    options.setdefault("poll_timeout", 0.2)
+    options.setdefault("database_retry_delay", 0.05)
+    consumer = Consumer([topic], group=group, consumer_options=dict(FAST_GROUP), **options)
+    consumer.run()
+    return consumer
+
+
+def committed_offsets(topic: str, group: str, partitions: int = 3) -> dict[int, int | None]:
+    client = build_consumer(group_id=group, **FAST_GROUP)
+    try:
+        return {
+            p: client.committed(TopicPartition(topic, p), timeout_ms=10000)
+            for p in range(partitions)
+        }
+    finally:
+        client.close(autocommit=False)

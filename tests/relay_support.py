@@ -1,0 +1,134 @@
+"""Helpers shared by the relay and fast-path tests (tests/test_relay*.py, test_fastpath.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from django.db import connections
+
+from django_outbox.envelope import Event
+from django_outbox.models import OutboxMessage, Status
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Producer options that make a broken broker cost a test seconds, not minutes.
+FAST_FAIL_PRODUCER = {
+    "bootstrap_timeout_ms": 1500,
+    "max_block_ms": 1500,
+    "request_timeout_ms": 1500,
+    "delivery_timeout_ms": 3000,
+    "reconnect_backoff_max_ms": 500,
+}
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_rows(
+    count: int,
+    topic: str,
+    *,
+    keys: Iterable[str] | None = None,
+    size: int = 100,
+    using: str = "default",
+    max_retry: int = 20,
+) -> list[OutboxMessage]:
+    """Write ``count`` pending rows straight to the table (what the Go service would do)."""
+    key_list = list(keys) if keys is not None else [f"key-{i}" for i in range(count)]
+    rows = []
+    for index in range(count):
+        key = key_list[index % len(key_list)]
+        event = Event(
+            event_type="test.happened",
+            data={"n": index, "pad": "x" * size},
+            key=key,
+            headers={"trace": f"t{index}"},
+        )
+        rows.append(
+            OutboxMessage(
+                event_type=event.event_type,
+                topic=topic,
+                message_key=key,
+                payload=event.to_json(),
+                status=Status.PENDING,
+                max_retry=max_retry,
+            )
+        )
+    created = OutboxMessage.objects.using(using).bulk_create(rows, batch_size=500)
+    if created and created[0].pk is None:  # MariaDB returns no ids from bulk_create
+        return list(OutboxMessage.objects.using(using).order_by("id"))
+    return created
+
+
+def event_ids(records: Iterable) -> list[str]:
+    """The ``event_id`` header of each Kafka record read."""
+    return [dict(record.headers)["event_id"].decode() for record in records]
+
+
+def row_event_ids(queryset) -> set[str]:
+    return {
+        json.loads(payload)["event_id"] for payload in queryset.values_list("payload", flat=True)
+    }
+
+
+def wait_for(condition: Callable[[], object], timeout: float, message: str) -> None:
+    """Poll ``condition`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(0.1)
+
+
+def database_url(alias: str = "default") -> str:
+    """A DATABASE_URL for the *test* database behind ``alias`` (for subprocesses)."""
+    config = connections[alias].settings_dict
+    engine = config["ENGINE"]
+    scheme = {"django.db.backends.postgresql": "postgres", "django.db.backends.mysql": "mysql"}[
+        engine
+    ]
+    return (
+        f"{scheme}://{config['USER']}:{config['PASSWORD']}@{config['HOST']}:{config['PORT']}"
+        f"/{config['NAME']}"
+    )
+
+
+def relay_process(
+    *args: str, bootstrap: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``manage.py outbox_relay`` on the test database in a subprocess."""
+    environment = dict(os.environ)
+    environment.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "tests.relay_subprocess_settings",
+            "DATABASE_URL": database_url("default"),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PYTHONPATH": str(REPO_ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    environment.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "testproject" / "manage.py"), "outbox_relay", *args],
+        env=environment,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def unique_key() -> str:
+    return uuid.uuid4().hex

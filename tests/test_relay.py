@@ -1,0 +1,260 @@
+"""The relay against the real broker and the test database (SQLite, PostgreSQL, MariaDB)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import transaction
+
+from django_outbox import publish_event
+from django_outbox.envelope import HEADER_EVENT_TYPE, HEADER_OUTBOX_DB, HEADER_OUTBOX_ID
+from django_outbox.models import OutboxMessage, Status
+from django_outbox.relay import Relay
+from tests.kafka_fixtures import delete_topic, read_topic, unique_topic_name
+
+from .relay_support import FAST_FAIL_PRODUCER, closed_port, event_ids, make_rows, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def relay_settings(settings, kafka_bootstrap, kafka_topic):
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+    settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
+    settings.OUTBOX_FAST_PATH = False  # the relay alone delivers here
+    settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
+    return settings
+
+
+def test_burst_delivers_every_event_once_with_key_and_headers(relay_settings, kafka_bootstrap):
+    topic = relay_settings.OUTBOX_DEFAULT_TOPIC
+    published = []
+    for index in range(30):
+        with transaction.atomic():
+            published.append(
+                publish_event(
+                    "order.placed",
+                    {"n": index},
+                    key=f"customer-{index % 4}",
+                    headers={"trace_id": f"trace-{index}"},
+                )
+            )
+    out = io.StringIO()
+    call_command("outbox_relay", "--burst", "--batch-size", "7", stdout=out)
+
+    records = read_topic(kafka_bootstrap, topic, expected_count=30, timeout=30)
+    assert len(records) == 30
+    by_id = {str(row.event.event_id): row for row in published}
+    assert sorted(event_ids(records)) == sorted(by_id)
+    for record in records:
+        headers = dict(record.headers)
+        row = by_id[headers["event_id"].decode()]
+        assert record.key == row.message_key.encode()
+        assert record.value == row.payload.encode()  # the envelope, unchanged
+        assert headers[HEADER_EVENT_TYPE] == b"order.placed"
+        assert headers[HEADER_OUTBOX_ID] == str(row.pk).encode()
+        assert headers[HEADER_OUTBOX_DB] == b"default"
+        assert headers["trace_id"] == json.loads(row.payload)["headers"]["trace_id"].encode()
+    rows = OutboxMessage.objects.all()
+    assert {row.status for row in rows} == {Status.PUBLISHED}
+    assert all(row.published_at and row.next_retry_at is None for row in rows)
+    assert all(row.updated_at >= row.created_at for row in rows)
+
+
+def test_same_key_lands_in_one_partition_in_written_order(relay_settings, kafka_bootstrap):
+    topic = relay_settings.OUTBOX_DEFAULT_TOPIC
+    rows = make_rows(60, topic, keys=["a", "b", "c"])
+    Relay(burst=True, batch_size=25).run()
+
+    records = read_topic(kafka_bootstrap, topic, expected_count=60)
+    assert len(records) == 60
+    written = {row.pk: index for index, row in enumerate(rows)}
+    for key in (b"a", b"b", b"c"):
+        same_key = [r for r in records if r.key == key]
+        assert len({r.partition for r in same_key}) == 1
+        ids = [int(dict(r.headers)[HEADER_OUTBOX_ID]) for r in same_key]  # offset order
+        assert ids == sorted(ids, key=written.__getitem__)
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_serves_several_databases(relay_settings, kafka_bootstrap):
+    topic = relay_settings.OUTBOX_DEFAULT_TOPIC
+    make_rows(5, topic, using="default")
+    make_rows(4, topic, using="other")
+    call_command("outbox_relay", "--burst", "--database", "default", "--database", "other")
+
+    records = read_topic(kafka_bootstrap, topic, expected_count=9)
+    assert (
+        sorted(dict(r.headers)[HEADER_OUTBOX_DB] for r in records)
+        == [b"default"] * 5 + [b"other"] * 4
+    )
+    assert OutboxMessage.objects.using("other").published().count() == 4
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+def test_only_the_databases_asked_for(relay_settings):
+    make_rows(2, relay_settings.OUTBOX_DEFAULT_TOPIC, using="other")
+    call_command("outbox_relay", "--burst")  # OUTBOX_DATABASES defaults to ["default"]
+    assert OutboxMessage.objects.using("other").pending().count() == 2
+
+
+def test_broker_down_rows_stay_pending_with_the_error_then_get_delivered(
+    relay_settings, kafka_bootstrap, caplog
+):
+    topic = relay_settings.OUTBOX_DEFAULT_TOPIC
+    make_rows(12, topic)
+    relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
+    relay_settings.OUTBOX_RETRY_BACKOFF_BASE = 0.2
+    relay_settings.OUTBOX_RETRY_BACKOFF_MAX = 0.4
+
+    with caplog.at_level(logging.WARNING, logger="django_outbox"):
+        Relay(burst=True, batch_size=5).run()  # must not raise
+
+    rows = list(OutboxMessage.objects.order_by("id"))
+    assert {row.status for row in rows} == {Status.PENDING}
+    assert all(row.retry_count >= 1 for row in rows)
+    assert all(row.last_error and "Timeout" in row.last_error for row in rows)
+    assert all(row.next_retry_at is not None for row in rows)
+    assert not OutboxMessage.objects.in_flight().exists()  # backing off, not leased
+    assert "not delivered" in caplog.text
+
+    relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap  # the broker is back
+    wait_for(lambda: OutboxMessage.objects.due().count() == 12, 5, "the backoff to pass")
+    Relay(burst=True).run()
+    assert OutboxMessage.objects.published().count() == 12
+    assert len(read_topic(kafka_bootstrap, topic, expected_count=12)) == 12
+
+
+def test_running_relay_keeps_trying_while_the_broker_is_down(relay_settings):
+    make_rows(3, relay_settings.OUTBOX_DEFAULT_TOPIC)
+    relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
+    relay_settings.OUTBOX_RETRY_BACKOFF_BASE = 0.1
+    relay_settings.OUTBOX_RETRY_BACKOFF_MAX = 0.1
+    relay = Relay(interval=0.05)
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        wait_for(
+            lambda: OutboxMessage.objects.filter(retry_count__gte=2).count() == 3,
+            30,
+            "two failed attempts per row",
+        )
+    finally:
+        relay.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert OutboxMessage.objects.pending().count() == 3
+
+
+def test_dead_after_max_retry(relay_settings):
+    make_rows(2, relay_settings.OUTBOX_DEFAULT_TOPIC, max_retry=2)
+    relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
+    relay_settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
+    relay_settings.OUTBOX_RETRY_BACKOFF_MAX = 0.05
+    Relay(burst=True).run()
+    first = list(OutboxMessage.objects.all())
+    assert [(r.status, r.retry_count) for r in first] == [(Status.PENDING, 1)] * 2
+    wait_for(lambda: OutboxMessage.objects.due().count() == 2, 5, "the backoff to pass")
+    Relay(burst=True).run()
+    rows = list(OutboxMessage.objects.all())
+    assert [(r.status, r.retry_count) for r in rows] == [(Status.DEAD, 2)] * 2
+    assert all(r.next_retry_at is None and r.last_error for r in rows)
+
+
+@pytest.fixture
+def small_topic(kafka_bootstrap):
+    """A topic whose broker-side limit rejects records over 2,000 bytes."""
+    topic = unique_topic_name("small")
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    with KafkaAdminClient(bootstrap_servers=kafka_bootstrap) as admin:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "2000"})])
+        admin.wait_for_topics([topic], timeout_ms=30000)
+    yield topic
+    delete_topic(kafka_bootstrap, topic)
+
+
+@pytest.mark.parametrize(
+    "poison",
+    ["larger than max_request_size", "rejected by the broker", "invalid topic name"],
+)
+def test_a_poison_row_goes_dead_and_does_not_hold_the_others(
+    relay_settings, kafka_bootstrap, small_topic, poison
+):
+    topic = relay_settings.OUTBOX_DEFAULT_TOPIC
+    good = make_rows(3, topic, keys=["k"])
+    if poison == "larger than max_request_size":
+        relay_settings.OUTBOX_KAFKA_PRODUCER = {**FAST_FAIL_PRODUCER, "max_request_size": 50_000}
+        (bad,) = make_rows(1, topic, keys=["k"], size=60_000)
+    elif poison == "rejected by the broker":
+        (bad,) = make_rows(1, small_topic, keys=["k"], size=5_000)
+    else:
+        (bad,) = make_rows(1, "not a valid topic!", keys=["k"])
+    good += make_rows(3, topic, keys=["k"])
+
+    Relay(burst=True).run()
+
+    bad.refresh_from_db()
+    assert bad.status == Status.DEAD  # at once: retrying cannot help (see docs/relay.rst)
+    assert bad.retry_count == 1 and bad.next_retry_at is None
+    assert bad.last_error
+    assert OutboxMessage.objects.published().count() == 6
+    records = read_topic(kafka_bootstrap, topic, expected_count=6)
+    assert [int(dict(r.headers)[HEADER_OUTBOX_ID]) for r in records] == [r.pk for r in good]
+
+
+def test_a_failed_write_back_does_not_escape_run(relay_settings, monkeypatch, caplog):
+    make_rows(2, relay_settings.OUTBOX_DEFAULT_TOPIC)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr("django_outbox.relay.claim", broken)
+    relay = Relay(burst=True)
+    with caplog.at_level(logging.ERROR, logger="django_outbox"):
+        relay.run()
+    assert relay.errors == 1
+    assert "database 'default' failed" in caplog.text
+    with pytest.raises(CommandError, match="database error"):
+        call_command("outbox_relay", "--burst")
+
+
+def test_progress_line(relay_settings, caplog):
+    make_rows(5, relay_settings.OUTBOX_DEFAULT_TOPIC)
+    with caplog.at_level(logging.INFO, logger="django_outbox"):
+        Relay(burst=True, batch_size=2, progress_interval=0).run()
+    assert "rows/s delivered" in caplog.text and "pending" in caplog.text
+    assert Relay().backlog() == (0, 0.0)
+
+
+def test_command_logs_to_stdout_when_no_handler_is_configured(relay_settings):
+    make_rows(1, relay_settings.OUTBOX_DEFAULT_TOPIC)
+    out = io.StringIO()
+    call_command("outbox_relay", "--burst", "--verbosity", "2", stdout=out)
+    assert "outbox relay started" in out.getvalue()
+    assert not logging.getLogger("django_outbox").handlers  # removed afterwards
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--interval", "-1"], "--interval"),
+        (["--lease", "0"], "--lease"),
+        (["--database", "nope"], "unknown database"),
+    ],
+)
+def test_command_rejects_bad_options(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("outbox_relay", "--burst", *args)
+
+
+def test_relay_rejects_an_unknown_alias():
+    with pytest.raises(ValueError, match="unknown database"):
+        Relay(databases=["nope"])
