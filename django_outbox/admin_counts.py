@@ -13,7 +13,7 @@ from typing import cast
 
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import F, Min, QuerySet
 from django.utils import timezone
 from django.utils.formats import number_format
 from django.utils.functional import cached_property
@@ -156,8 +156,9 @@ def summary(queryset: OutboxMessageQuerySet, now: datetime.datetime | None = Non
 
     Every count reads at most ``COUNT_CAP + 1`` entries of the index
     ``(status, next_retry_at, biz_type)``. The oldest due row is the earlier of the
-    first entry of that index among retried rows and the oldest never-tried row
-    (``next_retry_at`` NULL), whose cost grows with the backlog, not the table.
+    first entry of that index among retried rows and the never-tried row
+    (``next_retry_at`` NULL) with the lowest id, whose cost grows with the backlog
+    of never-tried rows, not with the table.
     """
     now = now or timezone.now()
     result = Summary(total_estimate=table_estimate(queryset.db))
@@ -176,14 +177,16 @@ def summary(queryset: OutboxMessageQuerySet, now: datetime.datetime | None = Non
     )
     if retried is not None:
         candidates.append(retried)
-    fresh = (
-        queryset.filter(status=Status.PENDING, next_retry_at__isnull=True, created_at__isnull=False)
-        .order_by("created_at", "pk")
-        .values_list("created_at", "pk")
-        .first()
-    )
-    if fresh is not None:
-        candidates.append(fresh)
+    # Never-tried rows: the lowest id is the oldest. "+ 0" keeps PostgreSQL from
+    # walking the primary key from its start, through the old consumed rows, and
+    # makes both databases read just this range of the status index.
+    fresh_id = queryset.filter(status=Status.PENDING, next_retry_at__isnull=True).aggregate(
+        oldest=Min(F("pk") + 0)
+    )["oldest"]
+    if fresh_id is not None:
+        created = queryset.filter(pk=fresh_id).values_list("created_at", flat=True).first()
+        if created is not None:
+            candidates.append((created, fresh_id))
     if candidates:
         result.oldest_due_since, result.oldest_due_id = min(candidates)
     return result

@@ -149,8 +149,9 @@ class Consumer:
         finally:
             if self.install_signal_handlers:
                 self.shutdown.restore()
+            if not self.shutdown.forced:
+                self._log_progress(final=True)
             self._close()
-        self._log_progress(final=True)
         return self.stats
 
     def _loop(self) -> None:
@@ -265,7 +266,7 @@ class Consumer:
 
     def _database_answers(self, delivery: Delivery) -> bool:
         aliases = {self.handling.inbox_database}
-        reference = self.handling._local_reference(delivery)
+        reference = self.handling.local_reference(delivery)
         if reference is not None:
             aliases.add(reference[0])
         try:

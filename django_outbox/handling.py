@@ -50,7 +50,7 @@ from .envelope import (
     Event,
 )
 from .exceptions import MalformedEvent, UnknownEventType
-from .fields import clip_error
+from .fields import clip_error, truncate_to_millis
 from .inbox import InboxEntry, RejectedRecord, RejectionReason, encode_bytes, encode_headers
 from .models import OutboxMessage, Status, retry_time
 from .registry import Handler, HandlerRegistry, registry
@@ -176,7 +176,7 @@ class Handling:
             self.reject(delivery, rejected.reason, rejected.error)
             self._malformed_row_dead(delivery, rejected.error)
             return Result(Outcome.REJECTED, rejected.error)
-        local = self._local_reference(delivery)
+        local = self.local_reference(delivery)
         try:
             handler = self.handlers.get(event.event_type)
         except UnknownEventType as exc:
@@ -223,7 +223,7 @@ class Handling:
             )
         return event
 
-    def _local_reference(self, delivery: Delivery) -> tuple[str, int] | None:
+    def local_reference(self, delivery: Delivery) -> tuple[str, int] | None:
         """(alias, pk) when the headers name a row in a database of this process."""
         alias, outbox_id = delivery.header(HEADER_OUTBOX_DB), delivery.header(HEADER_OUTBOX_ID)
         if not alias or not outbox_id or alias not in connections.settings:
@@ -259,6 +259,7 @@ class Handling:
         database_errors_fail: bool,
     ) -> Result | None:
         failure: Exception | None = None
+        handler_ran = False
         try:
             with transaction.atomic(using=alias):
                 row = self._locked_row(alias, pk, event)
@@ -278,22 +279,30 @@ class Handling:
                         extra={"outbox_id": pk, "event_id": str(event.event_id)},
                     )
                     return Result(Outcome.SKIPPED, f"row is {row.status}")
-                failure = _run(handler, event, alias)
+                failure, handler_ran = _run(handler, event, alias), True
                 if failure is not None:
                     raise failure
-                now = timezone.now()
+                # Truncated here too: Value() bypasses the field's own truncation.
+                now = truncate_to_millis(timezone.now())
                 OutboxMessage.objects.using(alias).filter(pk=pk).update(
                     status=Status.CONSUMED,
                     consumed_at=now,
                     updated_at=now,
                     # Sent it was: the relay's own write-back may not have landed yet, and
                     # it never will (it is fenced on status='pending').
-                    published_at=Coalesce("published_at", Value(now)),
+                    published_at=Coalesce(
+                        "published_at",
+                        Value(now, output_field=OutboxMessage._meta.get_field("published_at")),
+                    ),
                 )
                 return Result(Outcome.HANDLED)
-        except Exception:
-            if failure is None:  # our own bookkeeping failed: the caller retries
-                raise
+        except Exception as exc:
+            if failure is None:
+                if not handler_ran or isinstance(exc, DATABASE_ERRORS):
+                    raise  # our own bookkeeping failed: the caller retries
+                # The handler broke the transaction behind our back (a database error
+                # caught without a savepoint, on PostgreSQL): its failure, not ours.
+                failure = exc
         if isinstance(failure, DATABASE_ERRORS) and not database_errors_fail:
             raise failure
         return self._local_failed(delivery, event, alias, pk, failure)
@@ -348,7 +357,7 @@ class Handling:
         Only when the row holds exactly the record's value: the alias and id alone could
         be another service's.
         """
-        local = self._local_reference(delivery)
+        local = self.local_reference(delivery)
         if local is None or delivery.value is None:
             return
         alias, pk = local

@@ -17,9 +17,27 @@ from django_outbox.models import OutboxMessage, Status
 from django_outbox.relay import Relay
 from tests.kafka_fixtures import delete_topic, read_topic, unique_topic_name
 
-from .relay_support import FAST_FAIL_PRODUCER, closed_port, event_ids, make_rows, wait_for
+from .relay_support import (
+    FAST_FAIL_PRODUCER,
+    IGNORE_LEAKED_SOCKETS,
+    closed_port,
+    event_ids,
+    leaked_sockets_collected,
+    make_rows,
+    wait_for,
+)
 
-pytestmark = [pytest.mark.kafka, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS),
+]
+
+
+@pytest.fixture(autouse=True)
+def _leaked_sockets():
+    with leaked_sockets_collected():
+        yield
 
 
 @pytest.fixture

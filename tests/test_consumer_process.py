@@ -1,0 +1,153 @@
+"""``manage.py outbox_consume`` as a real process: SIGTERM, a second signal, SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.db import connection
+
+from django_outbox import publish_event
+from django_outbox.models import OutboxMessage, Status
+from testproject.chat.models import Conversation
+
+from .consumer_support import (
+    COUNTER,
+    committed_offsets,
+    consume,
+    count_handler,
+    registered,
+    send_rows,
+    unique_group,
+)
+from .relay_support import REPO_ROOT, database_url, wait_for
+
+SLOW = "test.slow"
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def needs_server_database():
+    if connection.vendor == "sqlite":
+        pytest.skip("the subprocess cannot see SQLite's in-memory test database")
+
+
+@pytest.fixture(autouse=True)
+def outbox_config(settings, kafka_bootstrap, kafka_topic):
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+    settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
+    settings.OUTBOX_FAST_PATH = False
+
+
+def consumer_process(bootstrap, *args, env=None):
+    environment = dict(os.environ)
+    environment.update(
+        {
+            "DATABASE_URL": database_url("default"),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+    )
+    environment.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "consumer_subprocess.py"), *args],
+        env=environment,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def count(conversation):
+    conversation.refresh_from_db()
+    return conversation.message_count
+
+
+def test_sigterm_finishes_the_record_in_hand_commits_and_exits_0(
+    kafka_bootstrap, kafka_topic, tmp_path
+):
+    conversation = Conversation.objects.create(title="sigterm")
+    rows = [publish_event(SLOW, {"conversation_id": conversation.pk}) for _ in range(5)]
+    send_rows(kafka_bootstrap, kafka_topic, rows, partition=0)
+    group = unique_group()
+    process = consumer_process(
+        kafka_bootstrap,
+        "--topic", kafka_topic, "--group", group, "--poll-timeout", "0.2",
+        env={"OUTBOX_TEST_MARKERS": str(tmp_path), "OUTBOX_TEST_SLOW": "1.0"},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "started-2").exists(), 60, "the second record")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "SIGTERM received" in output
+    assert "outbox consumer stopped: 2 records" in output
+    assert count(conversation) == 2  # the record in hand was finished
+    assert committed_offsets(kafka_topic, group)[0] == 2
+    statuses = [OutboxMessage.objects.get(pk=row.pk).status for row in rows]
+    assert statuses == [Status.CONSUMED] * 2 + [Status.PENDING] * 3
+
+    # A restart picks up where it stopped: no record twice, none lost.
+    with registered(SLOW, count_handler):
+        rest = consume(kafka_topic, group)
+    assert rest.stats.outcomes == {"handled": 3}
+    assert count(conversation) == 5
+
+
+def test_second_signal_exits_at_once(kafka_bootstrap, kafka_topic, tmp_path):
+    conversation = Conversation.objects.create(title="impatient")
+    row = publish_event(SLOW, {"conversation_id": conversation.pk})
+    send_rows(kafka_bootstrap, kafka_topic, [row], partition=0)
+    group = unique_group()
+    process = consumer_process(
+        kafka_bootstrap,
+        "--topic", kafka_topic, "--group", group,
+        env={"OUTBOX_TEST_MARKERS": str(tmp_path), "OUTBOX_TEST_SLOW": "120"},
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "started-1").exists(), 60, "the record to start")
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert "exiting at once" in output
+    assert count(conversation) == 0  # rolled back: the record is handled by the next consumer
+    assert committed_offsets(kafka_topic, group)[0] is None
+    assert OutboxMessage.objects.get(pk=row.pk).status == Status.PENDING
+
+
+def test_sigkill_after_handler_commit_before_offset_commit(kafka_bootstrap, kafka_topic):
+    conversation = Conversation.objects.create(title="killed")
+    rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(4)]
+    send_rows(kafka_bootstrap, kafka_topic, rows, partition=0)
+    group = unique_group()
+    process = consumer_process(
+        kafka_bootstrap,
+        "--topic", kafka_topic, "--group", group, "--burst",
+        env={"OUTBOX_TEST_KILL_AT": "2"},
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL, output
+    assert count(conversation) == 2
+    assert committed_offsets(kafka_topic, group)[0] is None  # died before the offset commit
+
+    with registered(COUNTER, count_handler):
+        restarted = consume(kafka_topic, group)
+    assert restarted.stats.outcomes == {"duplicate": 2, "handled": 2}
+    assert count(conversation) == 4
+    assert OutboxMessage.objects.consumed().count() == 4
