@@ -154,8 +154,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     )
 
     #: Permission codenames (app label ``django_outbox``) each action needs.
-    retry_permission = "change_outboxmessage"
-    give_up_permission = "change_outboxmessage"
+    retry_permission = "retry_outboxmessage"
+    give_up_permission = "give_up_outboxmessage"
     redeliver_permission = "redeliver_outboxmessage"
 
     # -- access -----------------------------------------------------------------

@@ -135,6 +135,12 @@ class OutboxMessage(models.Model):
         db_table = "agent_outbox_messages"
         verbose_name = _("outbox message")
         verbose_name_plural = _("outbox messages")
+        # Each admin action has its own permission (no table change: Django's auth rows only).
+        permissions = [
+            ("retry_outboxmessage", _("Can retry outbox messages now")),
+            ("give_up_outboxmessage", _("Can give up outbox messages (mark dead)")),
+            ("redeliver_outboxmessage", _("Can deliver published or consumed messages again")),
+        ]
         indexes = [
             models.Index(
                 fields=["status", "next_retry_at", "event_type"], name="idx_outbox_status_next"

@@ -336,14 +336,35 @@ def test_view_permission_shows_but_cannot_act(rows):
     assert OutboxMessage.objects.get(pk=rows["dead"].pk).last_error == "broker said no"
 
 
-def test_change_permission_allows_retry_and_give_up_but_not_redeliver(rows):
-    client = client_for(user_with("view_outboxmessage", "change_outboxmessage"))
+@pytest.mark.parametrize(
+    ("codename", "allowed"),
+    [
+        ("retry_outboxmessage", "retry_now"),
+        ("give_up_outboxmessage", "give_up"),
+        ("redeliver_outboxmessage", "redeliver"),
+    ],
+)
+def test_each_action_has_its_own_permission(rows, codename, allowed):
+    client = client_for(user_with("view_outboxmessage", codename))
     choices = dict(client.get(LIST_URL).context["action_form"].fields["action"].choices)
-    assert {"retry_now", "give_up"} <= set(choices) and "redeliver" not in choices
+    assert set(choices) - {""} == {allowed}
+
+
+def test_retry_permission_alone_cannot_redeliver_or_give_up(rows):
+    client = client_for(user_with("view_outboxmessage", "retry_outboxmessage"))
     run_action(client, "redeliver", [rows["consumed"]], post="yes")
     assert OutboxMessage.objects.get(pk=rows["consumed"].pk).status == Status.CONSUMED
+    run_action(client, "give_up", [rows["ready"]])
+    assert OutboxMessage.objects.get(pk=rows["ready"].pk).status == Status.PENDING
     run_action(client, "retry_now", [rows["dead"]])
     assert OutboxMessage.objects.get(pk=rows["dead"].pk).status == Status.PENDING
+
+
+def test_change_permission_alone_runs_no_action(rows):
+    client = client_for(user_with("view_outboxmessage", "change_outboxmessage"))
+    assert client.get(LIST_URL).context["action_form"] is None
+    run_action(client, "retry_now", [rows["dead"]])
+    assert OutboxMessage.objects.get(pk=rows["dead"].pk).status == Status.DEAD
 
 
 def test_non_staff_is_sent_to_the_login_page(rows):
