@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The demo project's manage.py: run it from anywhere, e.g. ``python testproject/manage.py check``."""
+"""The demo project's manage.py; works from anywhere: ``python testproject/manage.py check``."""
 
 import os
 import sys
