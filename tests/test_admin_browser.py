@@ -1,14 +1,17 @@
 """The admin in a real headless Chromium: log in, filter dead messages, retry them.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium,
-/usr/bin/chromedriver); nothing is downloaded. Saves docs/img/admin-list.png and
-docs/img/admin-detail.png for docs/admin.rst.
+/usr/bin/chromedriver); nothing is downloaded. Saves screenshots of the list and of a
+detail page in the test's tmp_path, and into docs/img/ (for docs/admin.rst) when
+OUTBOX_UPDATE_SCREENSHOTS=1, so that an ordinary run leaves the work tree clean.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
 
 pytestmark = [
     pytest.mark.browser,
@@ -64,15 +67,20 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         driver.quit()
 
 
-def screenshot(browser: Any, name: str) -> None:
-    """The whole page, however long."""
+def screenshot(browser: Any, name: str, directory: Path) -> Path:
+    """The whole page, however long; also into docs/img/ when asked to."""
     height = browser.execute_script(
         "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight,"
         " document.getElementById('container').scrollHeight)"
     )
     browser.set_window_size(1500, min(max(height, 600), 2400))
-    browser.save_screenshot(str(IMAGES / name))
+    path = directory / name
+    assert browser.save_screenshot(str(path)), f"Chromium saved no {name}"
+    if os.environ.get("OUTBOX_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, DOCS_IMAGES / name)
     browser.set_window_size(1500, 900)
+    assert path.stat().st_size > 10_000  # a rendered page, not an empty canvas
+    return path
 
 
 def envelope(event_type: str, key: str, data: dict[str, Any]) -> tuple[str, str]:
@@ -156,7 +164,7 @@ def seed() -> list[OutboxMessage]:
     return made
 
 
-def test_filter_dead_and_retry_them(live_server, browser, transactional_db):
+def test_filter_dead_and_retry_them(live_server, browser, transactional_db, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -171,8 +179,7 @@ def test_filter_dead_and_retry_them(live_server, browser, transactional_db):
     browser.find_element(By.ID, "outbox-summary")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == len(rows)
     browser.find_element(By.ID, "toggle-nav-sidebar").click()  # more room for the columns
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    screenshot(browser, "admin-list.png")
+    screenshot(browser, "admin-list.png", tmp_path)
 
     browser.find_element(By.CSS_SELECTOR, '#changelist-filter a[href="?state=dead"]').click()
     assert "state=dead" in browser.current_url
@@ -194,4 +201,4 @@ def test_filter_dead_and_retry_them(live_server, browser, transactional_db):
         "retry requested by admin (was dead, 20/20 retries)"
         in browser.find_element(By.CSS_SELECTOR, ".field-last_error_text pre").text
     )
-    screenshot(browser, "admin-detail.png")
+    screenshot(browser, "admin-detail.png", tmp_path)
