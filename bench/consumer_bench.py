@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=300)
     parser.add_argument("--rate", type=float, default=50.0, help="events/s in the latency run")
     parser.add_argument("--relay-interval", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, help="default: the consumer's")
     args = parser.parse_args()
 
     import django
@@ -78,7 +79,7 @@ def main() -> None:
     from django.test.utils import override_settings
 
     from django_outbox import kafka
-    from django_outbox.consumer import Consumer
+    from django_outbox.consumer import DEFAULT_BATCH_SIZE, Consumer
     from django_outbox.registry import registry
     from django_outbox.relay import Relay
     from testproject.chat.events import persist_chat_history
@@ -86,6 +87,7 @@ def main() -> None:
     from testproject.chat.services import MESSAGE_CREATED, post_message
 
     ensure_database(connection)
+    args.batch_size = args.batch_size or DEFAULT_BATCH_SIZE
     call_command("migrate", verbosity=0)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     topics: list[str] = []
@@ -123,30 +125,56 @@ def main() -> None:
     conversation = Conversation.objects.create(title="bench")
 
     # ---------------------------------------------------------------- throughput
-    with override_settings(**base, OUTBOX_FAST_PATH=False):
-        start = time.perf_counter()
-        batch = 100
-        for first in range(0, args.events, batch):
-            with transaction.atomic():
-                for n in range(first, min(first + batch, args.events)):
-                    post_message(conversation, "bench", f"message {n} " + "x" * 200)
-        publish_s = time.perf_counter() - start
-        start = time.perf_counter()
-        call_command("outbox_relay", "--burst", verbosity=0)
-        relay_s = time.perf_counter() - start
-        before = ChatHistory.objects.count()
-        consumer = Consumer([topic], group=f"bench-{uuid.uuid4().hex[:8]}", burst=True)
-        start = time.perf_counter()
-        consumer.run()
-        consume_s = time.perf_counter() - start
-        handled = ChatHistory.objects.count() - before
-    rate = consumer.stats.records / consume_s
-    print(f"publish: {args.events} events in {publish_s:.2f} s ({args.events / publish_s:.0f}/s)")
-    print(f"relay --burst: {relay_s:.2f} s ({args.events / relay_s:.0f}/s)")
-    print(
-        f"consumer: {consumer.stats.records} records, {handled} handled and consumed in "
-        f"{consume_s:.2f} s = {rate:.0f} events/s ({consumer.stats.outcomes})"
-    )
+    first_call: list[float] = []
+
+    def noop_handler(event):  # type: ignore[no-untyped-def]
+        if not first_call:
+            first_call.append(time.perf_counter())
+
+    def measured(event):  # type: ignore[no-untyped-def]
+        noop_handler(event)
+        persist_chat_history(event)
+
+    runs = [("chat", 1), ("chat", args.batch_size), ("no-op", 1), ("no-op", args.batch_size)]
+    rate = 0.0
+    for handler_name, batch_size in runs:
+        registry.unregister(MESSAGE_CREATED)
+        registry.register(MESSAGE_CREATED, measured if handler_name == "chat" else noop_handler)
+        first_call.clear()
+        topic = new_topic()
+        with override_settings(
+            **{**base, "OUTBOX_TOPICS": {MESSAGE_CREATED: topic}}, OUTBOX_FAST_PATH=False
+        ):
+            start = time.perf_counter()
+            for first in range(0, args.events, 100):
+                with transaction.atomic():
+                    for n in range(first, min(first + 100, args.events)):
+                        post_message(conversation, "bench", f"message {n} " + "x" * 200)
+            publish_s = time.perf_counter() - start
+            start = time.perf_counter()
+            call_command("outbox_relay", "--burst", verbosity=0)
+            relay_s = time.perf_counter() - start
+            before = ChatHistory.objects.count()
+            consumer = Consumer(
+                [topic], group=f"bench-{uuid.uuid4().hex[:8]}", burst=True, batch_size=batch_size
+            )
+            start = time.perf_counter()
+            consumer.run()
+            end = time.perf_counter()
+            handled = ChatHistory.objects.count() - before
+        whole = consumer.stats.records / (end - start)
+        working = consumer.stats.records / (end - first_call[0])
+        if (handler_name, batch_size) == runs[1]:
+            rate, publish_rate, relay_rate = working, args.events / publish_s, args.events / relay_s
+        print(
+            f"consumer, {handler_name} handler, --batch-size {batch_size}: "
+            f"{consumer.stats.records} records ({handled} chat rows) in {end - start:.2f} s "
+            f"= {whole:.0f}/s with the group join, {working:.0f}/s from the first record "
+            f"({consumer.stats.outcomes})"
+        )
+    print(f"publish: {publish_rate:.0f} events/s; relay --burst: {relay_rate:.0f} rows/s")
+    registry.unregister(MESSAGE_CREATED)
+    registry.register(MESSAGE_CREATED, timed_handler)
 
     # ---------------------------------------------------------------- raw kafka-python
     raw = kafka.build_consumer(group_id=None, fetch_max_wait_ms=50)
@@ -161,7 +189,10 @@ def main() -> None:
     raw.close()
     raw_rate = count / raw_s
     print(f"raw kafka-python consumer: {count} records in {raw_s:.2f} s = {raw_rate:.0f}/s")
-    print(f"ratio consumer / raw: {rate / raw_rate:.3f} ({raw_rate / rate:.1f}x slower)")
+    print(
+        f"ratio consumer (chat, --batch-size {args.batch_size}) / raw: {rate / raw_rate:.3f} "
+        f"({raw_rate / rate:.1f}x slower)"
+    )
 
     # ---------------------------------------------------------------- latency
     for fast_path in (True, False):
@@ -181,9 +212,12 @@ def main() -> None:
             committed: dict[str, float] = {}
             for _ in range(args.latency_events):
                 with transaction.atomic():
+                    # Registered first, so it runs before the fast path's own on_commit
+                    # hook (which sends, waits for the ack and writes back).
+                    moment: dict[str, float] = {}
+                    transaction.on_commit(stamp(moment, "committed"))
                     row = post_message(conversation, "bench", "latency " + "x" * 200)
-                    event_id = str(row.event.event_id)
-                    transaction.on_commit(stamp(committed, event_id))
+                committed[str(row.event.event_id)] = moment["committed"]
                 time.sleep(1 / args.rate)
             deadline = time.monotonic() + 60
             while not all(e in done for e in committed) and time.monotonic() < deadline:

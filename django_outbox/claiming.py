@@ -76,12 +76,16 @@ def claim(
     *,
     ids: Sequence[int] | None = None,
     due_by: datetime.datetime | None = None,
+    after_id: int | None = None,
     now: datetime.datetime | None = None,
 ) -> Claim:
     """Lease up to ``batch_size`` due rows of ``alias`` (only among ``ids`` if given), oldest first.
 
     ``due_by``: take only rows due at that moment (default: now); a burst passes its
     start time, so that rows it failed (and which back off) wait for the next run.
+    ``after_id``: only rows with a greater id. The table keeps every published row,
+    and ``ORDER BY id`` walks the primary key past all of them; a busy relay starts
+    where its last batch ended instead (see ``Relay``).
 
     One short transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL and
     MariaDB, so that concurrent relays take disjoint rows without waiting for each
@@ -97,6 +101,8 @@ def claim(
         due = manager.due(due_by)
         if ids is not None:
             due = due.filter(pk__in=list(ids))
+        if after_id is not None:
+            due = due.filter(pk__gt=after_id)
         rows = [
             ClaimedRow(*values)
             for values in due.select_for_update(skip_locked=True)

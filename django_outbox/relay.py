@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 LEASE_SHARE = 0.75
 #: Upper bound of the pause after a database or broker outage, seconds.
 MAX_PAUSE = 30.0
+#: While busy, a relay claims after the last id it took; at least this often (and
+#: whenever it catches up) it scans from the start again, for rows that became due
+#: behind it (retries, leases of a relay that died).
+FULL_SCAN_INTERVAL = 10.0
 
 
 def describe(exc: BaseException) -> str:
@@ -82,6 +86,8 @@ class Relay:
         self.failed = 0
         self._outages = 0
         self._broken: set[str] = set()
+        self._after: dict[str, int | None] = {}
+        self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
         # A burst takes what was due when it started: rows it fails back off until
         # after that moment, so it ends even while Kafka is down.
         self._due_by = timezone.now() if burst else None
@@ -104,11 +110,17 @@ class Relay:
             ", burst" if self.burst else "",
         )
         try:
+            checked_at = 0.0
             while not self.shutdown.requested:
-                close_old_connections()
+                # Drop broken or expired connections. With CONN_MAX_AGE=0 this means a
+                # new connection each time: at most once a second while busy.
+                if time.monotonic() - checked_at >= 1.0:
+                    close_old_connections()
+                    checked_at = time.monotonic()
                 handled, trouble = self.run_once()
                 self._report()
                 if trouble:
+                    checked_at = 0.0
                     self._outages += 1
                     if self.burst and len(self._broken) == len(self.databases):
                         break
@@ -121,6 +133,7 @@ class Relay:
                     continue
                 if self.burst:
                     break
+                checked_at = 0.0
                 self.shutdown.wait(self.interval)
         finally:
             self._close()
@@ -159,8 +172,19 @@ class Relay:
         Return (rows claimed, whether Kafka looked unreachable: nothing acked and
         only retriable errors).
         """
-        batch = claim(alias, self.batch_size, self.lease_seconds, due_by=self._due_by)
+        if time.monotonic() >= self._full_scan_at:
+            self._after.clear()
+            self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
+        after = self._after.get(alias)
+        batch = claim(
+            alias, self.batch_size, self.lease_seconds, due_by=self._due_by, after_id=after
+        )
+        # A full batch: more is probably waiting right after it. Otherwise scan from
+        # the start next time.
+        self._after[alias] = batch.rows[-1].id if len(batch) == self.batch_size else None
         if not batch.rows:
+            if after is not None:  # caught up from the floor: look behind it at once
+                return self.deliver_batch(alias)
             return 0, False
         claimed_at = time.monotonic()
         outcomes = self._send(batch, claimed_at)

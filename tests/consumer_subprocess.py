@@ -5,7 +5,9 @@ Usage: python tests/consumer_subprocess.py [outbox_consume arguments]
 Environment: DATABASE_URL (the test database), KAFKA_BOOTSTRAP_SERVERS, and
 OUTBOX_TEST_MARKERS  a directory; the slow handler creates ``started-<n>`` there
 OUTBOX_TEST_SLOW     seconds the ``test.slow`` handler sleeps (default 1)
-OUTBOX_TEST_KILL_AT  SIGKILL this process right after the n-th handler transaction commits
+OUTBOX_TEST_KILL_AT  SIGKILL this process right after the transaction of the n-th handler
+                     commits (the record's own with --batch-size 1, else its chunk's)
+OUTBOX_TEST_KILL_IN  SIGKILL this process inside the n-th handler, before anything commits
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def killing_counter(event):
     if handled == int(os.environ.get("OUTBOX_TEST_KILL_AT", "0")):
         # After the handler's transaction commits, before the consumer commits the offset.
         transaction.on_commit(lambda: os.kill(os.getpid(), signal.SIGKILL))
+    if handled == int(os.environ.get("OUTBOX_TEST_KILL_IN", "0")):
+        # Mid-chunk: earlier handlers ran, their effects are not committed yet.
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 registry.register(SLOW, slow_handler)

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -132,6 +133,20 @@ def relay_process(
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def run_in_thread(relay) -> threading.Thread:
+    """Start ``relay.run()`` in a thread that closes its own database connections."""
+
+    def target() -> None:
+        try:
+            relay.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, name="relay")
+    thread.start()
+    return thread
 
 
 def unique_key() -> str:

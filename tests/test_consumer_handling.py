@@ -175,3 +175,5 @@ def test_consumer_arguments_are_checked():
         Consumer(["t"], max_messages=0)
     with pytest.raises(ValueError, match="inbox_attempts"):
         Consumer(["t"], inbox_attempts=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        Consumer(["t"], batch_size=0)

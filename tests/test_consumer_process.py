@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 
 from django_outbox import publish_event
+from django_outbox.handling import Outcome
 from django_outbox.models import OutboxMessage, Status
 from testproject.chat.models import Conversation
 
@@ -129,13 +130,14 @@ def test_second_signal_exits_at_once(kafka_bootstrap, kafka_topic, tmp_path):
 
 
 def test_sigkill_after_handler_commit_before_offset_commit(kafka_bootstrap, kafka_topic):
+    """One record per transaction (``--batch-size 1``): killed after the second commits."""
     conversation = Conversation.objects.create(title="killed")
     rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(4)]
     send_rows(kafka_bootstrap, kafka_topic, rows, partition=0)
     group = unique_group()
     process = consumer_process(
         kafka_bootstrap,
-        "--topic", kafka_topic, "--group", group, "--burst",
+        "--topic", kafka_topic, "--group", group, "--burst", "--batch-size", "1",
         env={"OUTBOX_TEST_KILL_AT": "2"},
     )  # fmt: skip
     try:
@@ -151,3 +153,38 @@ def test_sigkill_after_handler_commit_before_offset_commit(kafka_bootstrap, kafk
     assert restarted.stats.outcomes == {"duplicate": 2, "handled": 2}
     assert count(conversation) == 4
     assert OutboxMessage.objects.consumed().count() == 4
+
+
+@pytest.mark.parametrize("moment", ["KILL_IN", "KILL_AT"], ids=["mid-chunk", "after-chunk-commit"])
+def test_sigkill_during_a_chunk_gives_each_effect_once(kafka_bootstrap, kafka_topic, moment):
+    """Killed inside the third handler of a chunk, or right after the chunk commits."""
+    conversation = Conversation.objects.create(title="killed in a chunk")
+    rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(6)]
+    send_rows(kafka_bootstrap, kafka_topic, rows, partition=0)
+    group = unique_group()
+    process = consumer_process(
+        kafka_bootstrap,
+        "--topic", kafka_topic, "--group", group, "--burst",
+        env={f"OUTBOX_TEST_{moment}": "3"},
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL, output
+    assert committed_offsets(kafka_topic, group)[0] is None
+    survived = count(conversation)  # the committed chunks (a poll may bring fewer than 6)
+    consumed = OutboxMessage.objects.consumed().count()
+    assert survived == consumed  # the consumed mark commits with the handler's effects
+    if moment == "KILL_IN":
+        assert survived < 3  # the chunk in hand left nothing behind
+    else:
+        assert survived >= 3
+
+    with registered(COUNTER, count_handler):
+        restarted = consume(kafka_topic, group)
+    assert restarted.stats.records == 6
+    assert restarted.stats.count(Outcome.DUPLICATE) == survived
+    assert restarted.stats.count(Outcome.HANDLED) == 6 - survived
+    assert count(conversation) == 6
+    assert OutboxMessage.objects.consumed().count() == 6

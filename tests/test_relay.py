@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -24,6 +23,7 @@ from .relay_support import (
     event_ids,
     leaked_sockets_collected,
     make_rows,
+    run_in_thread,
     wait_for,
 )
 
@@ -154,8 +154,7 @@ def test_running_relay_keeps_trying_while_the_broker_is_down(relay_settings):
     relay_settings.OUTBOX_RETRY_BACKOFF_BASE = 0.1
     relay_settings.OUTBOX_RETRY_BACKOFF_MAX = 0.1
     relay = Relay(interval=0.05)
-    thread = threading.Thread(target=relay.run)
-    thread.start()
+    thread = run_in_thread(relay)
     try:
         wait_for(
             lambda: OutboxMessage.objects.filter(retry_count__gte=2).count() == 3,

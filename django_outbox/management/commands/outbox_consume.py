@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_outbox.conf import outbox_settings
-from django_outbox.consumer import Consumer
+from django_outbox.consumer import DEFAULT_BATCH_SIZE, Consumer
 from django_outbox.exceptions import ImproperlyConfiguredOutbox
 from django_outbox.inbox import InboxEntry, RejectedRecord
 
@@ -18,7 +18,8 @@ VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: lo
 class Command(BaseCommand):
     help = (
         "Consume outbox events from Kafka and run their handlers, once each. "
-        "SIGTERM/SIGINT stop after the record in hand; a second signal exits at once."
+        "SIGTERM/SIGINT stop after the record in hand (its chunk committed); a second signal "
+        "exits at once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,6 +38,14 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-messages", type=int, metavar="N", help="Exit after handling N records."
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=int,
+            default=DEFAULT_BATCH_SIZE,
+            metavar="N",
+            help="Records handled in one database transaction, a savepoint each "
+            f"(default {DEFAULT_BATCH_SIZE}); 1 commits every record on its own.",
         )
         parser.add_argument(
             "--poll-timeout", type=float, default=1.0, help="Seconds a poll waits (default 1)."
@@ -62,12 +71,15 @@ class Command(BaseCommand):
             return
         if options["max_messages"] is not None and options["max_messages"] < 1:
             raise CommandError("--max-messages must be at least 1")
+        if options["batch_size"] < 1:
+            raise CommandError("--batch-size must be at least 1")
         try:
             consumer = Consumer(
                 options["topics"],
                 group=options["group"],
                 burst=options["burst"],
                 max_messages=options["max_messages"],
+                batch_size=options["batch_size"],
                 poll_timeout=options["poll_timeout"],
                 progress_interval=options["progress_interval"],
                 install_signal_handlers=True,

@@ -1,0 +1,142 @@
+"""Claims (leases in next_retry_at) and fenced write-backs, without Kafka."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from django.db.models.functions import TruncSecond
+from django.utils import timezone
+
+from django_outbox.claiming import Failure, claim, record_failed, record_published, release
+from django_outbox.models import OutboxMessage, Status, lease_expiry
+
+from .relay_support import make_rows
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_claim_leases_due_rows_oldest_first(settings):
+    rows = make_rows(5, "t")
+    now = timezone.now()
+    batch = claim("default", 3, 30, now=now)
+    assert [r.id for r in batch.rows] == [r.pk for r in rows[:3]]
+    assert batch.lease == lease_expiry(now, 30)
+    assert batch.lease.microsecond == 0  # a whole second: "in flight", not "backing off"
+    leased = OutboxMessage.objects.filter(next_retry_at=batch.lease)
+    assert leased.count() == 3
+    assert all(
+        r.updated_at == now.replace(microsecond=now.microsecond // 1000 * 1000) for r in leased
+    )
+    assert OutboxMessage.objects.in_flight().count() == 3
+    assert not OutboxMessage.objects.backing_off().exists()
+    # Leased rows are not due: the next claim takes the others.
+    again = claim("default", 10, 30, now=now)
+    assert [r.id for r in again.rows] == [r.pk for r in rows[3:]]
+    assert len(claim("default", 10, 30, now=now)) == 0
+
+
+def test_claim_skips_backing_off_final_and_other_ids():
+    rows = make_rows(4, "t")
+    later = timezone.now() + datetime.timedelta(minutes=5, milliseconds=7)
+    OutboxMessage.objects.filter(pk=rows[0].pk).update(next_retry_at=later)
+    OutboxMessage.objects.filter(pk=rows[1].pk).update(status=Status.DEAD)
+    batch = claim("default", 10, 30, ids=[rows[1].pk, rows[2].pk, rows[0].pk])
+    assert [r.id for r in batch.rows] == [rows[2].pk]
+
+
+def test_an_expired_lease_is_taken_again_with_a_later_lease():
+    make_rows(1, "t")
+    now = timezone.now()
+    first = claim("default", 10, 1, now=now)
+    assert len(claim("default", 10, 1, now=now)) == 0
+    second = claim("default", 10, 1, now=first.lease)  # the lease ran out
+    assert len(second) == 1 and second.lease > first.lease
+    # The first holder's write-back is fenced off: nothing changes.
+    assert record_published(first, [first.rows[0].id]) == 0
+    assert record_failed(first, [Failure(first.rows[0], "late")]) == 0
+    assert release(first, [first.rows[0].id]) == 0
+    row = OutboxMessage.objects.get()
+    assert (row.status, row.next_retry_at, row.retry_count) == (Status.PENDING, second.lease, 0)
+    assert record_published(second, [row.pk]) == 1
+
+
+def test_published_in_one_statement(django_assert_num_queries):
+    make_rows(4, "t")
+    batch = claim("default", 10, 30)
+    with django_assert_num_queries(1):
+        assert record_published(batch, [r.id for r in batch.rows]) == 4
+    for row in OutboxMessage.objects.all():
+        assert row.status == Status.PUBLISHED
+        assert row.published_at is not None and row.next_retry_at is None
+
+
+def test_published_never_overwrites_consumed():
+    make_rows(1, "t")
+    batch = claim("default", 10, 30)
+    # A consumer got the record before the relay recorded "published".
+    OutboxMessage.objects.update(status=Status.CONSUMED, consumed_at=timezone.now())
+    assert record_published(batch, [batch.rows[0].id]) == 0
+    assert OutboxMessage.objects.get().status == Status.CONSUMED
+
+
+def test_failure_backs_off_with_a_non_whole_second(settings):
+    settings.OUTBOX_RETRY_BACKOFF_BASE = 10.0
+    make_rows(2, "t")
+    batch = claim("default", 10, 30)
+    now = timezone.now()
+    failures = [Failure(row, "KafkaTimeoutError: broker down") for row in batch.rows]
+    assert record_failed(batch, failures, now) == 2
+    for row in OutboxMessage.objects.all():
+        assert row.status == Status.PENDING and row.retry_count == 1
+        assert row.last_error == "KafkaTimeoutError: broker down"
+        assert now + datetime.timedelta(seconds=4.9) <= row.next_retry_at
+        assert row.next_retry_at <= now + datetime.timedelta(seconds=10)
+    assert OutboxMessage.objects.backing_off().count() == 2
+    assert not OutboxMessage.objects.in_flight().exists()
+    assert not OutboxMessage.objects.filter(next_retry_at=TruncSecond("next_retry_at")).exists()
+
+
+def test_dead_when_retries_are_spent_or_the_record_is_poison():
+    rows = make_rows(3, "t", max_retry=2)
+    OutboxMessage.objects.filter(pk=rows[0].pk).update(retry_count=1)
+    batch = claim("default", 10, 30)
+    by_id = {r.id: r for r in batch.rows}
+    record_failed(
+        batch,
+        [
+            Failure(by_id[rows[0].pk], "again"),  # 2nd failure of 2 allowed
+            Failure(by_id[rows[1].pk], "MessageSizeTooLargeError", final=True),
+            Failure(by_id[rows[2].pk], "first failure"),
+        ],
+    )
+    got = {r.pk: r for r in OutboxMessage.objects.all()}
+    assert (got[rows[0].pk].status, got[rows[0].pk].retry_count) == (Status.DEAD, 2)
+    assert (got[rows[1].pk].status, got[rows[1].pk].retry_count) == (Status.DEAD, 1)
+    assert (got[rows[2].pk].status, got[rows[2].pk].retry_count) == (Status.PENDING, 1)
+    assert got[rows[0].pk].next_retry_at is None and got[rows[1].pk].next_retry_at is None
+
+
+def test_long_errors_are_clipped():
+    make_rows(1, "t")
+    batch = claim("default", 10, 30)
+    record_failed(batch, [Failure(batch.rows[0], "x" * 100_000)])
+    assert len(OutboxMessage.objects.get().last_error) <= 16_000
+
+
+def test_release_makes_rows_due_without_counting_an_attempt():
+    make_rows(2, "t")
+    batch = claim("default", 10, 30)
+    assert release(batch, [r.id for r in batch.rows]) == 2
+    assert OutboxMessage.objects.due().count() == 2
+    assert set(OutboxMessage.objects.values_list("retry_count", flat=True)) == {0}
+
+
+def test_burst_cutoff_leaves_rows_that_became_due_later():
+    rows = make_rows(2, "t")
+    start = timezone.now()
+    OutboxMessage.objects.filter(pk=rows[0].pk).update(
+        next_retry_at=start + datetime.timedelta(milliseconds=1)
+    )
+    later = start + datetime.timedelta(seconds=5)
+    assert [r.id for r in claim("default", 10, 30, due_by=start, now=later).rows] == [rows[1].pk]
