@@ -4,15 +4,16 @@ Usage (a database of its own, migrated by the script; the broker of scripts/kafk
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 \\
     DATABASE_URL=postgres://outbox:outbox@127.0.0.1:5432/outbox_consumer_bench \\
-        python bench/consumer_bench.py [--events 5000] [--latency-events 300] [--rate 50]
+        python bench/consumer_bench.py [--events 5000] [--latency-events 300] [--batch-size N]
 
 What it prints:
 
 1. **throughput**: ``--events`` chat messages are published (``post_message``: business
    row + outbox row in one transaction), delivered by ``outbox_relay --burst``, then
-   ``Consumer(burst=True)`` runs the chat handler (one ``ChatHistory`` insert) and marks
-   each row ``consumed``, one transaction per event. Figure: events/s over that run,
-   group join included.
+   ``Consumer(burst=True)`` handles them; four times, on fresh rows: the chat handler
+   (one ``ChatHistory`` ``get_or_create``) and a no-op handler (the consumer's own
+   cost), each at ``batch_size=1`` and at ``--batch-size`` (default: the consumer's).
+   Figures: events/s over the run (group join included) and from the first record.
 2. **raw**: a bare kafka-python consumer (``assign`` + ``poll``, no group, no database)
    reads the same records: records/s, and the ratio consumer / raw.
 3. **latency**: with a consumer running, ``--latency-events`` messages are published at
