@@ -5,9 +5,12 @@ Usage (a broker from ``scripts/kafka-local start``; the database from DATABASE_U
 SQLite in memory when unset; a throw-away test database is created and dropped)::
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 DATABASE_URL=postgres://... \\
-        python bench/relay_bench.py [--rows 20000] [--size 1000] [--batch-size 500]
+        python bench/relay_bench.py [--rows 20000] [--size 1000] [--batch-size 500] [--repeat 5]
 
-Prints figures; asserts nothing about speed.
+Each repetition times the raw producer, then the relay, on the same records (the
+order alternates between repetitions, so that a slow spell of a shared machine
+hits both alike). Prints each figure, then median and spread; asserts nothing
+about speed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 import uuid
@@ -29,8 +33,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=1000, help="payload bytes per row")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--publish-rows", type=int, default=2000)
-    parser.add_argument("--profile", action="store_true", help="profile the relay run")
+    parser.add_argument("--repeat", type=int, default=5, help="repetitions of raw + relay")
+    parser.add_argument("--publish-rows", type=int, default=2000, help="0: skip that part")
+    parser.add_argument("--profile", action="store_true", help="profile one relay run")
+    parser.add_argument(
+        "--phases", action="store_true", help="time the relay's claim/send/wait/record"
+    )
     args = parser.parse_args()
 
     import django
@@ -53,6 +61,7 @@ def main() -> None:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
     old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    topics: list[str] = []
     try:
         vendor = connection.vendor
         print(
@@ -71,6 +80,7 @@ def main() -> None:
             with kafka.build_admin() as admin:
                 admin.create_topics([kafka.NewTopic(name, 3, 1)])
                 admin.wait_for_topics([name], timeout_ms=30000)
+            topics.append(name)
             return name
 
         def rows(topic_name: str, count: int) -> list[OutboxMessage]:
@@ -90,55 +100,84 @@ def main() -> None:
             return out
 
         # --- raw producer: same broker, records, headers and producer configuration.
-        raw_topic = topic()
-        records = [
-            kafka.OutboxRecord(
-                raw_topic,
-                row.message_key.encode(),
-                row.payload.encode(),
-                kafka.outbox_headers(index + 1, row.event_type, row.payload, "default"),
-            )
-            for index, row in enumerate(rows(raw_topic, args.rows))
-        ]
-        warm_up = kafka.build_producer()
-        warm_up.send(raw_topic, value=b"warm-up", key=b"w").get(30)
-        warm_up.close()
-        started = time.perf_counter()
-        producer = kafka.build_producer()
-        futures = [
-            producer.send(r.topic, value=r.value, key=r.key, headers=r.headers) for r in records
-        ]
-        producer.flush()
-        assert all(f.succeeded() for f in futures)
-        raw_seconds = time.perf_counter() - started
-        producer.close()
-        raw_rate = args.rows / raw_seconds
-        print(f"raw kafka-python producer: {raw_rate:,.0f} records/s ({raw_seconds:.2f}s)")
+        def raw_run() -> float:
+            raw_topic = topic()
+            records = [
+                kafka.OutboxRecord(
+                    raw_topic,
+                    row.message_key.encode(),
+                    row.payload.encode(),
+                    kafka.outbox_headers(index + 1, row.event_type, row.payload, "default"),
+                )
+                for index, row in enumerate(rows(raw_topic, args.rows))
+            ]
+            warm_up = kafka.build_producer()
+            warm_up.send(raw_topic, value=b"warm-up", key=b"w").get(30)
+            warm_up.close()
+            started = time.perf_counter()
+            producer = kafka.build_producer()
+            futures = [
+                producer.send(r.topic, value=r.value, key=r.key, headers=r.headers) for r in records
+            ]
+            producer.flush()
+            assert all(f.succeeded() for f in futures)
+            seconds = time.perf_counter() - started
+            producer.close()
+            return args.rows / seconds
 
         # --- the relay: pending -> Kafka -> published.
-        relay_topic = topic()
-        rows(relay_topic, 1)[0].save()
-        Relay(burst=True).run()  # warm-up (database caches, topic metadata on the broker)
-        OutboxMessage.objects.all().delete()
-        OutboxMessage.objects.bulk_create(rows(relay_topic, args.rows), batch_size=1000)
-        # Like the raw run, the timing includes building the producer.
-        relay = Relay(burst=True, batch_size=args.batch_size, progress_interval=3600)
-        started = time.perf_counter()
-        if args.profile:
-            import cProfile
-            import pstats
+        def relay_run(profile: bool = False) -> float:
+            relay_topic = topic()
+            OutboxMessage.objects.all().delete()
+            rows(relay_topic, 1)[0].save()
+            Relay(burst=True).run()  # warm-up (database caches, topic metadata on the broker)
+            OutboxMessage.objects.all().delete()
+            OutboxMessage.objects.bulk_create(rows(relay_topic, args.rows), batch_size=1000)
+            # Like the raw run, the timing includes building the producer.
+            relay = Relay(burst=True, batch_size=args.batch_size, progress_interval=3600)
+            started = time.perf_counter()
+            if profile:
+                import cProfile
+                import pstats
 
-            with cProfile.Profile() as profile:
+                with cProfile.Profile() as profiler:
+                    relay.run()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            else:
                 relay.run()
-            pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
-        else:
-            relay.run()
-        relay_seconds = time.perf_counter() - started
-        published = OutboxMessage.objects.published().count()
-        assert published >= args.rows, published
-        relay_rate = args.rows / relay_seconds
-        print(f"relay: {relay_rate:,.0f} rows/s ({relay_seconds:.2f}s)")
-        print(f"relay / raw producer: {relay_rate / raw_rate:.2f}x")
+            seconds = time.perf_counter() - started
+            published = OutboxMessage.objects.published().count()
+            assert published >= args.rows, published
+            return args.rows / seconds
+
+        if args.phases:
+            phases = time_phases()
+        raw_rates, relay_rates = [], []
+        for repetition in range(args.repeat):
+            if repetition % 2:
+                relay_rates.append(relay_run())
+                raw_rates.append(raw_run())
+            else:
+                raw_rates.append(raw_run())
+                relay_rates.append(relay_run())
+            print(
+                f"  run {repetition + 1}: raw {raw_rates[-1]:,.0f} records/s, relay "
+                f"{relay_rates[-1]:,.0f} rows/s, {relay_rates[-1] / raw_rates[-1]:.2f}x"
+            )
+        ratios = [relay / raw for relay, raw in zip(relay_rates, raw_rates, strict=True)]
+        print(f"raw kafka-python producer: {spread(raw_rates)} records/s")
+        print(f"relay: {spread(relay_rates)} rows/s")
+        print(f"relay / raw producer: {spread(ratios, '.2f')} (ratio within each run)")
+        if args.phases:
+            print(
+                "relay main thread, seconds over all runs (wall/CPU): "
+                + ", ".join(f"{name} {wall:.2f}/{cpu:.2f}" for name, (wall, cpu) in phases.items())
+            )
+        if args.profile:
+            relay_run(profile=True)
+        if not args.publish_rows:
+            return
+        relay_topic = topic()
 
         # --- publish_event() inside a transaction vs a plain create() of a same-size row.
         OutboxMessage.objects.all().delete()
@@ -180,6 +219,41 @@ def main() -> None:
         fastpath.reset_producer()
     finally:
         teardown_databases(old_config, verbosity=0)
+        if topics:
+            with kafka.build_admin() as admin:
+                admin.delete_topics(topics)
+
+
+def spread(values: list[float], spec: str = ",.0f") -> str:
+    """Median, and min-max, of ``values``."""
+    return (
+        f"median {format(statistics.median(values), spec)} "
+        f"(min {format(min(values), spec)}, max {format(max(values), spec)}, n={len(values)})"
+    )
+
+
+def time_phases() -> dict[str, list[float]]:
+    """Wrap the relay's steps to add up the main thread's time in each: [wall, CPU]."""
+    from django_outbox import kafka, relay
+
+    totals = {name: [0.0, 0.0] for name in ("claim", "build+send", "wait for acks", "record")}
+
+    def timed(name: str, function):
+        def wrapper(*args, **kwargs):
+            started, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                totals[name][0] += time.perf_counter() - started
+                totals[name][1] += time.thread_time() - cpu
+
+        return wrapper
+
+    relay.claim = timed("claim", relay.claim)
+    relay.Relay._send = timed("build+send", relay.Relay._send)
+    kafka.await_acks = timed("wait for acks", kafka.await_acks)
+    relay.Relay._record = timed("record", relay.Relay._record)
+    return totals
 
 
 def kafka_version() -> str:

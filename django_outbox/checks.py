@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from .conf import DEFAULTS, outbox_settings
+from .conf import DEFAULTS, FAST_PATH_MODES, outbox_settings
 from .topics import topic_problem
 
 TAG = "django_outbox"
@@ -172,6 +172,17 @@ def check_client_options(**kwargs: Any) -> Messages:
                 f"OUTBOX_CONSUMER_GROUP is {group!r}.",
                 hint="Use a non-empty consumer group id, e.g. 'billing-service'.",
                 id="django_outbox.E009",
+            )
+        )
+    mode = outbox_settings.raw("FAST_PATH_MODE")
+    if mode not in FAST_PATH_MODES:
+        messages.append(
+            Error(
+                f"OUTBOX_FAST_PATH_MODE is {mode!r}.",
+                hint="Use 'thread' (deliver from a background thread, the default) or "
+                "'sync' (deliver in the committing thread); OUTBOX_FAST_PATH = False turns "
+                "the fast path off.",
+                id="django_outbox.E011",
             )
         )
     policy = outbox_settings.raw("UNKNOWN_EVENT_POLICY")

@@ -10,6 +10,9 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
+#: The values of ``OUTBOX_FAST_PATH_MODE`` (see django_outbox/fastpath.py).
+FAST_PATH_MODES = ("thread", "sync")
+
 #: Defaults of every ``OUTBOX_*`` setting; see README.rst for what each means.
 DEFAULTS: dict[str, Any] = {
     "KAFKA_BOOTSTRAP_SERVERS": ["127.0.0.1:9092"],
@@ -23,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "CONSUMER_GROUP": "django-outbox",
     "FAST_PATH": True,
     "FAST_PATH_TIMEOUT": 2.0,  # seconds the on_commit fast path may cost a request
+    "FAST_PATH_MODE": "thread",  # or "sync": deliver in the committing thread
     "LEASE_SECONDS": 60,
     "RETRY_BACKOFF_BASE": 1.0,  # seconds before the first retry
     "RETRY_BACKOFF_MAX": 3600.0,  # cap of the exponential backoff, seconds
@@ -87,6 +91,10 @@ class OutboxSettings:
     @property
     def fast_path(self) -> bool:
         return bool(self._get("FAST_PATH"))
+
+    @property
+    def fast_path_mode(self) -> str:
+        return str(self._get("FAST_PATH_MODE"))
 
     @property
     def fast_path_timeout(self) -> float:

@@ -7,8 +7,9 @@ settings, and for the record format (key, value, headers) of an outbox row.
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -54,8 +55,11 @@ __all__ = [
     "is_retriable",
     "is_timeout",
     "outbox_headers",
+    "await_acks",
     "record_headers",
+    "send_batch",
     "send_records",
+    "Sending",
     "OutboxRecord",
 ]
 
@@ -184,23 +188,67 @@ class OutboxRecord(NamedTuple):
 def outbox_headers(pk: int, event_type: str, payload: str, alias: str) -> list[tuple[str, bytes]]:
     """``record_headers`` for a row given as plain values (the relay's hot path).
 
-    Reads only ``event_id`` and ``headers`` from the payload, with one ``json.loads``:
-    full envelope validation is the consumer's job, and a malformed payload is still
-    delivered (with an empty event id) so that the consumer can record it.
+    Reads only ``event_id`` and ``headers`` from the payload: full envelope
+    validation is the consumer's job, and a malformed payload is still delivered
+    (with an empty event id) so that the consumer can record it.
     """
-    event_id, extra = "", None
+    head = _envelope_head(payload)
+    if head is None:
+        head = _envelope_head_parsed(payload)
+    event_id, found = head
+    extra = None
+    if isinstance(found, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in found.items()
+    ):
+        extra = found
+    return _headers(event_id, event_type, pk, alias, extra)
+
+
+_JSON_STRING = r'"(?:[^"\\]++|\\.)*+"'
+#: How ``envelope.dumps`` writes every envelope: compact, keys in this order, ``data``
+#: last, ``event_id`` a UUID (nothing to unescape).
+_CANONICAL_HEAD = re.compile(
+    r'\{"event_id":"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})",'
+    rf'"event_type":{_JSON_STRING},"version":\d+,"occurred_at":{_JSON_STRING},'
+    rf'"key":{_JSON_STRING},"headers":'
+)
+#: The scanner behind ``json.loads``: reads one value at an index, returns (value, end).
+_scan_json_value: Callable[[str, int], tuple[Any, int]]
+_scan_json_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _envelope_head(payload: str) -> tuple[str, Any] | None:
+    """``(event_id, headers)`` of a canonical envelope, without parsing the rest.
+
+    One regular expression finds ``event_id`` and the start of ``headers``; only
+    ``headers`` is parsed, ``data`` (nearly all of a payload) is skipped unread.
+    Anything else (another key order, as the Go service may write, whitespace, an
+    upper-case UUID) returns None, and the caller parses the whole document. What
+    is skipped is not validated: the consumer does that. Like any reader that stops
+    early, this one would not see a duplicate key after ``data``; ``json.dumps`` of
+    a dict never writes one.
+    """
+    head = _CANONICAL_HEAD.match(payload)
+    if head is None:
+        return None
+    try:
+        headers, position = _scan_json_value(payload, head.end())
+    except (StopIteration, ValueError):  # not JSON after all
+        return None
+    if not payload.startswith(',"data":', position):
+        return None
+    return head.group(1), headers
+
+
+def _envelope_head_parsed(payload: str) -> tuple[str, Any]:
+    """``(event_id, headers)`` with one ``json.loads``; ``("", None)`` when malformed."""
     try:
         document = json.loads(payload)
     except ValueError:
-        document = None
-    if isinstance(document, dict):
-        event_id = str(document.get("event_id") or "")
-        found = document.get("headers")
-        if isinstance(found, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in found.items()
-        ):
-            extra = found
-    return _headers(event_id, event_type, pk, alias, extra)
+        return "", None
+    if not isinstance(document, dict):
+        return "", None
+    return str(document.get("event_id") or ""), document.get("headers")
 
 
 class NotAcknowledged(KafkaTimeoutError):
@@ -211,23 +259,39 @@ class NotSent(KafkaTimeoutError):
     """A record was not handed to the producer: the time budget was spent first."""
 
 
-def send_records(
-    producer: KafkaProducer, records: Sequence[OutboxRecord], timeout: float
-) -> list[BaseException | None]:
-    """Send ``records``, wait up to ``timeout`` seconds for acks; one outcome per record.
+class Sending:
+    """Records handed to a producer (``send_batch``), whose acks are still to come."""
 
-    ``None`` means Kafka acknowledged the record (acks=all); otherwise the exception
-    that record met. A record that fails (too large, invalid topic) fails alone. When
-    a topic's metadata cannot be fetched (broker down, topic missing), the first
-    ``send`` blocks up to ``max_block_ms``; the other records of that topic then
-    share its error instead of blocking again. Records not acknowledged in time get
-    ``NotAcknowledged`` (the producer may still deliver them: at least once). Once
-    ``timeout`` is spent, the remaining records are not sent (``NotSent``).
+    __slots__ = ("outcomes", "futures", "deadline", "timeout")
+
+    def __init__(self, size: int, deadline: float, timeout: float) -> None:
+        #: One per record: None (acked, or not known yet) or the exception it met.
+        self.outcomes: list[BaseException | None] = [None] * size
+        self.futures: list[tuple[int, Any]] = []
+        self.deadline = deadline
+        self.timeout = timeout
+
+    @property
+    def failed_early(self) -> bool:
+        """Some record failed before reaching the producer (no metadata, too large...)."""
+        return any(outcome is not None for outcome in self.outcomes)
+
+
+def send_batch(producer: KafkaProducer, records: Sequence[OutboxRecord], timeout: float) -> Sending:
+    """Hand ``records`` to ``producer`` and return at once; ``await_acks`` collects the outcomes.
+
+    ``timeout`` (seconds, from now) bounds both this call and the wait for acks. A
+    record that fails (too large, invalid topic) fails alone. When a topic's
+    metadata cannot be fetched (broker down, topic missing), the first ``send``
+    blocks up to ``max_block_ms``; the other records of that topic then share its
+    error instead of blocking again. Once ``timeout`` is spent, the remaining
+    records are not sent (``NotSent``).
     """
     deadline = time.monotonic() + timeout
-    outcomes: list[BaseException | None] = [None] * len(records)
-    futures: list[tuple[int, Any]] = []
+    sending = Sending(len(records), deadline, timeout)
+    outcomes, futures = sending.outcomes, sending.futures
     unavailable: dict[str, BaseException] = {}
+    send = producer.send
     for index, record in enumerate(records):
         blocked = unavailable.get(record.topic)
         if blocked is not None:
@@ -237,9 +301,7 @@ def send_records(
             outcomes[index] = NotSent("not sent: the time allowed for this batch ran out")
             continue
         try:
-            future = producer.send(
-                record.topic, value=record.value, key=record.key, headers=record.headers
-            )
+            future = send(record.topic, value=record.value, key=record.key, headers=record.headers)
         except KafkaTimeoutError as exc:  # no metadata for this topic within max_block_ms
             unavailable[record.topic] = exc
             outcomes[index] = exc
@@ -247,19 +309,50 @@ def send_records(
             outcomes[index] = exc
         else:
             futures.append((index, future))
-    if futures:
+    return sending
+
+
+def await_acks(
+    producer: KafkaProducer, sending: Sending, *, flush: bool = True
+) -> list[BaseException | None]:
+    """Wait for the acks of ``sending`` until its deadline; one outcome per record.
+
+    ``None`` means Kafka acknowledged the record (acks=all); otherwise the exception
+    that record met. Records not acknowledged in time get ``NotAcknowledged`` (the
+    producer may still deliver them: at least once). ``flush=True`` makes the
+    producer send what it holds at once (without ``linger_ms``) and waits for all
+    of it: right when nothing was sent after ``sending``. With ``flush=False`` only
+    these records are waited for, so a later batch may keep filling the producer.
+    """
+    outcomes, futures = sending.outcomes, sending.futures
+    if futures and flush:
         try:
-            producer.flush(timeout=max(deadline - time.monotonic(), 0))
+            producer.flush(timeout=max(sending.deadline - time.monotonic(), 0))
         except KafkaTimeoutError:
             pass  # the futures still pending are reported one by one below
     for index, future in futures:
         if not future.is_done:
+            try:
+                future.get(timeout=max(sending.deadline - time.monotonic(), 0))
+            except Exception:
+                pass  # read from the future below
+        if not future.is_done:
             outcomes[index] = NotAcknowledged(
-                f"no acknowledgement from Kafka within {timeout:.1f}s"
+                f"no acknowledgement from Kafka within {sending.timeout:.1f}s"
             )
         elif future.exception is not None:
             outcomes[index] = future.exception
     return outcomes
+
+
+def send_records(
+    producer: KafkaProducer, records: Sequence[OutboxRecord], timeout: float
+) -> list[BaseException | None]:
+    """Send ``records``, wait up to ``timeout`` seconds for acks; one outcome per record.
+
+    ``send_batch`` then ``await_acks`` (see both).
+    """
+    return await_acks(producer, send_batch(producer, records, timeout))
 
 
 #: Errors a record meets every time, whatever the broker's health: retrying is futile.
@@ -294,6 +387,26 @@ def close_producer(producer: KafkaProducer, timeout: float = 10.0) -> None:
         producer.close(timeout=timeout)
     except Exception:  # closing is best effort; the records are still in the outbox
         pass
+
+
+#: Producers inherited across fork() (see ``abandon_producer``), kept from the collector.
+_ABANDONED: list[KafkaProducer] = []
+
+
+def abandon_producer(producer: KafkaProducer) -> None:
+    """Forget, in a forked child, a producer built by the parent, without closing it.
+
+    Its sockets and selector are shared with the parent: closing them here, whether
+    explicitly, at exit (kafka-python's atexit hook) or when the object is collected,
+    would shut the parent's connections down. Added for the fast path.
+    """
+    unregister = getattr(producer, "_unregister_cleanup", None)
+    if unregister is not None:
+        try:
+            unregister()
+        except Exception:
+            pass
+    _ABANDONED.append(producer)
 
 
 # ----------------------------------------------------------------------------- consumer side

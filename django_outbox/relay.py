@@ -3,11 +3,15 @@
 One loop, driven by ``Relay.run()`` (``manage.py outbox_relay`` is a thin wrapper):
 
 1. *claim* a batch of due rows in a short transaction (``claiming.claim``);
-2. *send* it with kafka-python, outside any transaction, and wait for the acks;
-3. *record* acked rows ``published`` in one statement, failed ones with a backoff
-   (or ``dead``), every write fenced on the lease taken in step 1.
+2. *send* it with kafka-python, outside any transaction: ``send()`` only queues the
+   records, the producer's own thread talks to the broker;
+3. *wait* for the acks of the batch sent *before* this one, and *record* them:
+   acked rows ``published`` in one statement, failed ones with a backoff (or
+   ``dead``), every write fenced on the lease taken in step 1.
 
-Several relays may run at once, on one or several databases.
+So the database work for one batch overlaps with Kafka's work for the other: at
+most two batches are in flight. Several relays may run at once, on one or several
+databases.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import close_old_connections, connections
@@ -38,6 +43,14 @@ MAX_PAUSE = 30.0
 #: whenever it catches up) it scans from the start again, for rows that became due
 #: behind it (retries, leases of a relay that died).
 FULL_SCAN_INTERVAL = 10.0
+
+
+@dataclass
+class InFlight:
+    """A claimed batch handed to the producer, its outcome not recorded yet."""
+
+    batch: Claim
+    sending: kafka.Sending
 
 
 def describe(exc: BaseException) -> str:
@@ -80,6 +93,9 @@ class Relay:
         self.progress_interval = progress_interval
         self.producer_options = producer_options or {}
         self._producer: Any = None
+        #: After a fatal producer error: rebuild once nothing is in flight.
+        self._producer_stale = False
+        self._in_flight: InFlight | None = None
         #: Database errors met (in burst mode, each one drops its database from the run).
         self.errors = 0
         self.delivered = 0
@@ -97,7 +113,7 @@ class Relay:
     # ------------------------------------------------------------------ the loop
 
     def stop(self) -> None:
-        """Stop after the batch in hand (what the first SIGTERM does)."""
+        """Stop after the batches in hand (what the first SIGTERM does)."""
         self.shutdown.request()
 
     def run(self) -> None:
@@ -136,6 +152,8 @@ class Relay:
                 checked_at = 0.0
                 self.shutdown.wait(self.interval)
         finally:
+            if not self.shutdown.forced:
+                self._drain()  # what was sent gets recorded before the producer closes
             self._close()
             logger.info(
                 "outbox relay stopped: %d row(s) delivered, %d failed attempt(s)",
@@ -144,34 +162,39 @@ class Relay:
             )
 
     def run_once(self) -> tuple[int, bool]:
-        """One batch from each database; return (rows handled, whether something broke)."""
+        """Claim and send one batch from each database, recording the batch sent before.
+
+        Return (rows claimed, whether something broke: a database failed, or Kafka
+        looked unreachable). Ends with nothing in flight when nothing was claimed,
+        something broke, or a stop was requested.
+        """
         handled, trouble = 0, False
         for alias in self.databases:
             if alias in self._broken or self.shutdown.requested:
                 continue
+            in_flight = self._in_flight
+            if in_flight is not None and (self._producer_stale or in_flight.sending.failed_early):
+                # Known to be in trouble already: record it before claiming more.
+                trouble = self._drain() or trouble
+            if self._producer_stale and self._in_flight is None:
+                self._discard_producer()
             try:
-                claimed, kafka_down = self.deliver_batch(alias)
+                batch = self._claim(alias)
             except Exception:
-                # A database that went away: its rows stay leased or pending and are
-                # retried when it is back (the lease runs out); never crash the loop.
-                logger.exception("outbox relay: database %r failed; will retry", alias)
-                self.errors += 1
-                trouble = True
-                if self.burst:
-                    self._broken.add(alias)
+                trouble = self._database_failed(alias) or trouble
                 continue
-            handled += claimed
-            trouble = trouble or (kafka_down and not self.burst)
+            handled += len(batch)
+            sent = self._send(batch) if batch.rows else None
+            # The previous batch's acks arrived meanwhile, or arrive now.
+            trouble = self._drain(flush=sent is None) or trouble
+            self._in_flight = sent
+        if not handled or trouble or self.shutdown.requested:
+            trouble = self._drain() or trouble
         return handled, trouble
 
     # ------------------------------------------------------------------ one batch
 
-    def deliver_batch(self, alias: str) -> tuple[int, bool]:
-        """Claim, send and record one batch of ``alias``.
-
-        Return (rows claimed, whether Kafka looked unreachable: nothing acked and
-        only retriable errors).
-        """
+    def _claim(self, alias: str) -> Claim:
         if time.monotonic() >= self._full_scan_at:
             self._after.clear()
             self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
@@ -182,35 +205,64 @@ class Relay:
         # A full batch: more is probably waiting right after it. Otherwise scan from
         # the start next time.
         self._after[alias] = batch.rows[-1].id if len(batch) == self.batch_size else None
-        if not batch.rows:
-            if after is not None:  # caught up from the floor: look behind it at once
-                return self.deliver_batch(alias)
-            return 0, False
-        claimed_at = time.monotonic()
-        outcomes = self._send(batch, claimed_at)
-        self._record(batch, outcomes)
-        acked = outcomes.count(None)
-        down = acked == 0 and all(kafka.is_retriable(o) for o in outcomes if o is not None)
-        return len(batch.rows), down
+        if not batch.rows and after is not None:
+            return self._claim(alias)  # caught up from the floor: look behind it at once
+        return batch
 
-    def _send(self, batch: Claim, claimed_at: float) -> list[BaseException | None]:
+    def _send(self, batch: Claim) -> InFlight:
+        """Hand ``batch`` to the producer; its acks are awaited within the lease budget."""
+        claimed_at = time.monotonic()
         alias = batch.alias
+        outbox_headers, record = kafka.outbox_headers, kafka.OutboxRecord
         records = [
-            kafka.OutboxRecord(
+            record(
                 row.topic,
                 row.message_key.encode(),
                 row.payload.encode(),
-                kafka.outbox_headers(row.id, row.event_type, row.payload, alias),
+                outbox_headers(row.id, row.event_type, row.payload, alias),
             )
             for row in batch.rows
         ]
+        budget = max(self.lease_seconds * LEASE_SHARE - (time.monotonic() - claimed_at), 0.5)
         try:
             producer = self._get_producer()
         except Exception as exc:  # broker unreachable at start-up, bad options
             logger.warning("outbox relay: cannot build the Kafka producer: %s", describe(exc))
-            return [exc] * len(records)
-        budget = self.lease_seconds * LEASE_SHARE - (time.monotonic() - claimed_at)
-        return kafka.send_records(producer, records, max(budget, 0.5))
+            sending = kafka.Sending(len(records), time.monotonic(), budget)
+            sending.outcomes[:] = [exc] * len(records)
+            return InFlight(batch, sending)
+        return InFlight(batch, kafka.send_batch(producer, records, budget))
+
+    def _drain(self, *, flush: bool = True) -> bool:
+        """Wait for the batch in flight and record it; return whether something broke.
+
+        ``flush=False`` while a newer batch is in the producer: wait for this
+        batch's records only, and let the newer one fill its Kafka batches.
+        """
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return False
+        batch, sending = in_flight.batch, in_flight.sending
+        if sending.futures:
+            outcomes = kafka.await_acks(self._producer, sending, flush=flush)
+        else:
+            outcomes = sending.outcomes
+        try:
+            self._record(batch, outcomes)
+        except Exception:
+            return self._database_failed(batch.alias)
+        acked = outcomes.count(None)
+        down = acked == 0 and all(kafka.is_retriable(o) for o in outcomes if o is not None)
+        return down and not self.burst
+
+    def _database_failed(self, alias: str) -> bool:
+        # A database that went away: its rows stay leased or pending and are retried
+        # when it is back (the lease runs out); never crash the loop.
+        logger.exception("outbox relay: database %r failed; will retry", alias)
+        self.errors += 1
+        if self.burst:
+            self._broken.add(alias)
+        return True
 
     def _record(self, batch: Claim, outcomes: list[BaseException | None]) -> None:
         now = timezone.now()
@@ -248,8 +300,8 @@ class Relay:
             errors = [o for o in outcomes if o is not None]
             if any(not kafka.is_retriable(e) and not kafka.is_poison(e) for e in errors):
                 # A producer in a fatal state (e.g. idempotence sequence lost) fails
-                # every later record: start afresh.
-                self._discard_producer()
+                # every later record: start afresh, once the batch in flight is in.
+                self._producer_stale = True
 
     # ------------------------------------------------------------------ producer
 
@@ -260,6 +312,7 @@ class Relay:
 
     def _discard_producer(self) -> None:
         producer, self._producer = self._producer, None
+        self._producer_stale = False
         if producer is not None:
             kafka.close_producer(producer, timeout=0)
 

@@ -1,8 +1,34 @@
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 
 pytest_plugins = ["tests.kafka_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None,
+) -> Iterator[None]:
+    """Create the directory of the SQLite test databases (see tests/settings.py) before
+    pytest-django creates them there; remove it, with what SQLite left beside them
+    (-wal, -shm), after it destroyed them."""
+    directory = Path(settings.SQLITE_TEST_DIR)
+    uses_sqlite = any(
+        config["ENGINE"].endswith("sqlite3") for config in settings.DATABASES.values()
+    )
+    created = uses_sqlite and not directory.exists()
+    if created:
+        directory.mkdir(parents=True)
+    try:
+        yield
+    finally:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

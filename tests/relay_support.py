@@ -98,9 +98,14 @@ def wait_for(condition: Callable[[], object], timeout: float, message: str) -> N
 
 
 def database_url(alias: str = "default") -> str:
-    """A DATABASE_URL for the *test* database behind ``alias`` (for subprocesses)."""
+    """A DATABASE_URL for the *test* database behind ``alias`` (for subprocesses).
+
+    On SQLite that is the test database's file (tests/settings.py keeps it on disk).
+    """
     config = connections[alias].settings_dict
     engine = config["ENGINE"]
+    if engine == "django.db.backends.sqlite3":
+        return f"sqlite:///{config['NAME']}"
     scheme = {"django.db.backends.postgresql": "postgres", "django.db.backends.mysql": "mysql"}[
         engine
     ]
@@ -162,16 +167,20 @@ IGNORE_LEAKED_SOCKETS = "ignore:unclosed <socket:ResourceWarning"
 
 @contextmanager
 def leaked_sockets_collected() -> Iterator[None]:
-    """Around a test: keep kafka-python's log records (whose arguments hold the
-    exceptions, hence the frames, hence the sockets) away from pytest's capture,
-    then collect the leaked sockets while their warning is ignored."""
+    """Around a test: keep kafka-python from logging at all (its log records hold the
+    exceptions, hence the frames, hence the sockets, and pytest keeps the records it
+    captures until the test's teardown is over), then collect the leaked sockets while
+    their warning is ignored.
+
+    The level, not ``propagate = False``: pytest (9+) attaches its capture handlers to
+    non-propagating loggers too, at the start of each test phase."""
     kafka_logger = logging.getLogger("kafka")
-    propagate = kafka_logger.propagate
-    kafka_logger.propagate = False
+    level = kafka_logger.level
+    kafka_logger.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
-        kafka_logger.propagate = propagate
+        kafka_logger.setLevel(level)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "unclosed <socket", ResourceWarning)
             gc.collect()

@@ -35,6 +35,8 @@ def test_the_test_settings_pass():
         ("OUTBOX_KAFKA_CONSUMER", None, "django_outbox.E008"),
         ("OUTBOX_CONSUMER_GROUP", "", "django_outbox.E009"),
         ("OUTBOX_UNKNOWN_EVENT_POLICY", "ignore", "django_outbox.E010"),
+        ("OUTBOX_FAST_PATH_MODE", "async", "django_outbox.E011"),
+        ("OUTBOX_FAST_PATH_MODE", True, "django_outbox.E011"),
         ("OUTBOX_KAFKA_PRODUCER", {"acks": 1}, "django_outbox.W002"),
         ("OUTBOX_KAFKA_PRODUCER", {"enable_idempotence": False}, "django_outbox.W002"),
     ],
@@ -62,6 +64,7 @@ def test_valid_alternatives_pass(settings):
     settings.OUTBOX_DATABASES = "default,other"
     settings.OUTBOX_KAFKA_PRODUCER = {"acks": "all", "compression_type": "gzip"}
     settings.OUTBOX_DEFAULT_TOPIC = None
+    settings.OUTBOX_FAST_PATH_MODE = "sync"
     assert outbox_ids() == set()
 
 

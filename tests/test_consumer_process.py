@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-from django.db import connection
 
 from django_outbox import publish_event
 from django_outbox.handling import Outcome
@@ -30,12 +29,6 @@ from .relay_support import REPO_ROOT, database_url, wait_for
 SLOW = "test.slow"
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(autouse=True)
-def needs_server_database():
-    if connection.vendor == "sqlite":
-        pytest.skip("the subprocess cannot see SQLite's in-memory test database")
 
 
 @pytest.fixture(autouse=True)
