@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.db import OperationalError, connection
 from django.utils import timezone
 
-from django_outbox import publish_event
+from django_outbox import fastpath, publish_event
 from django_outbox.consumer import Consumer
 from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.models import OutboxMessage, Status
@@ -78,6 +78,7 @@ def message_count(conversation):
 def test_end_to_end_chat_history(settings, kafka_topic, group, conversation, fast_path):
     settings.OUTBOX_FAST_PATH = fast_path
     rows = [post_message(conversation, "ann", f"hello {i}") for i in range(6)]
+    assert fastpath.flush(30)  # the delivery thread is done with what it took
     call_command("outbox_relay", "--burst", verbosity=0)  # whatever the fast path left
     assert OutboxMessage.objects.published().count() == 6
 
