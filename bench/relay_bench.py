@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -55,9 +57,17 @@ def main() -> None:
 
     settings.OUTBOX_FAST_PATH = False
     # Its own test database, apart from the test suite's.
-    test = settings.DATABASES["default"].setdefault("TEST", {})
-    if "sqlite" not in settings.DATABASES["default"]["ENGINE"]:
-        test["NAME"] = f"bench_{settings.DATABASES['default']['NAME']}"
+    config = settings.DATABASES["default"]
+    test = config.setdefault("TEST", {})
+    if "sqlite" in config["ENGINE"]:
+        # A file in WAL mode, as a relay would use it (not the test suite's location).
+        test["NAME"] = str(Path(tempfile.mkdtemp(prefix="outbox-bench-"), "bench.sqlite3"))
+        config["OPTIONS"] = {
+            **config.get("OPTIONS", {}),
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
+    else:
+        test["NAME"] = f"bench_{config['NAME']}"
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
     old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
@@ -219,6 +229,8 @@ def main() -> None:
         fastpath.reset_producer()
     finally:
         teardown_databases(old_config, verbosity=0)
+        if "sqlite" in config["ENGINE"]:
+            shutil.rmtree(Path(test["NAME"]).parent, ignore_errors=True)
         if topics:
             with kafka.build_admin() as admin:
                 admin.delete_topics(topics)

@@ -87,42 +87,41 @@ def claim(
     and ``ORDER BY id`` walks the primary key past all of them; a busy relay starts
     where its last batch ended instead (see ``Relay``).
 
-    One short transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL and
-    MariaDB, so that concurrent relays take disjoint rows without waiting for each
-    other; then one ``UPDATE`` sets the lease. SQLite has no row locks, but its
-    transactions are serializable (one writer at a time; a concurrent writer gets
-    "database is locked"), so the same select-then-update is just as safe there.
+    One short transaction: ``SELECT id ... FOR UPDATE SKIP LOCKED`` on PostgreSQL
+    and MariaDB, so that concurrent relays take disjoint rows without waiting for
+    each other; one ``UPDATE`` sets the lease; then the columns of the rows leased
+    are read by primary key. SQLite has no row locks, but its transactions are
+    serializable (one writer at a time; a concurrent writer gets "database is
+    locked"), so the same statements are just as safe there.
+
+    The locking query reads ids only: when the planner goes through the status
+    index (it does when its statistics say pending rows are few, while a backlog
+    builds up), it sorts every due row to find the oldest; ids sort in memory,
+    whole rows with their payloads spilled to disk (70 ms per claim of 500 with
+    20,000 pending rows on PostgreSQL, against 12 ms).
     """
     now = now or timezone.now()
     lease = lease_expiry(now, lease_seconds)
     due_by = min(due_by or now, now)
     manager = OutboxMessage.objects.using(alias)
+    rows: list[ClaimedRow] = []
     with transaction.atomic(using=alias):
         due = manager.due(due_by)
         if ids is not None:
             due = due.filter(pk__in=list(ids))
         if after_id is not None:
             due = due.filter(pk__gt=after_id)
-        rows = [
-            ClaimedRow(*values)
-            for values in due.select_for_update(skip_locked=True)
+        locked = list(
+            due.select_for_update(skip_locked=True)
             .order_by("id")
-            .values_list(*COLUMNS)[:batch_size]
-        ]
-        if rows:
-            claimed = [row.id for row in rows]
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if locked:
             # The due() condition again: a no-op under row locks, and a guard for
             # any backend whose isolation would let a row slip between the two.
-            updated = (
-                manager.due(due_by)
-                .filter(pk__in=claimed)
-                .update(next_retry_at=lease, updated_at=now)
-            )
-            if updated != len(rows):
-                held = set(
-                    manager.filter(pk__in=claimed, next_retry_at=lease).values_list("pk", flat=True)
-                )
-                rows = [row for row in rows if row.id in held]
+            manager.due(due_by).filter(pk__in=locked).update(next_retry_at=lease, updated_at=now)
+            held = manager.filter(pk__in=locked, status=Status.PENDING, next_retry_at=lease)
+            rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
     return Claim(alias, lease, rows)
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import fcntl
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,22 @@ def django_db_modify_db_settings(
     finally:
         if created:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def kafka_broker_control(kafka_broker_control):
+    """tests.kafka_fixtures' private broker, held by one test at a time across pytest
+    processes: concurrent runs (several engineers, CI jobs on one host) share the port,
+    and one run's ``stop()`` would break another run's outage test."""
+    lock_path = Path(tempfile.gettempdir(), f"django-outbox-kafka-{kafka_broker_control.port}.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            kafka_broker_control.start()  # another run may have stopped it meanwhile
+            yield kafka_broker_control
+            kafka_broker_control.start()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture

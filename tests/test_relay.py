@@ -275,3 +275,152 @@ def test_command_rejects_bad_options(args, message):
 def test_relay_rejects_an_unknown_alias():
     with pytest.raises(ValueError, match="unknown database"):
         Relay(databases=["nope"])
+
+
+# --------------------------------------------------------------------------- pipelining
+
+
+def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
+    relay_settings, kafka_bootstrap, monkeypatch
+):
+    from django.db import connection
+
+    from django_outbox import kafka, relay
+
+    make_rows(20, relay_settings.OUTBOX_DEFAULT_TOPIC, keys=["a", "b"])
+    log: list[tuple[str, int]] = []
+    in_flight: list[object] = []
+    send_batch, await_acks, record_published = (
+        kafka.send_batch,
+        kafka.await_acks,
+        relay.record_published,
+    )
+
+    def sending(producer, records, timeout):
+        assert not connection.in_atomic_block  # never a transaction across Kafka
+        handle = send_batch(producer, records, timeout)
+        in_flight.append(handle)
+        assert len(in_flight) <= 2
+        log.append(("send", len(records)))
+        return handle
+
+    def awaiting(producer, handle, *, flush=True):
+        assert not connection.in_atomic_block
+        outcomes = await_acks(producer, handle, flush=flush)
+        in_flight.remove(handle)
+        log.append(("acks", len(outcomes)))
+        return outcomes
+
+    def recording(batch, ids, now=None):
+        log.append(("published", len(ids)))
+        return record_published(batch, ids, now)
+
+    monkeypatch.setattr(kafka, "send_batch", sending)
+    monkeypatch.setattr(kafka, "await_acks", awaiting)
+    monkeypatch.setattr(relay, "record_published", recording)
+    Relay(burst=True, batch_size=5).run()
+
+    # Batch N+1 is sent before batch N's acks are awaited; N is recorded after its acks.
+    assert log == [("send", 5), ("send", 5), ("acks", 5), ("published", 5)] + [
+        ("send", 5),
+        ("acks", 5),
+        ("published", 5),
+    ] * 2 + [("acks", 5), ("published", 5)]
+    assert OutboxMessage.objects.published().count() == 20
+    assert len(read_topic(kafka_bootstrap, relay_settings.OUTBOX_DEFAULT_TOPIC, 20)) == 20
+
+
+def test_stopping_records_the_batch_in_flight_and_leaves_the_rest_due(relay_settings):
+    make_rows(10, relay_settings.OUTBOX_DEFAULT_TOPIC)
+    relay = Relay(batch_size=5)
+    handled, trouble = relay.run_once()  # claims and sends the first batch; acks not awaited
+    assert (handled, trouble) == (5, False)
+    assert OutboxMessage.objects.published().count() == 0  # never before its ack is recorded
+    assert OutboxMessage.objects.in_flight().count() == 5
+
+    relay.stop()
+    relay.run()  # no new batch: only what is in flight gets recorded, then the producer closes
+
+    assert OutboxMessage.objects.published().count() == 5
+    assert OutboxMessage.objects.due().count() == 5
+    assert not OutboxMessage.objects.in_flight().exists()
+    assert relay.delivered == 5
+
+
+# --------------------------------------------------------------------------- record headers
+
+
+def _parsed_headers(payload: str) -> list[tuple[str, bytes]]:
+    """The headers when the payload is read with ``json.loads`` only."""
+    from unittest import mock
+
+    from django_outbox import kafka
+
+    with mock.patch.object(kafka, "_envelope_head", lambda payload: None):
+        return kafka.outbox_headers(7, "t", payload, "default")
+
+
+@pytest.mark.parametrize(
+    "key, headers",
+    [
+        ("plain", {}),
+        ('a "quoted" key \\ with "headers":{"x":"y"} inside', {"trace": 'é"\\'}),
+        ("ключ", {"a": "1", "b": "2"}),
+    ],
+)
+def test_canonical_envelopes_are_read_without_parsing_data(key, headers):
+    from django_outbox import kafka
+    from django_outbox.envelope import Event
+
+    event = Event(
+        "t", {"big": ["x" * 50] * 20, "nested": {"headers": {"no": "no"}}}, key, headers=headers
+    )
+    payload = event.to_json()
+    assert kafka._envelope_head(payload) == (str(event.event_id), headers)
+    assert kafka.outbox_headers(7, "t", payload, "default") == _parsed_headers(payload)
+    # data itself is skipped unread (the consumer validates it):
+    broken = payload[: payload.index(',"data":')] + ',"data":{not json'
+    assert kafka._envelope_head(broken) == (str(event.event_id), headers)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # The Go service: encoding/json of a struct, another key order.
+        '{"data":{"n":1},"event_id":"3f1c2b9e-8d7a-4c6b-9e5f-1a2b3c4d5e6f","event_type":"t",'
+        '"headers":{"trace":"go"},"key":"k","occurred_at":"2026-01-01T00:00:00Z","version":1}',
+        # Canonical order, but whitespace after the colons.
+        '{"event_id": "3f1c2b9e-8d7a-4c6b-9e5f-1a2b3c4d5e6f", "event_type": "t", "version": 1, '
+        '"occurred_at": "2026-01-01T00:00:00Z", "key": "k", "headers": {"trace": "go"}, '
+        '"data": {}}',
+        # An upper-case UUID, and headers after data.
+        '{"event_id":"3F1C2B9E-8D7A-4C6B-9E5F-1A2B3C4D5E6F","event_type":"t","version":1,'
+        '"occurred_at":"2026-01-01T00:00:00Z","key":"k","data":{},"headers":{"trace":"go"}}',
+    ],
+)
+def test_other_envelopes_fall_back_to_json(payload):
+    from django_outbox import kafka
+
+    assert kafka._envelope_head(payload) is None
+    headers = dict(kafka.outbox_headers(7, "t", payload, "default"))
+    assert headers["event_id"].decode().lower() == "3f1c2b9e-8d7a-4c6b-9e5f-1a2b3c4d5e6f"
+    assert headers["trace"] == b"go"
+    assert headers["outbox_id"] == b"7"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "not json",
+        "[1, 2]",
+        '{"event_id":"3f1c2b9e-8d7a-4c6b-9e5f-1a2b3c4d5e6f","event_type":"t"',  # truncated
+        '{"event_id":"3f1c2b9e-8d7a-4c6b-9e5f-1a2b3c4d5e6f","event_type":"t","version":1,'
+        '"occurred_at":"x","key":"k","headers":{"a":1},"data":{}}',  # a non-string header
+    ],
+)
+def test_malformed_envelopes_still_get_headers(payload):
+    from django_outbox import kafka
+
+    headers = kafka.outbox_headers(7, "t", payload, "default")
+    assert headers == _parsed_headers(payload)
+    assert [name for name, _ in headers] == ["event_id", "event_type", "outbox_id", "outbox_db"]
