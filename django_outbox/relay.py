@@ -209,12 +209,11 @@ class Relay:
             return self._claim(alias)  # caught up from the floor: look behind it at once
         return batch
 
-    def _send(self, batch: Claim) -> InFlight:
-        """Hand ``batch`` to the producer; its acks are awaited within the lease budget."""
-        claimed_at = time.monotonic()
+    @staticmethod
+    def _records(batch: Claim) -> list[kafka.OutboxRecord]:
         alias = batch.alias
         outbox_headers, record = kafka.outbox_headers, kafka.OutboxRecord
-        records = [
+        return [
             record(
                 row.topic,
                 row.message_key.encode(),
@@ -223,6 +222,11 @@ class Relay:
             )
             for row in batch.rows
         ]
+
+    def _send(self, batch: Claim) -> InFlight:
+        """Hand ``batch`` to the producer; its acks are awaited within the lease budget."""
+        claimed_at = time.monotonic()
+        records = self._records(batch)
         budget = max(self.lease_seconds * LEASE_SHARE - (time.monotonic() - claimed_at), 0.5)
         try:
             producer = self._get_producer()
@@ -247,6 +251,7 @@ class Relay:
             outcomes = kafka.await_acks(self._producer, sending, flush=flush)
         else:
             outcomes = sending.outcomes
+        outcomes = self._confirm_poison(batch, outcomes, sending.deadline)
         try:
             self._record(batch, outcomes)
         except Exception:
@@ -254,6 +259,52 @@ class Relay:
         acked = outcomes.count(None)
         down = acked == 0 and all(kafka.is_retriable(o) for o in outcomes if o is not None)
         return down and not self.burst
+
+    def _confirm_poison(
+        self, batch: Claim, outcomes: list[BaseException | None], deadline: float
+    ) -> list[BaseException | None]:
+        """Make sure a record Kafka can never take fails only itself.
+
+        When the broker rejects a record for good (too large for the topic, say),
+        kafka-python's idempotent producer aborts *every* batch in flight with that
+        same error, innocent records of other partitions and of the next batch
+        included. So each record that failed that way is sent again alone, on a
+        producer of its own, and only one that fails again is poison (``dead``).
+        The main producer is replaced once nothing is in flight on it. Records not
+        confirmed before ``deadline`` keep their error as an ordinary, retriable
+        failure.
+        """
+        suspects = [i for i, o in enumerate(outcomes) if o is not None and kafka.is_poison(o)]
+        if not suspects:
+            return outcomes
+        self._producer_stale = True
+        outcomes = list(outcomes)
+        records = self._records(Claim(batch.alias, batch.lease, [batch.rows[i] for i in suspects]))
+        try:
+            probe = kafka.build_producer(**{**self.producer_options, "linger_ms": 0})
+        except Exception as exc:
+            logger.warning("outbox relay: cannot check suspected poison rows: %s", describe(exc))
+            probe = None
+        try:
+            for index, record in zip(suspects, records, strict=True):
+                left = deadline - time.monotonic()
+                if probe is None or left <= 0:
+                    outcomes[index] = kafka.NotSent(
+                        f"not confirmed as poison ({outcomes[index]!r}); will retry"
+                    )
+                    continue
+                (outcomes[index],) = kafka.send_records(probe, [record], max(left, 0.5))
+        finally:
+            if probe is not None:
+                kafka.close_producer(probe, timeout=0)
+        confirmed = [i for i in suspects if (error := outcomes[i]) and kafka.is_poison(error)]
+        logger.info(
+            "outbox relay: %d suspected poison row(s) on %r checked alone: %d confirmed",
+            len(suspects),
+            batch.alias,
+            len(confirmed),
+        )
+        return outcomes
 
     def _database_failed(self, alias: str) -> bool:
         # A database that went away: its rows stay leased or pending and are retried
