@@ -414,3 +414,4 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             str(_("No message was delivered again: only published or consumed ones can be.")),
         )
         return None
+from . import admin_inbox  # noqa: E402,F401  (the consumer's tables)
