@@ -414,4 +414,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             str(_("No message was delivered again: only published or consumed ones can be.")),
         )
         return None
+
+
 from . import admin_inbox  # noqa: E402,F401  (the consumer's tables)

@@ -17,9 +17,11 @@ import datetime
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import NamedTuple
 
-from django.db import transaction
+from django.core.exceptions import EmptyResultSet
+from django.db import connections, transaction
 from django.utils import timezone
 
 from .backoff import retry_delay
@@ -87,12 +89,15 @@ def claim(
     and ``ORDER BY id`` walks the primary key past all of them; a busy relay starts
     where its last batch ended instead (see ``Relay``).
 
-    One short transaction: ``SELECT id ... FOR UPDATE SKIP LOCKED`` on PostgreSQL
-    and MariaDB, so that concurrent relays take disjoint rows without waiting for
-    each other; one ``UPDATE`` sets the lease; then the columns of the rows leased
-    are read by primary key. SQLite has no row locks, but its transactions are
-    serializable (one writer at a time; a concurrent writer gets "database is
-    locked"), so the same statements are just as safe there.
+    On PostgreSQL, one statement (one round trip): ``UPDATE ... SET next_retry_at =
+    <lease> WHERE id IN (SELECT id ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)
+    RETURNING ...``, so that concurrent relays take disjoint rows without waiting
+    for each other. MariaDB has no ``UPDATE ... RETURNING``: one short transaction
+    there, ``SELECT id ... FOR UPDATE SKIP LOCKED``, one ``UPDATE`` setting the
+    lease, then the columns of the rows leased read by primary key. SQLite has no
+    row locks, but its transactions are serializable (one writer at a time; a
+    concurrent writer gets "database is locked"), so the same statements are just
+    as safe there.
 
     The locking query reads ids only: when the planner goes through the status
     index (it does when its statistics say pending rows are few, while a backlog
@@ -104,17 +109,18 @@ def claim(
     lease = lease_expiry(now, lease_seconds)
     due_by = min(due_by or now, now)
     manager = OutboxMessage.objects.using(alias)
+    due = manager.due(due_by)
+    if ids is not None:
+        due = due.filter(pk__in=list(ids))
+    if after_id is not None:
+        due = due.filter(pk__gt=after_id)
+    due = due.order_by("id")
+    if connections[alias].vendor == "postgresql":
+        return Claim(alias, lease, _lease_returning(alias, due, batch_size, lease, now))
     rows: list[ClaimedRow] = []
     with transaction.atomic(using=alias):
-        due = manager.due(due_by)
-        if ids is not None:
-            due = due.filter(pk__in=list(ids))
-        if after_id is not None:
-            due = due.filter(pk__gt=after_id)
         locked = list(
-            due.select_for_update(skip_locked=True)
-            .order_by("id")
-            .values_list("id", flat=True)[:batch_size]
+            due.select_for_update(skip_locked=True).values_list("id", flat=True)[:batch_size]
         )
         if locked:
             # The due() condition again: a no-op under row locks, and a guard for
@@ -123,6 +129,53 @@ def claim(
             held = manager.filter(pk__in=locked, status=Status.PENDING, next_retry_at=lease)
             rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
     return Claim(alias, lease, rows)
+
+
+def _lease_returning(
+    alias: str,
+    due: OutboxMessageQuerySet,
+    batch_size: int,
+    lease: datetime.datetime,
+    now: datetime.datetime,
+) -> list[ClaimedRow]:
+    """Lease the first ``batch_size`` rows of ``due`` in one ``UPDATE ... RETURNING``.
+
+    No ``atomic()``: the statement is a transaction of its own in autocommit mode
+    (``BEGIN`` and ``COMMIT`` would cost two more round trips), and part of the
+    caller's transaction inside one. PostgreSQL checks the subquery's conditions
+    again on the latest version of each row it locks (a row another claim changed
+    meanwhile is left out), so the ``UPDATE`` needs no guard of its own.
+    """
+    connection = connections[alias]
+    try:
+        select, params = due.values_list("id")[:batch_size].query.get_compiler(alias).as_sql()
+    except EmptyResultSet:  # an empty ``ids``: nothing to ask the database
+        return []
+    meta = OutboxMessage._meta
+    fields = {field.name: field for field in meta.concrete_fields}
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        field = fields[name]
+        return quote(field.column or field.attname)
+
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {column('next_retry_at')} = %s, "
+        f"{column('updated_at')} = %s WHERE {column('id')} IN "
+        f"({select} {connection.ops.for_update_sql(skip_locked=True)}) "
+        f"RETURNING {', '.join(map(column, COLUMNS))}"
+    )
+    # The values the ORM would write (truncated to milliseconds), so that the
+    # stored lease equals ``lease`` and the write-backs' fence matches it.
+    values = (
+        fields["next_retry_at"].get_db_prep_value(lease, connection),
+        fields["updated_at"].get_db_prep_value(now, connection),
+    )
+    with transaction.mark_for_rollback_on_error(using=alias):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, (*values, *params))
+            rows = cursor.fetchall()
+    return sorted(map(ClaimedRow._make, rows), key=itemgetter(0))
 
 
 def record_published(claim: Claim, ids: Sequence[int], now: datetime.datetime | None = None) -> int:

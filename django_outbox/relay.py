@@ -2,7 +2,8 @@
 
 One loop, driven by ``Relay.run()`` (``manage.py outbox_relay`` is a thin wrapper):
 
-1. *claim* a batch of due rows in a short transaction (``claiming.claim``);
+1. *claim* a batch of due rows: one statement on PostgreSQL, a short transaction
+   elsewhere (``claiming.claim``);
 2. *send* it with kafka-python, outside any transaction: ``send()`` only queues the
    records, the producer's own thread talks to the broker;
 3. *wait* for the acks of the batch sent *before* this one, and *record* them:

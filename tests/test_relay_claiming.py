@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import datetime
+import threading
+import time
+from contextlib import nullcontext
 
 import pytest
+from django.db import connection, transaction
 from django.db.models.functions import TruncSecond
 from django.utils import timezone
 
-from django_outbox.claiming import Failure, claim, record_failed, record_published, release
+from django_outbox.claiming import (
+    COLUMNS,
+    ClaimedRow,
+    Failure,
+    claim,
+    record_failed,
+    record_published,
+    release,
+)
 from django_outbox.models import OutboxMessage, Status, lease_expiry
 
 from .relay_support import make_rows
@@ -140,3 +152,86 @@ def test_burst_cutoff_leaves_rows_that_became_due_later():
     )
     later = start + datetime.timedelta(seconds=5)
     assert [r.id for r in claim("default", 10, 30, due_by=start, now=later).rows] == [rows[1].pk]
+
+
+def test_claim_filters_limits_and_fences_alike_on_every_database(vendor, django_assert_num_queries):
+    # PostgreSQL claims in one UPDATE ... RETURNING, the others in three statements:
+    # the same rows, the same lease, the same columns.
+    r = [row.pk for row in make_rows(8, "t")]
+    now = timezone.now().replace(microsecond=123456)
+    OutboxMessage.objects.filter(pk=r[1]).update(
+        next_retry_at=now + datetime.timedelta(minutes=5, milliseconds=7)  # backing off
+    )
+    OutboxMessage.objects.filter(pk=r[2]).update(status=Status.DEAD)
+    OutboxMessage.objects.filter(pk=r[4]).update(retry_count=3, max_retry=7)
+    other = claim("default", 10, 30, ids=[r[3]], now=now)  # another relay holds r3
+    assert [row.id for row in other.rows] == [r[3]]
+
+    with django_assert_num_queries(1) if vendor == "postgresql" else nullcontext():
+        batch = claim("default", 2, 2.5, ids=r[6::-1], after_id=r[0], now=now)
+    # r0 is not after r0, r1 backs off, r2 is dead, r3 is leased; then 2 at most.
+    assert [row.id for row in batch.rows] == [r[4], r[5]]
+    expected = OutboxMessage.objects.filter(pk__in=[r[4], r[5]]).order_by("id")
+    assert batch.rows == [ClaimedRow(*values) for values in expected.values_list(*COLUMNS)]
+    assert (batch.rows[0].retry_count, batch.rows[0].max_retry) == (3, 7)
+    assert (
+        batch.lease
+        == lease_expiry(now, 2.5)
+        == now.replace(microsecond=0) + datetime.timedelta(seconds=3)
+    )
+    stored = {row.pk: row for row in OutboxMessage.objects.all()}
+    for pk in (r[4], r[5]):
+        assert stored[pk].next_retry_at == batch.lease
+        assert stored[pk].updated_at == now.replace(microsecond=123000)
+    assert stored[r[3]].next_retry_at == other.lease
+    assert stored[r[6]].next_retry_at is None and stored[r[7]].next_retry_at is None
+    assert OutboxMessage.objects.in_flight(now).count() == 3
+
+    with django_assert_num_queries(0) if vendor == "postgresql" else nullcontext():
+        assert len(claim("default", 10, 30, ids=[], now=now)) == 0
+
+    # due_by: a row due just after the cutoff waits; r4 and r5 are still leased.
+    OutboxMessage.objects.filter(pk=r[6]).update(
+        next_retry_at=now + datetime.timedelta(milliseconds=1)
+    )
+    moment = now + datetime.timedelta(seconds=2)
+    late = claim("default", 10, 30, due_by=now, now=moment)
+    assert [row.id for row in late.rows] == [r[0], r[7]]
+
+    # Leases that ran out are taken again, with a later lease; r0 and r7 are still held.
+    again = claim("default", 10, 30, now=other.lease)
+    assert [row.id for row in again.rows] == [r[3], r[4], r[5], r[6]]
+    assert again.lease > other.lease > batch.lease
+    assert record_published(other, [r[3]]) == 0
+    assert record_published(batch, [r[4], r[5]]) == 0
+    assert record_published(again, [row.id for row in again.rows]) == 4
+
+
+def test_claim_skips_rows_another_transaction_has_locked(vendor):
+    if vendor == "sqlite":
+        pytest.skip("SQLite has no row locks (one writer at a time)")
+    rows = make_rows(3, "t")
+    locked, done = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        try:
+            with transaction.atomic():
+                # Another relay in the middle of its claim of the first row.
+                list(OutboxMessage.objects.select_for_update().filter(pk=rows[0].pk))
+                locked.set()
+                done.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        started = time.monotonic()
+        batch = claim("default", 10, 30)
+        assert time.monotonic() - started < 5  # skipped, not waited for
+    finally:
+        done.set()
+        holder.join(30)
+    assert [row.id for row in batch.rows] == [rows[1].pk, rows[2].pk]
+    assert [row.id for row in claim("default", 10, 30).rows] == [rows[0].pk]
