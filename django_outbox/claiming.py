@@ -119,9 +119,7 @@ def claim(
         return Claim(alias, lease, _lease_returning(alias, due, batch_size, lease, now))
     rows: list[ClaimedRow] = []
     with transaction.atomic(using=alias):
-        locked = list(
-            due.select_for_update(skip_locked=True).values_list("id", flat=True)[:batch_size]
-        )
+        locked = _lock_due_ids(alias, due, batch_size)
         if locked:
             # The due() condition again: a no-op under row locks, and a guard for
             # any backend whose isolation would let a row slip between the two.
@@ -129,6 +127,38 @@ def claim(
             held = manager.filter(pk__in=locked, status=Status.PENDING, next_retry_at=lease)
             rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
     return Claim(alias, lease, rows)
+
+
+#: On MySQL/MariaDB, how many more candidate ids than rows wanted a claim looks at.
+CANDIDATES_PER_ROW = 4
+
+
+def _lock_due_ids(alias: str, due: OutboxMessageQuerySet, batch_size: int) -> list[int]:
+    """Lock up to ``batch_size`` of the first due rows, skipping rows others hold.
+
+    On MySQL/MariaDB a locking read locks every row it *examines*: when the
+    optimizer reads the due rows through the status index and sorts them by id, a
+    claim of 50 locks the whole backlog, and every other relay finds nothing to
+    take (their ``SKIP LOCKED`` skips it all). So the candidates' ids are read
+    first without locks, and only those rows are locked, through the primary key,
+    in id order, stopping at ``batch_size``. If others hold every candidate, the
+    next candidates are tried.
+    """
+    locking = due.select_for_update(skip_locked=True).values_list("id", flat=True)
+    if connections[alias].vendor != "mysql":
+        return list(locking[:batch_size])
+    window = batch_size * CANDIDATES_PER_ROW
+    after = None
+    for _ in range(4):
+        candidates = due if after is None else due.filter(pk__gt=after)
+        ids = list(candidates.values_list("id", flat=True)[:window])
+        if not ids:
+            return []
+        locked = list(locking.filter(pk__in=ids)[:batch_size])
+        if locked or len(ids) < window:
+            return locked
+        after = ids[-1]
+    return []
 
 
 def _lease_returning(

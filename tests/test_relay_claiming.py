@@ -235,3 +235,35 @@ def test_claim_skips_rows_another_transaction_has_locked(vendor):
         holder.join(30)
     assert [row.id for row in batch.rows] == [rows[1].pk, rows[2].pk]
     assert [row.id for row in claim("default", 10, 30).rows] == [rows[0].pk]
+
+
+def test_a_claim_in_progress_leaves_the_rest_of_the_backlog_to_others(vendor):
+    """A claim locks only the rows it takes, not every due row it looked at."""
+    if vendor == "sqlite":
+        pytest.skip("SQLite has no row locks (one writer at a time)")
+    from django_outbox.claiming import _lock_due_ids
+
+    rows = make_rows(300, "t")
+    locked, done = threading.Event(), threading.Event()
+    taken: list[int] = []
+
+    def claim_and_hold() -> None:
+        try:
+            with transaction.atomic():
+                due = OutboxMessage.objects.due().order_by("id")
+                taken.extend(_lock_due_ids("default", due, 10))
+                locked.set()
+                done.wait(30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=claim_and_hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        batch = claim("default", 10, 30)
+    finally:
+        done.set()
+        holder.join(30)
+    assert taken == [row.pk for row in rows[:10]]
+    assert [row.id for row in batch.rows] == [row.pk for row in rows[10:20]]
