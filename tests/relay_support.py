@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -184,3 +185,27 @@ def leaked_sockets_collected() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "unclosed <socket", ResourceWarning)
             gc.collect()
+
+
+def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """Read ``process``'s output until a line contains ``marker``; return what was read.
+
+    Used between two signals: two signals that arrive before the process ran its
+    Python-level handler are seen as one (or in signal-number order), so a test
+    sends the second only once the first was handled.
+    """
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(deadline - time.monotonic(), 0)):
+                break
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if marker in line:
+                return "".join(seen)
+    raise AssertionError(f"no {marker!r} in the output within {timeout}s:\n{''.join(seen)}")

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -24,7 +23,7 @@ from .consumer_support import (
     send_rows,
     unique_group,
 )
-from .relay_support import REPO_ROOT, database_url, wait_for
+from .relay_support import REPO_ROOT, database_url, read_until, wait_for
 
 SLOW = "test.slow"
 
@@ -110,9 +109,10 @@ def test_second_signal_exits_at_once(kafka_bootstrap, kafka_topic, tmp_path):
     try:
         wait_for(lambda: (tmp_path / "started-1").exists(), 60, "the record to start")
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        first = read_until(process, "send it again", 30)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
+        output = first + output
     finally:
         process.kill()
     assert process.returncode == 128 + signal.SIGINT, output

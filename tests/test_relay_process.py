@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections import Counter
 
 import pytest
@@ -22,6 +21,7 @@ from .relay_support import (
     closed_port,
     event_ids,
     make_rows,
+    read_until,
     relay_process,
     row_event_ids,
     wait_for,
@@ -86,10 +86,11 @@ def test_a_second_signal_exits_at_once(relay_settings, kafka_bootstrap):
     try:
         wait_for(lambda: OutboxMessage.objects.in_flight().exists(), 60, "a claim")
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        first = read_until(process, "send it again", 30)
         assert process.poll() is None  # still busy with the batch in hand
         process.send_signal(signal.SIGTERM)
         code, output = finish(process, timeout=15)
+        output = first + output
     finally:
         if process.poll() is None:
             process.kill()
