@@ -30,6 +30,8 @@ PRUNE_CHUNK = 5_000
 
 
 class _PrunableQuerySet(models.QuerySet):
+    """The consumer's tables: per consumer group, pruned by age."""
+
     time_field = "created_at"
 
     def older_than(self, moment: datetime.datetime) -> _PrunableQuerySet:
@@ -51,9 +53,6 @@ class _PrunableQuerySet(models.QuerySet):
 
 class InboxQuerySet(_PrunableQuerySet):
     time_field = "handled_at"
-
-    def for_group(self, group: str) -> InboxQuerySet:
-        return self.filter(consumer_group=group)
 
 
 class InboxEntry(models.Model):
@@ -124,9 +123,6 @@ def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> list[dict[str
 
 class RejectedQuerySet(_PrunableQuerySet):
     time_field = "created_at"
-
-    def for_group(self, group: str) -> RejectedQuerySet:
-        return self.filter(consumer_group=group)
 
 
 class RejectedRecord(models.Model):
