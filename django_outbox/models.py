@@ -92,6 +92,35 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
     def dead(self) -> OutboxMessageQuerySet:
         return self.filter(status=Status.DEAD)
 
+    def finished_before(
+        self, cutoff: datetime.datetime, statuses: tuple[str, ...] = (Status.CONSUMED,)
+    ) -> OutboxMessageQuerySet:
+        """Rows in a final status whose last change is older than ``cutoff``."""
+        final = [status for status in statuses if status in FINAL_STATUSES]
+        return self.filter(status__in=final, updated_at__lt=cutoff)
+
+    def prune(
+        self,
+        cutoff: datetime.datetime,
+        statuses: tuple[str, ...] = (Status.CONSUMED,),
+        chunk: int = 5_000,
+    ) -> int:
+        """Delete final rows older than ``cutoff`` in chunks of ``chunk``; return how many.
+
+        Only ``consumed`` and ``dead`` rows can go (never ``pending`` or
+        ``published``); one short statement per chunk keeps locks small on a busy table.
+        """
+        deleted = 0
+        while True:
+            ids = list(
+                self.finished_before(cutoff, statuses)
+                .order_by("id")
+                .values_list("id", flat=True)[:chunk]
+            )
+            if not ids:
+                return deleted
+            deleted += self.model._default_manager.using(self.db).filter(pk__in=ids).delete()[0]
+
 
 class OutboxMessage(models.Model):
     """One event waiting for, or done with, its trip through Kafka."""

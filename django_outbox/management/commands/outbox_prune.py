@@ -1,0 +1,60 @@
+"""``manage.py outbox_prune``: delete old final rows from the outbox table."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+from django.utils import timezone
+
+from django_outbox.conf import outbox_settings
+from django_outbox.models import OutboxMessage, Status
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete consumed (and, with --dead, dead) outbox rows whose last change is older "
+        "than --days. Pending and published rows are never touched."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--days", type=float, required=True, help="Keep rows changed within this many days."
+        )
+        parser.add_argument("--dead", action="store_true", help="Delete old dead rows too.")
+        parser.add_argument(
+            "--database",
+            action="append",
+            dest="databases",
+            metavar="ALIAS",
+            help="Database alias (repeatable; default OUTBOX_DATABASES).",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Count what would go; delete nothing."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        days: float = options["days"]
+        if days < 0:
+            raise CommandError("--days must not be negative")
+        aliases = options["databases"] or outbox_settings.databases
+        unknown = [alias for alias in aliases if alias not in connections]
+        if unknown:
+            raise CommandError(f"unknown database alias(es) {unknown}; see settings.DATABASES")
+        statuses: tuple[str, ...] = (
+            (Status.CONSUMED, Status.DEAD) if options["dead"] else (Status.CONSUMED,)
+        )
+        cutoff = timezone.now() - datetime.timedelta(days=days)
+        for alias in aliases:
+            rows = OutboxMessage.objects.using(alias)
+            if options["dry_run"]:
+                count = rows.finished_before(cutoff, statuses).count()
+                verb = "would delete"
+            else:
+                count = rows.prune(cutoff, statuses)
+                verb = "deleted"
+            self.stdout.write(
+                f"{alias}: {verb} {count} {'/'.join(statuses)} row(s) older than {days:g} days"
+            )
