@@ -24,13 +24,11 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .fields import MillisecondDateTimeField
-
-#: Rows deleted per statement by ``prune()``: keeps locks and undo logs small.
-PRUNE_CHUNK = 5_000
+from .pruning import delete_in_chunks
 
 
 class _PrunableQuerySet(models.QuerySet):
-    """The consumer's tables: per consumer group, pruned by age."""
+    """The consumer's tables, pruned by age."""
 
     time_field = "created_at"
 
@@ -40,15 +38,7 @@ class _PrunableQuerySet(models.QuerySet):
     def prune(self, days: float, *, now: datetime.datetime | None = None) -> int:
         """Delete the rows older than ``days`` days, in chunks; return how many went."""
         cutoff = (now or timezone.now()) - datetime.timedelta(days=days)
-        deleted = 0
-        while True:
-            ids = list(
-                self.older_than(cutoff).order_by("pk").values_list("pk", flat=True)[:PRUNE_CHUNK]
-            )
-            if not ids:
-                return deleted
-            count, _detail = self.model._default_manager.using(self.db).filter(pk__in=ids).delete()
-            deleted += count
+        return delete_in_chunks(self.older_than(cutoff))
 
 
 class InboxQuerySet(_PrunableQuerySet):

@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .fields import MillisecondDateTimeField, ShortTextField, truncate_to_millis
+from .pruning import delete_in_chunks
 
 if TYPE_CHECKING:
     from .envelope import Event
@@ -103,23 +104,14 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         self,
         cutoff: datetime.datetime,
         statuses: tuple[str, ...] = (Status.CONSUMED,),
-        chunk: int = 5_000,
+        chunk: int | None = None,
     ) -> int:
-        """Delete final rows older than ``cutoff`` in chunks of ``chunk``; return how many.
+        """Delete final rows older than ``cutoff``, in chunks; return how many went.
 
         Only ``consumed`` and ``dead`` rows can go (never ``pending`` or
         ``published``); one short statement per chunk keeps locks small on a busy table.
         """
-        deleted = 0
-        while True:
-            ids = list(
-                self.finished_before(cutoff, statuses)
-                .order_by("id")
-                .values_list("id", flat=True)[:chunk]
-            )
-            if not ids:
-                return deleted
-            deleted += self.model._default_manager.using(self.db).filter(pk__in=ids).delete()[0]
+        return delete_in_chunks(self.finished_before(cutoff, statuses), chunk)
 
 
 class OutboxMessage(models.Model):

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from django_outbox import inbox
+from django_outbox import pruning
 from django_outbox.inbox import InboxEntry, RejectedRecord, encode_bytes, encode_headers
 
 pytestmark = pytest.mark.django_db
@@ -63,7 +63,7 @@ def age(queryset, field, days):
 
 
 def test_prune_deletes_old_rows_in_chunks(monkeypatch):
-    monkeypatch.setattr(inbox, "PRUNE_CHUNK", 2)
+    monkeypatch.setattr(pruning, "PRUNE_CHUNK", 2)
     old = [entry(offset=i) for i in range(5)]
     recent = entry(offset=9)
     age(InboxEntry.objects.filter(pk__in=[e.pk for e in old]), "handled_at", 40)
