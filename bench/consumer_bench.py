@@ -144,7 +144,7 @@ def main() -> None:
         first_call.clear()
         topic = new_topic()
         with override_settings(
-            **{**base, "OUTBOX_TOPICS": {MESSAGE_CREATED: topic}}, OUTBOX_FAST_PATH=False
+            **{**base, "OUTBOX_TOPICS": {MESSAGE_CREATED: topic}}, OUTBOX_WAKE_RELAY=False
         ):
             start = time.perf_counter()
             for first in range(0, args.events, 100):
@@ -199,7 +199,7 @@ def main() -> None:
     for fast_path in (True, False):
         topic = new_topic()  # empty: no backlog in front of the measured events
         options = {**base, "OUTBOX_TOPICS": {MESSAGE_CREATED: topic}}
-        with override_settings(**options, OUTBOX_FAST_PATH=fast_path):
+        with override_settings(**options, OUTBOX_WAKE_RELAY=fast_path):
             consumer = Consumer([topic], group=f"bench-{uuid.uuid4().hex[:8]}", poll_timeout=0.1)
             runner = threading.Thread(target=consumer.run)
             runner.start()

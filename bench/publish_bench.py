@@ -99,11 +99,11 @@ def main() -> None:
         def via_publish(index: int) -> None:
             publish_event("bench.event", data, key="k", topic=topic)
 
-        settings.OUTBOX_FAST_PATH = False
+        settings.OUTBOX_WAKE_RELAY = False
         timed(plain)  # warm-up
         costs = {"create()": timed(plain), "publish, fast path off": timed(via_publish)}
         for mode in ("sync", "thread"):
-            settings.OUTBOX_FAST_PATH = True
+            settings.OUTBOX_WAKE_RELAY = True
             settings.OUTBOX_FAST_PATH_MODE = mode
             with transaction.atomic():  # warm-up: builds the shared producer
                 via_publish(0)

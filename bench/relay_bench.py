@@ -55,7 +55,7 @@ def main() -> None:
     from django_outbox.models import OutboxMessage, Status
     from django_outbox.relay import Relay
 
-    settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_WAKE_RELAY = False
     # Its own test database, apart from the test suite's.
     config = settings.DATABASES["default"]
     test = config.setdefault("TEST", {})
@@ -218,7 +218,7 @@ def main() -> None:
             f"{publish_cost * 1e6:,.0f} us; ratio {publish_cost / plain_cost:.2f}x "
             f"({count} transactions each, fast path off)"
         )
-        settings.OUTBOX_FAST_PATH = True
+        settings.OUTBOX_WAKE_RELAY = True
         fast_cost = timed(via_publish)
         print(
             f"publish_event() with the fast path (delivered at commit): "

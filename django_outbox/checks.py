@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from .conf import DEFAULTS, FAST_PATH_MODES, outbox_settings
+from .conf import DEFAULTS, RETIRED, outbox_settings
 from .topics import topic_problem
 
 TAG = "django_outbox"
@@ -61,7 +61,29 @@ def check_databases(**kwargs: Any) -> Messages:
                     id="django_outbox.E003",
                 )
             )
+            return messages
+    messages.extend(_unserved_databases(known))
     return messages
+
+
+def _unserved_databases(known: set[str]) -> Messages:
+    """E012: publish_event() writes to OUTBOX_DATABASE by default; a relay must serve it.
+
+    (``publish_event(using=...)`` refuses any alias the relay does not serve.)
+    """
+    served = outbox_settings.databases
+    database = outbox_settings.database
+    if database in served or database not in known:
+        return []
+    return [
+        Error(
+            f"OUTBOX_DATABASE is {database!r}, which the relay does not serve "
+            f"(OUTBOX_DATABASES is {served}): events published there would never leave.",
+            hint=f"Add {database!r} to OUTBOX_DATABASES, or point OUTBOX_DATABASE at one of "
+            f"{served}.",
+            id="django_outbox.E012",
+        )
+    ]
 
 
 def check_topics(**kwargs: Any) -> Messages:
@@ -121,7 +143,7 @@ def check_numbers(**kwargs: Any) -> Messages:
         )
     for name in (
         "LEASE_SECONDS",
-        "FAST_PATH_TIMEOUT",
+        "POLL_INTERVAL",
         "RETRY_BACKOFF_BASE",
         "RETRY_BACKOFF_MAX",
         "BATCH_SIZE",
@@ -174,17 +196,27 @@ def check_client_options(**kwargs: Any) -> Messages:
                 id="django_outbox.E009",
             )
         )
-    mode = outbox_settings.raw("FAST_PATH_MODE")
-    if mode not in FAST_PATH_MODES:
+    strict = outbox_settings.raw("STRICT_ORDER")
+    if not isinstance(strict, bool) and not (
+        isinstance(strict, list | tuple | set | frozenset)
+        and all(isinstance(t, str) for t in strict)
+    ):
         messages.append(
             Error(
-                f"OUTBOX_FAST_PATH_MODE is {mode!r}.",
-                hint="Use 'thread' (deliver from a background thread, the default) or "
-                "'sync' (deliver in the committing thread); OUTBOX_FAST_PATH = False turns "
-                "the fast path off.",
+                f"OUTBOX_STRICT_ORDER is {strict!r}.",
+                hint="Use True, False, or a list of event types held in strict key order.",
                 id="django_outbox.E011",
             )
         )
+    for name, why in RETIRED.items():
+        if outbox_settings.is_set(name):
+            messages.append(
+                Warning(
+                    f"OUTBOX_{name} is set but no longer used: {why}.",
+                    hint=f"Remove OUTBOX_{name} from your settings (see README, 'Delivery').",
+                    id="django_outbox.W004",
+                )
+            )
     policy = outbox_settings.raw("UNKNOWN_EVENT_POLICY")
     if policy not in POLICIES:
         messages.append(

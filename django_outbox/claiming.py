@@ -57,9 +57,10 @@ class Claim:
 
     def fenced(self, ids: Iterable[int]) -> OutboxMessageQuerySet:
         """The rows among ``ids`` that this claim still holds."""
-        return OutboxMessage.objects.using(self.alias).filter(
-            pk__in=list(ids), status=Status.PENDING, next_retry_at=self.lease
-        )
+        return self.rows_manager().held(self.lease, ids)
+
+    def rows_manager(self) -> OutboxMessageQuerySet:
+        return OutboxMessage.objects.using(self.alias).all()
 
 
 class Failure(NamedTuple):
@@ -69,6 +70,9 @@ class Failure(NamedTuple):
     error: str
     #: The record can never be delivered as it is (too large, invalid topic): dead at once.
     final: bool = False
+    #: Kafka answered (an error the row may die of once out of retries); False when
+    #: the fate is unknown (timeout, broker unreachable): the row never dies of it.
+    definite: bool = True
 
 
 def claim(
@@ -210,51 +214,49 @@ def _lease_returning(
 
 def record_published(claim: Claim, ids: Sequence[int], now: datetime.datetime | None = None) -> int:
     """Mark rows Kafka acknowledged ``published``, in one statement; return how many changed."""
-    if not ids:
-        return 0
-    now = now or timezone.now()
-    return claim.fenced(ids).update(
-        status=Status.PUBLISHED, published_at=now, next_retry_at=None, updated_at=now
-    )
+    return claim.rows_manager().mark_published(claim.lease, ids, now or timezone.now())
 
 
 def record_failed(
     claim: Claim, failures: Sequence[Failure], now: datetime.datetime | None = None
 ) -> int:
-    """Count a failed attempt on each row: back off, or ``dead`` when out of retries.
+    """Count a failed attempt on each row: back off, or ``dead`` when the answer says so.
 
-    Rows that share attempt number, fate and error are written by one statement
-    (a broker outage fails whole batches with the same error).
+    A row dies when its failure is ``final`` (the record itself is at fault), or
+    when it is out of retries and the failure is a definite answer. A failure whose
+    fate is unknown (``definite=False``: no answer in time, the broker unreachable)
+    never kills a row: the record may be in Kafka, and the consumer deduplicates a
+    later delivery. Rows that share attempt number, fate and error are written by
+    one statement (a broker outage fails whole batches with the same error).
     """
     now = now or timezone.now()
     groups: dict[tuple[int, bool, str], list[int]] = defaultdict(list)
     for failure in failures:
         attempts = failure.row.retry_count + 1
-        dead = failure.final or attempts >= failure.row.max_retry
+        dead = failure.final or (failure.definite and attempts >= failure.row.max_retry)
         groups[(attempts, dead, clip_error(failure.error))].append(failure.row.id)
+    rows = claim.rows_manager()
     changed = 0
     for (attempts, dead, error), ids in groups.items():
         if dead:
-            changed += claim.fenced(ids).update(
-                status=Status.DEAD,
-                retry_count=attempts,
-                last_error=error,
-                next_retry_at=None,
-                updated_at=now,
-            )
+            changed += rows.give_up(claim.lease, ids, retry_count=attempts, error=error, now=now)
         else:
-            changed += claim.fenced(ids).update(
-                retry_count=attempts,
-                last_error=error,
-                next_retry_at=retry_time(now, retry_delay(attempts)),
-                updated_at=now,
+            retry_at = retry_time(now, retry_delay(attempts))
+            changed += rows.back_off(
+                claim.lease, ids, retry_count=attempts, error=error, retry_at=retry_at, now=now
             )
     return changed
 
 
-def release(claim: Claim, ids: Sequence[int], now: datetime.datetime | None = None) -> int:
-    """Give rows back without counting an attempt: they are due again at once."""
-    if not ids:
-        return 0
+def release(
+    claim: Claim,
+    ids: Sequence[int],
+    now: datetime.datetime | None = None,
+    *,
+    error: str | None = None,
+    delay: float = 0.0,
+) -> int:
+    """Give rows back without counting an attempt: due again after ``delay`` seconds."""
     now = now or timezone.now()
-    return claim.fenced(ids).update(next_retry_at=None, updated_at=now)
+    due_at = retry_time(now, delay) if delay > 0 else None
+    return claim.rows_manager().release(claim.lease, ids, now, error=error, due_at=due_at)

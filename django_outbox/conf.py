@@ -10,8 +10,12 @@ from typing import Any
 
 from django.conf import settings as django_settings
 
-#: The values of ``OUTBOX_FAST_PATH_MODE`` (see django_outbox/fastpath.py).
-FAST_PATH_MODES = ("thread", "sync")
+#: Settings of earlier versions that do nothing now (check ``django_outbox.W004``).
+RETIRED = {
+    "FAST_PATH": "the commit now wakes the relay instead (OUTBOX_WAKE_RELAY)",
+    "FAST_PATH_MODE": "the request sends nothing to Kafka any more",
+    "FAST_PATH_TIMEOUT": "the request sends nothing to Kafka any more",
+}
 
 #: Defaults of every ``OUTBOX_*`` setting; see README.rst for what each means.
 DEFAULTS: dict[str, Any] = {
@@ -24,9 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "KAFKA_PRODUCER": {},
     "KAFKA_CONSUMER": {},
     "CONSUMER_GROUP": "django-outbox",
-    "FAST_PATH": True,
-    "FAST_PATH_TIMEOUT": 2.0,  # seconds the on_commit fast path may cost a request
-    "FAST_PATH_MODE": "thread",  # or "sync": deliver in the committing thread
+    "WAKE_RELAY": True,  # the commit wakes the relay (NOTIFY on PostgreSQL, in-process)
+    "POLL_INTERVAL": 0.2,  # seconds between idle polls where no notification can come
+    "STRICT_ORDER": False,  # True, or a list of event types: hold a key behind its failures
     "LEASE_SECONDS": 60,
     "RETRY_BACKOFF_BASE": 1.0,  # seconds before the first retry
     "RETRY_BACKOFF_MAX": 3600.0,  # cap of the exponential backoff, seconds
@@ -41,7 +45,7 @@ class OutboxSettings:
     prefix = "OUTBOX_"
 
     def _get(self, name: str) -> Any:
-        return getattr(django_settings, self.prefix + name, DEFAULTS[name])
+        return getattr(django_settings, self.prefix + name, DEFAULTS.get(name))
 
     @property
     def kafka_bootstrap_servers(self) -> list[str]:
@@ -89,16 +93,25 @@ class OutboxSettings:
         return str(self._get("CONSUMER_GROUP"))
 
     @property
-    def fast_path(self) -> bool:
-        return bool(self._get("FAST_PATH"))
+    def wake_relay(self) -> bool:
+        return bool(self._get("WAKE_RELAY"))
 
     @property
-    def fast_path_mode(self) -> str:
-        return str(self._get("FAST_PATH_MODE"))
+    def poll_interval(self) -> float:
+        return float(self._get("POLL_INTERVAL"))
+
+    def strict_order_for(self, event_type: str) -> bool:
+        """Whether rows of ``event_type`` wait behind earlier unfinished rows of their key."""
+        value = self._get("STRICT_ORDER")
+        if isinstance(value, bool):
+            return value
+        return event_type in set(value or ())
 
     @property
-    def fast_path_timeout(self) -> float:
-        return float(self._get("FAST_PATH_TIMEOUT"))
+    def strict_order(self) -> bool | frozenset[str]:
+        """``True``/``False`` for every type, or the event types held in strict order."""
+        value = self._get("STRICT_ORDER")
+        return value if isinstance(value, bool) else frozenset(value or ())
 
     @property
     def lease_seconds(self) -> float:
@@ -127,6 +140,10 @@ class OutboxSettings:
     def raw(self, name: str) -> Any:
         """The raw configured value of ``OUTBOX_<name>`` (for the system checks)."""
         return self._get(name)
+
+    def is_set(self, name: str) -> bool:
+        """Whether the project sets ``OUTBOX_<name>`` at all."""
+        return hasattr(django_settings, self.prefix + name)
 
 
 outbox_settings = OutboxSettings()

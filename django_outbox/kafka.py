@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -17,6 +19,7 @@ from kafka.admin import NewTopic
 from kafka.errors import (
     InvalidRecordError,
     InvalidTopicError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
@@ -42,6 +45,7 @@ __all__ = [
     "HEADER_OUTBOX_DB",
     "HEADER_OUTBOX_ID",
     "RESERVED_HEADERS",
+    "KafkaConnectionError",
     "KafkaError",
     "KafkaTimeoutError",
     "NewTopic",
@@ -244,11 +248,26 @@ def _envelope_head_parsed(payload: str) -> tuple[str, Any]:
     """``(event_id, headers)`` with one ``json.loads``; ``("", None)`` when malformed."""
     try:
         document = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
         return "", None
     if not isinstance(document, dict):
         return "", None
-    return str(document.get("event_id") or ""), document.get("headers")
+    return _canonical_id(document.get("event_id")), document.get("headers")
+
+
+def _canonical_id(value: Any) -> str:
+    """A UUID in its canonical spelling (any spelling ``uuid.UUID`` reads), else as given.
+
+    The Go service may write upper-case, braced, ``urn:uuid:`` or undashed ids; the
+    header carries the one spelling the consumer compares with the envelope's.
+    """
+    if not value:
+        return ""
+    text = str(value)
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return text
 
 
 class NotAcknowledged(KafkaTimeoutError):
@@ -313,7 +332,11 @@ def send_batch(producer: KafkaProducer, records: Sequence[OutboxRecord], timeout
 
 
 def await_acks(
-    producer: KafkaProducer, sending: Sending, *, flush: bool = True
+    producer: KafkaProducer,
+    sending: Sending,
+    *,
+    flush: bool = True,
+    cutoff: Callable[[], float | None] | None = None,
 ) -> list[BaseException | None]:
     """Wait for the acks of ``sending`` until its deadline; one outcome per record.
 
@@ -323,17 +346,28 @@ def await_acks(
     producer send what it holds at once (without ``linger_ms``) and waits for all
     of it: right when nothing was sent after ``sending``. With ``flush=False`` only
     these records are waited for, so a later batch may keep filling the producer.
+    ``cutoff``, asked between short waits, may bring the deadline forward (a
+    worker asked to stop waits a few seconds, not the whole budget). Never raises
+    for the client's own errors: they become the outcomes of the records.
     """
     outcomes, futures = sending.outcomes, sending.futures
+
+    def left() -> float:
+        deadline = sending.deadline
+        if cutoff is not None and (sooner := cutoff()) is not None:
+            deadline = min(deadline, sooner)
+        return deadline - time.monotonic()
+
     if futures and flush:
-        try:
-            producer.flush(timeout=max(sending.deadline - time.monotonic(), 0))
-        except KafkaTimeoutError:
-            pass  # the futures still pending are reported one by one below
-    for index, future in futures:
-        if not future.is_done:
+        while left() > 0 and not all(future.is_done for _, future in futures):
             try:
-                future.get(timeout=max(sending.deadline - time.monotonic(), 0))
+                producer.flush(timeout=min(max(left(), 0), SLICE))
+            except Exception:  # timeout, or kafka-python's UnknownError('Future not done')
+                pass  # the futures still pending are read one by one below
+    for index, future in futures:
+        while not future.is_done and left() > 0:
+            try:
+                future.get(timeout=min(max(left(), 0), SLICE))
             except Exception:
                 pass  # read from the future below
         if not future.is_done:
@@ -343,6 +377,10 @@ def await_acks(
         elif future.exception is not None:
             outcomes[index] = future.exception
     return outcomes
+
+
+#: Seconds of one wait for acks, between two looks at the caller's cutoff.
+SLICE = 0.25
 
 
 def send_records(
@@ -381,32 +419,38 @@ def is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, KafkaTimeoutError)
 
 
+def is_unknown_fate(exc: BaseException) -> bool:
+    """True when the record may or may not be in Kafka: no answer, or a passing error.
+
+    A row must never die of such an error (it may have been delivered); it is sent
+    again later and the consumer drops the duplicate.
+    """
+    return is_timeout(exc) or is_retriable(exc) or isinstance(exc, KafkaConnectionError)
+
+
+def unreachable_brokers(servers: Sequence[str] | None = None, timeout: float = 1.0) -> list[str]:
+    """The bootstrap servers that refuse or ignore a TCP connection within ``timeout``.
+
+    A plain socket probe: it answers in a second where the client would wait for its
+    own timeouts, so that an outage is named in the log at once.
+    """
+    down = []
+    for server in servers if servers is not None else _bootstrap():
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout):
+                pass
+        except (OSError, ValueError):
+            down.append(server)
+    return down
+
+
 def close_producer(producer: KafkaProducer, timeout: float = 10.0) -> None:
     """Close ``producer``, waiting up to ``timeout`` seconds for what it still holds."""
     try:
         producer.close(timeout=timeout)
     except Exception:  # closing is best effort; the records are still in the outbox
         pass
-
-
-#: Producers inherited across fork() (see ``abandon_producer``), kept from the collector.
-_ABANDONED: list[KafkaProducer] = []
-
-
-def abandon_producer(producer: KafkaProducer) -> None:
-    """Forget, in a forked child, a producer built by the parent, without closing it.
-
-    Its sockets and selector are shared with the parent: closing them here, whether
-    explicitly, at exit (kafka-python's atexit hook) or when the object is collected,
-    would shut the parent's connections down. Added for the fast path.
-    """
-    unregister = getattr(producer, "_unregister_cleanup", None)
-    if unregister is not None:
-        try:
-            unregister()
-        except Exception:
-            pass
-    _ABANDONED.append(producer)
 
 
 # ----------------------------------------------------------------------------- consumer side

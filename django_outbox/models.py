@@ -8,18 +8,20 @@ column ``biz_type``.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from django.db import models
+from django.db import connections, models, transaction
 from django.db.models import Q
 from django.db.models.functions import TruncSecond
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .fields import MillisecondDateTimeField, ShortTextField, truncate_to_millis
+from .fields import MillisecondDateTimeField, ShortTextField, clip_error, truncate_to_millis
 from .pruning import delete_in_chunks
 
 if TYPE_CHECKING:
+    from .claiming import Claim
     from .envelope import Event
 
 
@@ -59,6 +61,12 @@ def retry_time(now: datetime.datetime, delay: float) -> datetime.datetime:
     return moment
 
 
+def _whole_second() -> TruncSecond:
+    # Truncated in UTC, whatever TIME_ZONE says: in another zone PostgreSQL truncates
+    # the local time and the result never equals the stored lease.
+    return TruncSecond("next_retry_at", tzinfo=datetime.timezone.utc)
+
+
 class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
     def pending(self) -> OutboxMessageQuerySet:
         return self.filter(status=Status.PENDING)
@@ -74,14 +82,14 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         """Pending rows a relay has claimed and whose lease has not run out."""
         now = now or timezone.now()
         return self.filter(
-            status=Status.PENDING, next_retry_at__gt=now, next_retry_at=TruncSecond("next_retry_at")
+            status=Status.PENDING, next_retry_at__gt=now, next_retry_at=_whole_second()
         )
 
     def backing_off(self, now: datetime.datetime | None = None) -> OutboxMessageQuerySet:
         """Pending rows waiting for their retry window after a failure."""
         now = now or timezone.now()
         return self.filter(status=Status.PENDING, next_retry_at__gt=now).exclude(
-            next_retry_at=TruncSecond("next_retry_at")
+            next_retry_at=_whole_second()
         )
 
     def published(self) -> OutboxMessageQuerySet:
@@ -100,6 +108,10 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         final = [status for status in statuses if status in FINAL_STATUSES]
         return self.filter(status__in=final, updated_at__lt=cutoff)
 
+    def published_before(self, cutoff: datetime.datetime) -> OutboxMessageQuerySet:
+        """``published`` rows whose last change is older than ``cutoff``."""
+        return self.filter(status=Status.PUBLISHED, updated_at__lt=cutoff)
+
     def prune(
         self,
         cutoff: datetime.datetime,
@@ -112,6 +124,168 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         ``published``); one short statement per chunk keeps locks small on a busy table.
         """
         return delete_in_chunks(self.finished_before(cutoff, statuses), chunk)
+
+    # ------------------------------------------------------------------------------
+    # State changes. Every change of a row's status, retry budget or lease is one of
+    # the methods below (the consumer's are in their own block further down): a
+    # reader finds every transition of the shared table in this file.
+    #
+    # The relay's write-backs are *fenced*: they change only the rows among ``ids``
+    # that are still ``pending`` under the lease the relay took (``Claim.lease``).
+    # Whoever lost the lease (it ran out and another relay took the row, or a
+    # consumer already marked it consumed) changes nothing.
+
+    def held(self, lease: datetime.datetime, ids: Iterable[int]) -> OutboxMessageQuerySet:
+        """The rows among ``ids`` still pending under ``lease``."""
+        return self.filter(pk__in=list(ids), status=Status.PENDING, next_retry_at=lease)
+
+    def mark_published(
+        self, lease: datetime.datetime, ids: Sequence[int], now: datetime.datetime
+    ) -> int:
+        """pending -> published: Kafka acknowledged these rows (never before that)."""
+        return self._fenced_update(
+            lease,
+            ids,
+            status=Status.PUBLISHED,
+            published_at=now,
+            next_retry_at=None,
+            updated_at=now,
+        )
+
+    def back_off(
+        self,
+        lease: datetime.datetime,
+        ids: Sequence[int],
+        *,
+        retry_count: int,
+        error: str,
+        retry_at: datetime.datetime,
+        now: datetime.datetime,
+    ) -> int:
+        """pending -> pending, due again at ``retry_at``: one failed attempt counted."""
+        return self._fenced_update(
+            lease,
+            ids,
+            retry_count=retry_count,
+            last_error=clip_error(error),
+            next_retry_at=retry_at,
+            updated_at=now,
+        )
+
+    def give_up(
+        self,
+        lease: datetime.datetime,
+        ids: Sequence[int],
+        *,
+        retry_count: int,
+        error: str,
+        now: datetime.datetime,
+    ) -> int:
+        """pending -> dead: a definite answer that this row can never be delivered."""
+        return self._fenced_update(
+            lease,
+            ids,
+            status=Status.DEAD,
+            retry_count=retry_count,
+            last_error=clip_error(error),
+            next_retry_at=None,
+            updated_at=now,
+        )
+
+    def release(
+        self,
+        lease: datetime.datetime,
+        ids: Sequence[int],
+        now: datetime.datetime,
+        *,
+        error: str | None = None,
+        due_at: datetime.datetime | None = None,
+    ) -> int:
+        """Give leased rows back without counting an attempt (due at ``due_at``, or now)."""
+        values: dict[str, Any] = {"next_retry_at": due_at, "updated_at": now}
+        if error is not None:
+            values["last_error"] = clip_error(error)
+        return self._fenced_update(lease, ids, **values)
+
+    def _fenced_update(self, lease: datetime.datetime, ids: Sequence[int], **values: Any) -> int:
+        """``UPDATE`` the rows ``held(lease, ids)``, locking them in ascending id order.
+
+        The consumer locks the rows of a chunk in id order too (``SELECT ... FOR
+        UPDATE ORDER BY id``): with one order everywhere, the two cannot deadlock. A
+        plain ``UPDATE ... WHERE id IN (...)`` locks in the order of its plan (a
+        bitmap scan follows the heap, not the ids). MySQL/MariaDB take the order from
+        ``UPDATE ... ORDER BY``; PostgreSQL locks in the sub-select, in one statement.
+        """
+        if not ids:
+            return 0
+        alias = self.db
+        held = self.held(lease, ids)
+        vendor = connections[alias].vendor
+        if vendor == "mysql":
+            return held.order_by("pk").update(**values)
+        if vendor != "postgresql":
+            return held.update(**values)
+        return _update_locking_in_order(alias, held, values)
+
+    def claim(self, batch_size: int, lease_seconds: float, **options: Any) -> Claim:
+        """Lease up to ``batch_size`` due rows, oldest first (see ``claiming.claim``)."""
+        from .claiming import claim
+
+        return claim(self.db, batch_size, lease_seconds, **options)
+
+    # Operators' transitions (the admin's actions). Rows a relay holds are left alone.
+
+    def retry_now(self, now: datetime.datetime, note: str) -> int:
+        """dead, due or backing-off pending -> pending, due now, with a fresh retry budget."""
+        return (self.dead() | self.due(now) | self.backing_off(now)).update(
+            last_error=note,
+            status=Status.PENDING,
+            retry_count=0,
+            next_retry_at=retry_time(now, 0),
+            updated_at=now,
+        )
+
+    def give_up_now(self, now: datetime.datetime, note: str) -> int:
+        """pending rows no relay holds -> dead."""
+        return (self.due(now) | self.backing_off(now)).update(
+            last_error=note, status=Status.DEAD, next_retry_at=None, updated_at=now
+        )
+
+    def deliver_again(self, now: datetime.datetime, note: str) -> int:
+        """published or consumed -> pending, due now: their handlers will run again."""
+        return (self.published() | self.consumed()).update(
+            last_error=note,
+            status=Status.PENDING,
+            retry_count=0,
+            next_retry_at=retry_time(now, 0),
+            updated_at=now,
+        )
+
+
+def _update_locking_in_order(
+    alias: str, held: OutboxMessageQuerySet, values: dict[str, Any]
+) -> int:
+    """PostgreSQL: ``UPDATE ... WHERE id IN (SELECT id ... ORDER BY id FOR UPDATE)``."""
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    meta = OutboxMessage._meta
+    select, params = held.order_by("pk").values_list("pk").query.get_compiler(alias).as_sql()
+    assignments, assigned = [], []
+    for name, value in values.items():
+        field = meta.get_field(name)
+        assert isinstance(field, models.Field) and field.column
+        assignments.append(f"{quote(field.column)} = %s")
+        assigned.append(field.get_db_prep_save(value, connection))
+    assert meta.pk is not None and meta.pk.column
+    pk = quote(meta.pk.column)
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} WHERE {pk} IN "
+        f"({select} {connection.ops.for_update_sql()})"
+    )
+    with transaction.mark_for_rollback_on_error(using=alias):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, (*assigned, *params))
+            return cursor.rowcount
 
 
 class OutboxMessage(models.Model):

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from . import compat, wakeup
 from .conf import outbox_settings
 from .envelope import RESERVED_HEADERS, Event
 from .exceptions import ImproperlyConfiguredOutbox, InvalidEvent
 from .models import OutboxMessage, Status
 from .topics import topic_problem
-
-logger = logging.getLogger(__name__)
 
 EVENT_TYPE_MAX = 64
 KEY_MAX = 128
@@ -45,6 +43,12 @@ def publish_event(
         raise ImproperlyConfiguredOutbox(
             f"database alias {alias!r} is not in settings.DATABASES (publish_event(using=...) "
             "or OUTBOX_DATABASE)"
+        )
+    served = outbox_settings.databases
+    if alias not in served:
+        raise ImproperlyConfiguredOutbox(
+            f"no relay serves database {alias!r} (OUTBOX_DATABASES is {served}): its events "
+            "would never leave; add it to OUTBOX_DATABASES"
         )
     if not isinstance(event_type, str) or not event_type.strip():
         raise InvalidEvent(f"event_type must be a non-empty string, not {event_type!r}")
@@ -111,44 +115,26 @@ def publish_event(
         max_retry=max_retry,
     )
     message.save(using=alias, force_insert=True)
-    if outbox_settings.fast_path:
-        _schedule_fast_path(alias, message.pk)
+    if outbox_settings.wake_relay:
+        _wake_relay_at_commit(alias)
     return message
 
 
-class _CommitBatch:
-    """The ids one transaction wrote; delivered right after it commits."""
+def _wake_relay_at_commit(alias: str) -> None:
+    """Once per transaction: ``NOTIFY`` relays elsewhere, and wake this process's at commit.
 
-    def __init__(self, alias: str) -> None:
-        self.alias = alias
-        self.ids: list[int] = []
-
-    def __call__(self) -> None:
-        from .fastpath import deliver_after_commit
-
-        try:
-            deliver_after_commit(self.alias, self.ids)
-        except Exception:  # the relay delivers whatever the fast path could not
-            logger.exception("outbox fast path failed; the relay will deliver %s", self.ids)
-
-
-def _schedule_fast_path(alias: str, pk: int) -> None:
-    # One on_commit callback per transaction: later publishes in the same
-    # transaction add their ids to the batch already registered. A rollback (of the
-    # transaction or of the savepoint that registered it) discards the callback,
-    # so a fresh one is registered next time.
+    The ``on_commit`` callback marks the transaction as done: later publishes in
+    it find it registered and add nothing. A rollback (of the transaction, or of the
+    savepoint that registered it) discards both the callback and the notification,
+    so the next publish registers them again.
+    """
     connection = connections[alias]
-    batch: _CommitBatch | None = getattr(connection, "_outbox_commit_batch", None)
-    registered = (
-        batch is not None
-        and connection.in_atomic_block
-        and any(entry[1] is batch for entry in connection.run_on_commit)
-    )
-    if not registered:
-        batch = _CommitBatch(alias)
-        connection._outbox_commit_batch = batch  # type: ignore[attr-defined]
-        batch.ids.append(pk)
-        transaction.on_commit(batch, using=alias)
-    else:
-        assert batch is not None
-        batch.ids.append(pk)
+    if connection.in_atomic_block and any(
+        entry[1] is wakeup.wake_local for entry in compat.on_commit_callbacks(connection)
+    ):
+        return
+    statement = wakeup.notify_statement(connection.vendor)
+    if statement is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    transaction.on_commit(wakeup.wake_local, using=alias)

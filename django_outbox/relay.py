@@ -1,26 +1,30 @@
 """The relay: delivers ``pending`` outbox rows to Kafka and records the outcome.
 
-One loop, driven by ``Relay.run()`` (``manage.py outbox_relay`` is a thin wrapper):
+The relay is the only sender: the request only writes the row and wakes the relay
+at commit (``wakeup``), so rows of one key reach Kafka in id order. One loop,
+driven by ``Relay.run()`` (``manage.py outbox_relay`` is a thin wrapper):
 
 1. *claim* a batch of due rows: one statement on PostgreSQL, a short transaction
    elsewhere (``claiming.claim``);
-2. *send* it with kafka-python, outside any transaction: ``send()`` only queues the
-   records, the producer's own thread talks to the broker;
-3. *wait* for the acks of the batch sent *before* this one, and *record* them:
-   acked rows ``published`` in one statement, failed ones with a backoff (or
-   ``dead``), every write fenced on the lease taken in step 1.
+2. *send* it, outside any transaction (``delivery.Sender``): ``send()`` only queues
+   the records, the producer's own thread talks to the broker;
+3. *settle* the batch sent *before* this one: wait for its acks, confirm poison, one
+   outcome per row; and *write it back*, fenced on the lease taken in step 1.
 
 So the database work for one batch overlaps with Kafka's work for the other: at
-most two batches are in flight. Several relays may run at once, on one or several
-databases.
+most two batches are in flight. Each database is served on its own: one that
+fails is retried with its own backoff while the others go on. While Kafka is
+unreachable the relay says so at once, pauses without claiming, and spends no
+retries. When idle it sleeps until a commit wakes it (PostgreSQL ``NOTIFY``, or a
+commit in this process) or ``interval`` passes; where no notification can come
+(MySQL/MariaDB, SQLite) it polls every ``OUTBOX_POLL_INTERVAL`` seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import close_old_connections, connections
@@ -28,37 +32,32 @@ from django.utils import timezone
 
 from . import kafka
 from .backoff import backoff_delay
-from .claiming import Claim, Failure, claim, record_failed, record_published
+from .claiming import Claim, claim
 from .conf import outbox_settings
+from .delivery import InFlight, Sender, Settled, describe, prepare, write_back
 from .models import OutboxMessage
 from .shutdown import Shutdown
+from .wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Relay", "describe"]
 
 #: Share of the lease the relay may spend waiting for Kafka; the rest is margin
 #: for recording the outcome before another relay may take the rows.
 LEASE_SHARE = 0.75
-#: Upper bound of the pause after a database or broker outage, seconds.
+#: Upper bound of the pause after a database outage, seconds.
 MAX_PAUSE = 30.0
+#: Upper bound of the pause between two looks at an unreachable broker, seconds.
+MAX_KAFKA_PAUSE = 5.0
 #: While busy, a relay claims after the last id it took; at least this often (and
 #: whenever it catches up) it scans from the start again, for rows that became due
 #: behind it (retries, leases of a relay that died).
 FULL_SCAN_INTERVAL = 10.0
-
-
-@dataclass
-class InFlight:
-    """A claimed batch handed to the producer, its outcome not recorded yet."""
-
-    batch: Claim
-    sending: kafka.Sending
-
-
-def describe(exc: BaseException) -> str:
-    """An error as stored in ``last_error``: its type and message."""
-    text = str(exc)
-    name = type(exc).__name__
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
+#: A burst stops after this many looks at an unreachable broker.
+BURST_GIVE_UP = 3
+#: Seconds a stopping relay still waits for the acks of what it sent.
+STOP_GRACE = 3.0
 
 
 class Relay:
@@ -66,6 +65,7 @@ class Relay:
 
     ``burst=True`` stops once nothing is due. ``shutdown`` is the stop flag; the
     command installs its signal handlers, a test calls ``relay.stop()``.
+    ``heartbeat`` is called once per loop turn (``--health-file``).
     """
 
     def __init__(
@@ -79,6 +79,7 @@ class Relay:
         shutdown: Shutdown | None = None,
         progress_interval: float = 10.0,
         producer_options: dict[str, Any] | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.databases = list(databases or outbox_settings.databases)
         unknown = [alias for alias in self.databases if alias not in connections]
@@ -92,17 +93,21 @@ class Relay:
         self.burst = burst
         self.shutdown = shutdown or Shutdown()
         self.progress_interval = progress_interval
-        self.producer_options = producer_options or {}
-        self._producer: Any = None
-        #: After a fatal producer error: rebuild once nothing is in flight.
-        self._producer_stale = False
+        self.heartbeat = heartbeat or (lambda: None)
+        self.sender = Sender(producer_options)
+        self.sender.stopping = self._stop_cutoff
         self._in_flight: InFlight | None = None
+        #: Settled batches whose write-back failed: recorded first thing next turn.
+        self._unrecorded: list[Settled] = []
         #: Database errors met (in burst mode, each one drops its database from the run).
         self.errors = 0
         self.delivered = 0
         self.failed = 0
-        self._outages = 0
+        self._db_failures: dict[str, int] = {}
+        self._db_retry_at: dict[str, float] = {}
         self._broken: set[str] = set()
+        self._kafka_failures = 0
+        self._kafka_retry_at = 0.0
         self._after: dict[str, int | None] = {}
         self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
         # A burst takes what was due when it started: rows it fails back off until
@@ -110,6 +115,8 @@ class Relay:
         self._due_by = timezone.now() if burst else None
         self._report_at = time.monotonic() + progress_interval
         self._reported = 0
+        self._stop_seen: float | None = None
+        self.wakeup: Wakeup | None = None
 
     # ------------------------------------------------------------------ the loop
 
@@ -126,72 +133,78 @@ class Relay:
             self.lease_seconds,
             ", burst" if self.burst else "",
         )
+        self.wakeup = Wakeup(self.databases, listen=not self.burst and outbox_settings.wake_relay)
+        self.shutdown.wakes(self.wakeup.event)
         try:
             checked_at = 0.0
             while not self.shutdown.requested:
+                self.heartbeat()
                 # Drop broken or expired connections. With CONN_MAX_AGE=0 this means a
                 # new connection each time: at most once a second while busy.
                 if time.monotonic() - checked_at >= 1.0:
                     close_old_connections()
                     checked_at = time.monotonic()
-                handled, trouble = self.run_once()
+                try:
+                    handled = self.run_once()
+                except Exception:  # never a crash loop: log, pause, go on
+                    logger.exception("outbox relay: unexpected error; going on")
+                    handled = 0
+                    self.shutdown.wait(1.0)
                 self._report()
-                if trouble:
-                    checked_at = 0.0
-                    self._outages += 1
-                    if self.burst and len(self._broken) == len(self.databases):
-                        break
-                    self.shutdown.wait(
-                        backoff_delay(self._outages, max(self.interval, 0.5), MAX_PAUSE)
-                    )
-                    continue
-                self._outages = 0
                 if handled:
                     continue
-                if self.burst:
+                if self.burst and self._burst_done():
                     break
                 checked_at = 0.0
-                self.shutdown.wait(self.interval)
+                self.wakeup.wait(self._idle_wait())
         finally:
             if not self.shutdown.forced:
-                self._drain()  # what was sent gets recorded before the producer closes
-            self._close()
+                # what was sent gets recorded before the producer closes
+                self._settle_in_flight()
+                self._record_unrecorded()
+            self.sender.close(timeout=0 if self.shutdown.forced else 5)
+            self.wakeup.close()
+            if self.burst:
+                self._report_leased()
             logger.info(
                 "outbox relay stopped: %d row(s) delivered, %d failed attempt(s)",
                 self.delivered,
                 self.failed,
             )
 
-    def run_once(self) -> tuple[int, bool]:
-        """Claim and send one batch from each database, recording the batch sent before.
+    def run_once(self) -> int:
+        """Claim and send one batch from each database, settling the batch sent before.
 
-        Return (rows claimed, whether something broke: a database failed, or Kafka
-        looked unreachable). Ends with nothing in flight when nothing was claimed,
-        something broke, or a stop was requested.
+        Return the rows claimed. Ends with nothing in flight when nothing was claimed,
+        Kafka looked unreachable, or a stop was requested.
         """
-        handled, trouble = 0, False
+        self._record_unrecorded()
+        if not self._kafka_usable():
+            self._settle_in_flight()
+            return 0
+        handled = 0
         for alias in self.databases:
-            if alias in self._broken or self.shutdown.requested:
+            if self.shutdown.requested or not self._database_usable(alias):
                 continue
             in_flight = self._in_flight
-            if in_flight is not None and (self._producer_stale or in_flight.sending.failed_early):
-                # Known to be in trouble already: record it before claiming more.
-                trouble = self._drain() or trouble
-            if self._producer_stale and self._in_flight is None:
-                self._discard_producer()
+            if in_flight is not None and in_flight.failed_early:
+                self._settle_in_flight()  # known to be in trouble: record it before more
+                if not self._kafka_usable():
+                    break
             try:
                 batch = self._claim(alias)
             except Exception:
-                trouble = self._database_failed(alias) or trouble
+                self._database_failed(alias)
                 continue
+            self._database_ok(alias)
             handled += len(batch)
             sent = self._send(batch) if batch.rows else None
             # The previous batch's acks arrived meanwhile, or arrive now.
-            trouble = self._drain(flush=sent is None) or trouble
+            self._settle_in_flight(flush=sent is None)
             self._in_flight = sent
-        if not handled or trouble or self.shutdown.requested:
-            trouble = self._drain() or trouble
-        return handled, trouble
+        if not handled or self.shutdown.requested or not self._kafka_usable():
+            self._settle_in_flight()
+        return handled
 
     # ------------------------------------------------------------------ one batch
 
@@ -210,168 +223,155 @@ class Relay:
             return self._claim(alias)  # caught up from the floor: look behind it at once
         return batch
 
-    @staticmethod
-    def _records(batch: Claim) -> list[kafka.OutboxRecord]:
-        alias = batch.alias
-        outbox_headers, record = kafka.outbox_headers, kafka.OutboxRecord
-        return [
-            record(
-                row.topic,
-                row.message_key.encode(),
-                row.payload.encode(),
-                outbox_headers(row.id, row.event_type, row.payload, alias),
-            )
-            for row in batch.rows
-        ]
-
     def _send(self, batch: Claim) -> InFlight:
-        """Hand ``batch`` to the producer; its acks are awaited within the lease budget."""
-        claimed_at = time.monotonic()
-        records = self._records(batch)
-        budget = max(self.lease_seconds * LEASE_SHARE - (time.monotonic() - claimed_at), 0.5)
-        try:
-            producer = self._get_producer()
-        except Exception as exc:  # broker unreachable at start-up, bad options
-            logger.warning("outbox relay: cannot build the Kafka producer: %s", describe(exc))
-            sending = kafka.Sending(len(records), time.monotonic(), budget)
-            sending.outcomes[:] = [exc] * len(records)
-            return InFlight(batch, sending)
-        return InFlight(batch, kafka.send_batch(producer, records, budget))
+        budget = max(self.lease_seconds * LEASE_SHARE, 0.5)
+        return self.sender.send(prepare(batch), budget)
 
-    def _drain(self, *, flush: bool = True) -> bool:
-        """Wait for the batch in flight and record it; return whether something broke.
-
-        ``flush=False`` while a newer batch is in the producer: wait for this
-        batch's records only, and let the newer one fill its Kafka batches.
-        """
+    def _settle_in_flight(self, *, flush: bool = True) -> None:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is None:
-            return False
-        batch, sending = in_flight.batch, in_flight.sending
-        if sending.futures:
-            outcomes = kafka.await_acks(self._producer, sending, flush=flush)
+            return
+        settled = self.sender.settle(in_flight, flush=flush)
+        if settled.unreachable:
+            self._kafka_unreachable(settled)
         else:
-            outcomes = sending.outcomes
-        outcomes = self._confirm_poison(batch, outcomes, sending.deadline)
+            self._kafka_ok()
+        self.delivered += settled.acked
+        self.failed += len(settled.outcomes) - settled.acked
+        self._record(settled)
+
+    def _record(self, settled: Settled) -> None:
         try:
-            self._record(batch, outcomes)
+            write_back(settled)
         except Exception:
-            return self._database_failed(batch.alias)
-        acked = outcomes.count(None)
-        down = acked == 0 and all(kafka.is_retriable(o) for o in outcomes if o is not None)
-        return down and not self.burst
+            # Kafka has answered; the answer is kept and written on a fresh connection
+            # next turn, while the lease lasts (rows are not sent again meanwhile).
+            self._unrecorded.append(settled)
+            self._database_failed(settled.claim.alias)
 
-    def _confirm_poison(
-        self, batch: Claim, outcomes: list[BaseException | None], deadline: float
-    ) -> list[BaseException | None]:
-        """Make sure a record Kafka can never take fails only itself.
+    def _record_unrecorded(self) -> None:
+        pending, self._unrecorded = self._unrecorded, []
+        for settled in pending:
+            if settled.claim.lease <= timezone.now():
+                logger.warning(
+                    "outbox relay: the lease on %d row(s) of %r ran out before their outcome "
+                    "could be written; they will be delivered again",
+                    len(settled.claim.rows),
+                    settled.claim.alias,
+                )
+                continue
+            if self._database_usable(settled.claim.alias):
+                self._record(settled)
+            else:
+                self._unrecorded.append(settled)
 
-        When the broker rejects a record for good (too large for the topic, say),
-        kafka-python's idempotent producer aborts *every* batch in flight with that
-        same error, innocent records of other partitions and of the next batch
-        included. So each record that failed that way is sent again alone, on a
-        producer of its own, and only one that fails again is poison (``dead``).
-        The main producer is replaced once nothing is in flight on it. Records not
-        confirmed before ``deadline`` keep their error as an ordinary, retriable
-        failure.
-        """
-        suspects = [i for i, o in enumerate(outcomes) if o is not None and kafka.is_poison(o)]
-        if not suspects:
-            return outcomes
-        self._producer_stale = True
-        outcomes = list(outcomes)
-        records = self._records(Claim(batch.alias, batch.lease, [batch.rows[i] for i in suspects]))
-        try:
-            probe = kafka.build_producer(**{**self.producer_options, "linger_ms": 0})
-        except Exception as exc:
-            logger.warning("outbox relay: cannot check suspected poison rows: %s", describe(exc))
-            probe = None
-        try:
-            for index, record in zip(suspects, records, strict=True):
-                left = deadline - time.monotonic()
-                if probe is None or left <= 0:
-                    outcomes[index] = kafka.NotSent(
-                        f"not confirmed as poison ({outcomes[index]!r}); will retry"
-                    )
-                    continue
-                (outcomes[index],) = kafka.send_records(probe, [record], max(left, 0.5))
-        finally:
-            if probe is not None:
-                kafka.close_producer(probe, timeout=0)
-        confirmed = [i for i in suspects if (error := outcomes[i]) and kafka.is_poison(error)]
-        logger.info(
-            "outbox relay: %d suspected poison row(s) on %r checked alone: %d confirmed",
-            len(suspects),
-            batch.alias,
-            len(confirmed),
-        )
-        return outcomes
+    def _stop_cutoff(self) -> float | None:
+        """The moment a stopping relay stops waiting for acks (None while not stopping)."""
+        if not self.shutdown.requested:
+            return None
+        if self._stop_seen is None:
+            self._stop_seen = time.monotonic()
+        return self._stop_seen + (0 if self.shutdown.forced else STOP_GRACE)
 
-    def _database_failed(self, alias: str) -> bool:
+    # ------------------------------------------------------------------ health
+
+    def _database_usable(self, alias: str) -> bool:
+        if alias in self._broken:
+            return False
+        return time.monotonic() >= self._db_retry_at.get(alias, 0.0)
+
+    def _database_failed(self, alias: str) -> None:
         # A database that went away: its rows stay leased or pending and are retried
-        # when it is back (the lease runs out); never crash the loop.
-        logger.exception("outbox relay: database %r failed; will retry", alias)
+        # when it is back; the other databases go on meanwhile.
+        failures = self._db_failures.get(alias, 0) + 1
+        self._db_failures[alias] = failures
+        delay = backoff_delay(failures, max(self.interval, 0.5), MAX_PAUSE)
+        self._db_retry_at[alias] = time.monotonic() + delay
+        logger.exception("outbox relay: database %r failed; retrying in %.1fs", alias, delay)
+        connection = connections[alias]
+        try:
+            connection.close()
+        except Exception:
+            pass
         self.errors += 1
         if self.burst:
             self._broken.add(alias)
-        return True
 
-    def _record(self, batch: Claim, outcomes: list[BaseException | None]) -> None:
-        now = timezone.now()
-        acked = [
-            row.id for row, outcome in zip(batch.rows, outcomes, strict=True) if outcome is None
-        ]
-        failures = [
-            Failure(row, describe(outcome), final=kafka.is_poison(outcome))
-            for row, outcome in zip(batch.rows, outcomes, strict=True)
-            if outcome is not None
-        ]
-        if acked:
-            written = record_published(batch, acked, now)
-            self.delivered += len(acked)
-            if written != len(acked):
-                logger.info(
-                    "outbox relay: %d of %d acknowledged row(s) on %r were no longer ours "
-                    "(lease ran out, or already consumed); left as they are",
-                    len(acked) - written,
-                    len(acked),
-                    batch.alias,
-                )
-        if failures:
-            record_failed(batch, failures, now)
-            self.failed += len(failures)
-            logger.warning(
-                "outbox relay: %d of %d row(s) on %r not delivered (first: #%d %s); "
-                "they will be retried with backoff",
-                len(failures),
-                len(batch.rows),
-                batch.alias,
-                failures[0].row.id,
-                failures[0].error,
+    def _database_ok(self, alias: str) -> None:
+        if self._db_failures.pop(alias, None):
+            logger.info("outbox relay: database %r answers again", alias)
+        self._db_retry_at.pop(alias, None)
+
+    def _kafka_usable(self) -> bool:
+        if not self._kafka_failures or time.monotonic() >= self._kafka_retry_at:
+            return True
+        return False
+
+    def _kafka_unreachable(self, settled: Settled) -> None:
+        self._kafka_failures += 1
+        delay = backoff_delay(self._kafka_failures, 0.5, MAX_KAFKA_PAUSE)
+        self._kafka_retry_at = time.monotonic() + delay
+        if self._kafka_failures == 1:
+            servers = self.sender.bootstrap_servers()
+            down = kafka.unreachable_brokers(servers)
+            first = next(o for o in settled.outcomes if o is not None)
+            where = (
+                f"broker {', '.join(down)} unreachable"
+                if down
+                else f"no acknowledgement from {', '.join(servers)}"
             )
-            errors = [o for o in outcomes if o is not None]
-            if any(not kafka.is_retriable(e) and not kafka.is_poison(e) for e in errors):
-                # A producer in a fatal state (e.g. idempotence sequence lost) fails
-                # every later record: start afresh, once the batch in flight is in.
-                self._producer_stale = True
+            logger.warning(
+                "outbox relay: Kafka %s (%s); pausing, no retries spent, rows due again",
+                where,
+                describe(first),
+            )
 
-    # ------------------------------------------------------------------ producer
+    def _kafka_ok(self) -> None:
+        if self._kafka_failures:
+            logger.info("outbox relay: Kafka answers again")
+        self._kafka_failures = 0
 
-    def _get_producer(self) -> Any:
-        if self._producer is None:
-            self._producer = kafka.build_producer(**self.producer_options)
-        return self._producer
+    def _idle_wait(self) -> float:
+        if self._kafka_failures:
+            return max(self._kafka_retry_at - time.monotonic(), 0.05)
+        waits = [self.interval]
+        if self.wakeup is None or set(self.databases) - self.wakeup.listening:
+            waits.append(outbox_settings.poll_interval)
+        retry_at = [t for a, t in self._db_retry_at.items() if a not in self._broken]
+        if retry_at:
+            waits.append(max(min(retry_at) - time.monotonic(), 0.05))
+        return min(waits)
 
-    def _discard_producer(self) -> None:
-        producer, self._producer = self._producer, None
-        self._producer_stale = False
-        if producer is not None:
-            kafka.close_producer(producer, timeout=0)
+    def _burst_done(self) -> bool:
+        """A burst ends when nothing is due; it gives up on what it cannot reach."""
+        if self._in_flight is not None or self._unrecorded:
+            return False
+        if self._kafka_failures and not self._kafka_usable():
+            # Kafka is paused, not asked: nothing was claimed because of that.
+            return self._kafka_failures >= BURST_GIVE_UP
+        return not any(a not in self._broken and a in self._db_retry_at for a in self.databases)
 
-    def _close(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            kafka.close_producer(producer, timeout=0 if self.shutdown.forced else 10)
+    def _report_leased(self) -> None:
+        now = timezone.now()
+        for alias in self.databases:
+            try:
+                leased = OutboxMessage.objects.using(alias).in_flight(now)
+                count = leased.count()
+                until = (
+                    leased.order_by("-next_retry_at")
+                    .values_list("next_retry_at", flat=True)
+                    .first()
+                )
+                if count:
+                    logger.warning(
+                        "outbox relay: %d row(s) on %r are leased by another relay (until %s); "
+                        "they are due again when that lease runs out",
+                        count,
+                        alias,
+                        until.isoformat() if until else "?",
+                    )
+            except Exception:
+                pass
 
     # ------------------------------------------------------------------ progress
 

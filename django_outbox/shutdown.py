@@ -36,6 +36,8 @@ class Shutdown:
         self._previous: dict[signal.Signals, Any] = {}
         #: True once a second signal asked to exit at once; cleanup should not block.
         self.forced = False
+        #: Events that a stop request also sets (a relay's wake-up), so waits on them end.
+        self._also: list[threading.Event] = []
 
     @property
     def requested(self) -> bool:
@@ -43,13 +45,24 @@ class Shutdown:
 
     def request(self, reason: str = "stop requested") -> None:
         """Ask the worker to stop after the work in hand."""
-        if not self._event.is_set():
-            logger.info("%s; finishing the work in hand", reason)
+        # The flag first, the log line after: a second signal that arrives while the
+        # line is written must find the flag set (and exit at once).
+        first = not self._event.is_set()
         self._event.set()
+        for event in self._also:
+            event.set()
+        if first:
+            logger.info("%s; finishing the work in hand", reason)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; return early (True) when a stop is requested."""
         return self._event.wait(max(seconds, 0))
+
+    def wakes(self, event: threading.Event) -> None:
+        """Make a stop request set ``event`` too (a worker sleeping on it wakes up)."""
+        self._also.append(event)
+        if self._event.is_set():
+            event.set()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

@@ -89,6 +89,15 @@ def row_event_ids(queryset) -> set[str]:
     }
 
 
+@contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers (a hung broker)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener.getsockname()[1]
+
+
 def wait_for(condition: Callable[[], object], timeout: float, message: str) -> None:
     """Poll ``condition`` until true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

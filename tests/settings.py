@@ -56,7 +56,3 @@ for alias, config in DATABASES.items():
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 OUTBOX_DEFAULT_TOPIC = "outbox.test"
-OUTBOX_FAST_PATH = True
-# Deterministic by default: the fast path delivers before the commit returns. The
-# thread mode (the library's default) is tested explicitly in tests/test_fastpath.py.
-OUTBOX_FAST_PATH_MODE = "sync"

@@ -35,8 +35,12 @@ def test_the_test_settings_pass():
         ("OUTBOX_KAFKA_CONSUMER", None, "django_outbox.E008"),
         ("OUTBOX_CONSUMER_GROUP", "", "django_outbox.E009"),
         ("OUTBOX_UNKNOWN_EVENT_POLICY", "ignore", "django_outbox.E010"),
-        ("OUTBOX_FAST_PATH_MODE", "async", "django_outbox.E011"),
-        ("OUTBOX_FAST_PATH_MODE", True, "django_outbox.E011"),
+        ("OUTBOX_STRICT_ORDER", "yes", "django_outbox.E011"),
+        ("OUTBOX_STRICT_ORDER", [1], "django_outbox.E011"),
+        ("OUTBOX_POLL_INTERVAL", 0, "django_outbox.E007"),
+        ("OUTBOX_DATABASES", ["other"], "django_outbox.E012"),
+        ("OUTBOX_FAST_PATH", True, "django_outbox.W004"),
+        ("OUTBOX_FAST_PATH_MODE", "sync", "django_outbox.W004"),
         ("OUTBOX_KAFKA_PRODUCER", {"acks": 1}, "django_outbox.W002"),
         ("OUTBOX_KAFKA_PRODUCER", {"enable_idempotence": False}, "django_outbox.W002"),
     ],
@@ -64,8 +68,15 @@ def test_valid_alternatives_pass(settings):
     settings.OUTBOX_DATABASES = "default,other"
     settings.OUTBOX_KAFKA_PRODUCER = {"acks": "all", "compression_type": "gzip"}
     settings.OUTBOX_DEFAULT_TOPIC = None
-    settings.OUTBOX_FAST_PATH_MODE = "sync"
+    settings.OUTBOX_STRICT_ORDER = ["chat.message.created"]
     assert outbox_ids() == set()
+
+
+def test_an_unserved_outbox_database_names_it(settings):
+    settings.OUTBOX_DATABASE = "other"
+    settings.OUTBOX_DATABASES = ["default"]
+    (message,) = [m for m in run_checks(tags=["django_outbox"]) if m.id == "django_outbox.E012"]
+    assert "'other'" in message.msg and "OUTBOX_DATABASES" in message.hint
 
 
 def test_settings_are_read_at_access_time(settings):

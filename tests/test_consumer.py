@@ -40,7 +40,7 @@ def outbox_config(settings, kafka_bootstrap, kafka_topic):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
     settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
     settings.OUTBOX_TOPICS = {}
-    settings.OUTBOX_FAST_PATH = False  # records are sent by the test, deterministically
+    settings.OUTBOX_WAKE_RELAY = False  # records are sent by the test, deterministically
     settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
     settings.OUTBOX_RETRY_BACKOFF_MAX = 0.2
     return settings
@@ -76,7 +76,7 @@ def message_count(conversation):
 
 @pytest.mark.parametrize("fast_path", [False, True], ids=["relay", "fast-path"])
 def test_end_to_end_chat_history(settings, kafka_topic, group, conversation, fast_path):
-    settings.OUTBOX_FAST_PATH = fast_path
+    settings.OUTBOX_WAKE_RELAY = fast_path
     rows = [post_message(conversation, "ann", f"hello {i}") for i in range(6)]
     assert fastpath.flush(30)  # the delivery thread is done with what it took
     call_command("outbox_relay", "--burst", verbosity=0)  # whatever the fast path left

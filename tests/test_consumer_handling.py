@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def no_fast_path(settings):
-    settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_WAKE_RELAY = False
 
 
 def delivery_of(row: OutboxMessage, offset: int = 0, alias: str = "default") -> Delivery:

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.django_db(transac
 def outbox_config(settings, kafka_bootstrap, kafka_topic):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
     settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
-    settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_WAKE_RELAY = False
 
 
 def consumer_process(bootstrap, *args, env=None):

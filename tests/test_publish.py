@@ -16,12 +16,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def deliveries(monkeypatch):
-    """What the on_commit fast path was asked to deliver (the relay's part is not under test)."""
-    calls: list[tuple[str, list[int]]] = []
-    monkeypatch.setattr(
-        "django_outbox.fastpath.deliver_after_commit",
-        lambda alias, ids: calls.append((alias, list(ids))),
-    )
+    """The relay wake-ups the commits asked for (the relay's part is not under test)."""
+    calls: list[str] = []
+    monkeypatch.setattr("django_outbox.wakeup.wake_local", lambda: calls.append("woken"))
     return calls
 
 
@@ -167,16 +164,16 @@ def test_rolled_back_savepoint_drops_only_its_rows(django_capture_on_commit_call
         kept.pk,
         also_kept.pk,
     ]
-    # one callback for the transaction; the rolled-back row's id is harmless to the fast path
-    assert len(deliveries) == 1
-    assert {kept.pk, also_kept.pk} <= set(deliveries[0][1])
+    # one callback for the transaction, registered again after the savepoint's rollback
+    assert deliveries == ["woken"]
 
 
 def test_one_on_commit_callback_per_transaction(django_capture_on_commit_callbacks, deliveries):
     with django_capture_on_commit_callbacks(execute=True) as callbacks, transaction.atomic():
-        rows = [publish_event("a.b", {"n": n}) for n in range(5)]
+        for n in range(5):
+            publish_event("a.b", {"n": n})
     assert len(callbacks) == 1
-    assert deliveries == [("default", [row.pk for row in rows])]
+    assert deliveries == ["woken"]
 
 
 def test_a_callback_discarded_with_its_savepoint_is_registered_again(
@@ -186,42 +183,37 @@ def test_a_callback_discarded_with_its_savepoint_is_registered_again(
         with pytest.raises(RuntimeError), transaction.atomic():
             publish_event("a.b", {"n": 1})
             raise RuntimeError
-        row = publish_event("a.b", {"n": 2})
+        publish_event("a.b", {"n": 2})
     assert len(callbacks) == 1
-    assert deliveries == [("default", [row.pk])]
+    assert deliveries == ["woken"]
 
 
-def test_fast_path_off_registers_nothing(settings, django_capture_on_commit_callbacks, deliveries):
-    settings.OUTBOX_FAST_PATH = False
+def test_wake_relay_off_registers_nothing(settings, django_capture_on_commit_callbacks, deliveries):
+    settings.OUTBOX_WAKE_RELAY = False
     with django_capture_on_commit_callbacks(execute=True) as callbacks, transaction.atomic():
         publish_event("a.b", {})
     assert callbacks == []
     assert deliveries == []
 
 
-def test_a_failing_fast_path_never_reaches_the_caller(
-    monkeypatch, caplog, django_capture_on_commit_callbacks
-):
-    def explode(alias, ids):
-        raise ConnectionError("broker unreachable")
-
-    monkeypatch.setattr("django_outbox.fastpath.deliver_after_commit", explode)
-    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
-        row = publish_event("a.b", {})
-    assert OutboxMessage.objects.get(pk=row.pk).status == Status.PENDING
-    assert "the relay will deliver" in caplog.text
+def test_an_alias_no_relay_serves_is_refused(settings, deliveries):
+    settings.OUTBOX_DATABASES = ["default"]
+    with pytest.raises(ImproperlyConfiguredOutbox, match="no relay serves database 'other'"):
+        publish_event("a.b", {}, using="other")
+    assert deliveries == []
 
 
 @pytest.mark.django_db(databases=["default", "other"])
 def test_publish_on_another_database_follows_its_transaction(
-    django_capture_on_commit_callbacks, deliveries
+    settings, django_capture_on_commit_callbacks, deliveries
 ):
+    settings.OUTBOX_DATABASES = ["default", "other"]
     with django_capture_on_commit_callbacks(using="other", execute=True):
         with transaction.atomic(using="other"):
             row = publish_event("a.b", {"where": "other"}, using="other")
     assert OutboxMessage.objects.using("other").filter(pk=row.pk).exists()
     assert not OutboxMessage.objects.using("default").exists()
-    assert deliveries == [("other", [row.pk])]
+    assert deliveries == ["woken"]
 
     with pytest.raises(RuntimeError), transaction.atomic(using="other"):
         publish_event("a.b", {"n": 2}, using="other")
@@ -232,7 +224,7 @@ def test_publish_on_another_database_follows_its_transaction(
 
 @pytest.mark.django_db(databases=["default", "other"])
 def test_outbox_database_setting_is_the_default_alias(settings, deliveries):
-    settings.OUTBOX_DATABASE = "other"
+    settings.OUTBOX_DATABASE = "other"  # served: OUTBOX_DATABASES defaults to [OUTBOX_DATABASE]
     row = publish_event("a.b", {})
     assert OutboxMessage.objects.using("other").filter(pk=row.pk).exists()
     assert not OutboxMessage.objects.using("default").exists()
@@ -241,10 +233,10 @@ def test_outbox_database_setting_is_the_default_alias(settings, deliveries):
 @pytest.mark.django_db(transaction=True)
 def test_callback_runs_after_a_real_commit_only(deliveries):
     with transaction.atomic():
-        row = publish_event("a.b", {})
+        publish_event("a.b", {})
         assert deliveries == []
-    assert deliveries == [("default", [row.pk])]
+    assert deliveries == ["woken"]
     with pytest.raises(RuntimeError), transaction.atomic():
         publish_event("a.b", {})
         raise RuntimeError
-    assert deliveries == [("default", [row.pk])]
+    assert deliveries == ["woken"]

@@ -44,7 +44,7 @@ def _leaked_sockets():
 def relay_settings(settings, kafka_bootstrap, kafka_topic):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
     settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
-    settings.OUTBOX_FAST_PATH = False  # the relay alone delivers here
+    settings.OUTBOX_WAKE_RELAY = False  # the relay alone delivers here
     settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
     return settings
 
@@ -121,66 +121,62 @@ def test_only_the_databases_asked_for(relay_settings):
     assert OutboxMessage.objects.using("other").pending().count() == 2
 
 
-def test_broker_down_rows_stay_pending_with_the_error_then_get_delivered(
+def test_broker_down_rows_stay_pending_without_spending_retries_then_get_delivered(
     relay_settings, kafka_bootstrap, caplog
 ):
     topic = relay_settings.OUTBOX_DEFAULT_TOPIC
     make_rows(12, topic)
-    relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
-    relay_settings.OUTBOX_RETRY_BACKOFF_BASE = 0.2
-    relay_settings.OUTBOX_RETRY_BACKOFF_MAX = 0.4
+    down = f"127.0.0.1:{closed_port()}"
+    relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = down
 
     with caplog.at_level(logging.WARNING, logger="django_outbox"):
         Relay(burst=True, batch_size=5).run()  # must not raise
 
     rows = list(OutboxMessage.objects.order_by("id"))
     assert {row.status for row in rows} == {Status.PENDING}
-    assert all(row.retry_count >= 1 for row in rows)
-    assert all(row.last_error and "Timeout" in row.last_error for row in rows)
-    assert all(row.next_retry_at is not None for row in rows)
-    assert not OutboxMessage.objects.in_flight().exists()  # backing off, not leased
-    assert "not delivered" in caplog.text
+    assert [row.retry_count for row in rows] == [0] * 12  # an outage spends no retries
+    assert all("unreachable" in (r.last_error or "") for r in rows), [
+        (r.id, (r.last_error or "")[:5]) for r in rows
+    ]
+    assert not OutboxMessage.objects.in_flight().exists()  # released, not leased
+    assert f"broker {down} unreachable" in caplog.text  # named at once
 
     relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap  # the broker is back
-    wait_for(lambda: OutboxMessage.objects.due().count() == 12, 5, "the backoff to pass")
+    wait_for(lambda: OutboxMessage.objects.due().count() == 12, 5, "the rows to be due")
     Relay(burst=True).run()
     assert OutboxMessage.objects.published().count() == 12
     assert len(read_topic(kafka_bootstrap, topic, expected_count=12)) == 12
 
 
-def test_running_relay_keeps_trying_while_the_broker_is_down(relay_settings):
+def test_running_relay_waits_out_the_broker_then_delivers(relay_settings, kafka_bootstrap):
     make_rows(3, relay_settings.OUTBOX_DEFAULT_TOPIC)
     relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
-    relay_settings.OUTBOX_RETRY_BACKOFF_BASE = 0.1
-    relay_settings.OUTBOX_RETRY_BACKOFF_MAX = 0.1
     relay = Relay(interval=0.05)
     thread = run_in_thread(relay)
     try:
         wait_for(
-            lambda: OutboxMessage.objects.filter(retry_count__gte=2).count() == 3,
+            lambda: OutboxMessage.objects.filter(last_error__contains="unreachable").count() == 3,
             30,
-            "two failed attempts per row",
+            "a first attempt on every row",
         )
+        assert thread.is_alive()
+        relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+        wait_for(lambda: OutboxMessage.objects.published().count() == 3, 30, "the delivery")
     finally:
         relay.stop()
         thread.join(30)
     assert not thread.is_alive()
-    assert OutboxMessage.objects.pending().count() == 3
+    assert [r.retry_count for r in OutboxMessage.objects.all()] == [0] * 3
 
 
-def test_dead_after_max_retry(relay_settings):
-    make_rows(2, relay_settings.OUTBOX_DEFAULT_TOPIC, max_retry=2)
+def test_unknown_fate_never_kills_a_row_out_of_retries(relay_settings):
+    make_rows(2, relay_settings.OUTBOX_DEFAULT_TOPIC, max_retry=0)
     relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
-    relay_settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
-    relay_settings.OUTBOX_RETRY_BACKOFF_MAX = 0.05
-    Relay(burst=True).run()
-    first = list(OutboxMessage.objects.all())
-    assert [(r.status, r.retry_count) for r in first] == [(Status.PENDING, 1)] * 2
-    wait_for(lambda: OutboxMessage.objects.due().count() == 2, 5, "the backoff to pass")
-    Relay(burst=True).run()
+    for _ in range(2):
+        Relay(burst=True).run()
+        wait_for(lambda: OutboxMessage.objects.due().count() == 2, 5, "the rows to be due")
     rows = list(OutboxMessage.objects.all())
-    assert [(r.status, r.retry_count) for r in rows] == [(Status.DEAD, 2)] * 2
-    assert all(r.next_retry_at is None and r.last_error for r in rows)
+    assert [r.status for r in rows] == [Status.PENDING] * 2
 
 
 @pytest.fixture
@@ -311,7 +307,7 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
 ):
     from django.db import connection
 
-    from django_outbox import kafka, relay
+    from django_outbox import delivery, kafka
 
     make_rows(20, relay_settings.OUTBOX_DEFAULT_TOPIC, keys=["a", "b"])
     log: list[tuple[str, int]] = []
@@ -319,7 +315,7 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
     send_batch, await_acks, record_published = (
         kafka.send_batch,
         kafka.await_acks,
-        relay.record_published,
+        delivery.record_published,
     )
 
     def sending(producer, records, timeout):
@@ -330,9 +326,9 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
         log.append(("send", len(records)))
         return handle
 
-    def awaiting(producer, handle, *, flush=True):
+    def awaiting(producer, handle, *, flush=True, cutoff=None):
         assert not connection.in_atomic_block
-        outcomes = await_acks(producer, handle, flush=flush)
+        outcomes = await_acks(producer, handle, flush=flush, cutoff=cutoff)
         in_flight.remove(handle)
         log.append(("acks", len(outcomes)))
         return outcomes
@@ -343,7 +339,7 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
 
     monkeypatch.setattr(kafka, "send_batch", sending)
     monkeypatch.setattr(kafka, "await_acks", awaiting)
-    monkeypatch.setattr(relay, "record_published", recording)
+    monkeypatch.setattr(delivery, "record_published", recording)
     Relay(burst=True, batch_size=5).run()
 
     # Batch N+1 is sent before batch N's acks are awaited; N is recorded after its acks.
@@ -359,8 +355,8 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
 def test_stopping_records_the_batch_in_flight_and_leaves_the_rest_due(relay_settings):
     make_rows(10, relay_settings.OUTBOX_DEFAULT_TOPIC)
     relay = Relay(batch_size=5)
-    handled, trouble = relay.run_once()  # claims and sends the first batch; acks not awaited
-    assert (handled, trouble) == (5, False)
+    handled = relay.run_once()  # claims and sends the first batch; acks not awaited
+    assert handled == 5
     assert OutboxMessage.objects.published().count() == 0  # never before its ack is recorded
     assert OutboxMessage.objects.in_flight().count() == 5
 

@@ -26,7 +26,7 @@ def test_concurrent_relays_deliver_each_row_once(settings, kafka_bootstrap, kafk
             "'database is locked'); SKIP LOCKED concurrency is a PostgreSQL/MariaDB matter"
         )
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
-    settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_WAKE_RELAY = False
     settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
     make_rows(ROWS, kafka_topic, keys=[f"k{i}" for i in range(50)], size=100)
 

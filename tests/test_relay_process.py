@@ -24,6 +24,7 @@ from .relay_support import (
     read_until,
     relay_process,
     row_event_ids,
+    silent_port,
     wait_for,
 )
 
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.django_db(transac
 def relay_settings(settings, kafka_bootstrap, kafka_topic):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
     settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
-    settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_WAKE_RELAY = False
     settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
     return settings
 
@@ -77,12 +78,18 @@ def test_sigterm_finishes_the_batch_in_hand_and_exits_0(relay_settings, kafka_bo
 
 def test_a_second_signal_exits_at_once(relay_settings, kafka_bootstrap):
     make_rows(1, relay_settings.OUTBOX_DEFAULT_TOPIC)
-    # The relay hangs building a producer for a dead broker (60 s bootstrap timeout).
+    # The relay hangs building a producer for a broker that accepts connections and
+    # never answers (60 s bootstrap timeout).
     producer = {"bootstrap_timeout_ms": 60_000}
-    process = relay_process(
-        bootstrap=f"127.0.0.1:{closed_port()}",
-        env={"OUTBOX_TEST_PRODUCER": json.dumps(producer)},
-    )
+    with silent_port() as port:
+        process = relay_process(
+            bootstrap=f"127.0.0.1:{port}",
+            env={"OUTBOX_TEST_PRODUCER": json.dumps(producer)},
+        )
+        _second_signal(process)
+
+
+def _second_signal(process) -> None:
     try:
         wait_for(lambda: OutboxMessage.objects.in_flight().exists(), 60, "a claim")
         process.send_signal(signal.SIGTERM)
@@ -97,6 +104,21 @@ def test_a_second_signal_exits_at_once(relay_settings, kafka_bootstrap):
             process.communicate()
     assert code == 128 + signal.SIGTERM, output
     assert "exiting at once" in output
+
+
+def test_sigterm_while_the_broker_is_down_exits_0_within_seconds(relay_settings):
+    make_rows(5, relay_settings.OUTBOX_DEFAULT_TOPIC)
+    process = relay_process("--interval", "0.1", bootstrap=f"127.0.0.1:{closed_port()}")
+    try:
+        read_until(process, "unreachable", 30)
+        process.send_signal(signal.SIGTERM)
+        code, output = finish(process, timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert code == 0, output
+    assert [r.retry_count for r in OutboxMessage.objects.all()] == [0] * 5
 
 
 def test_sigkill_mid_batch_loses_nothing(relay_settings, kafka_bootstrap):
