@@ -413,7 +413,10 @@ def test_burst_on_an_empty_topic_returns(kafka_topic, group):
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
-def test_other_database_rows_are_handled_in_their_own_database(kafka_bootstrap, kafka_topic, group):
+def test_other_database_rows_are_handled_in_their_own_database(
+    settings, kafka_bootstrap, kafka_topic, group
+):
+    settings.OUTBOX_DATABASES = ["default", "other"]
     seen = []
     with registered(COUNTER, lambda event: seen.append(event.event_id)):
         row = publish_event(COUNTER, {"conversation_id": 0}, using="other")
