@@ -31,7 +31,7 @@ from .admin_counts import COUNT_CAP, OutboxPaginator, capped_count, summary
 from .admin_filters import EventTypeFilter, StateFilter, TopicFilter
 from .conf import outbox_settings
 from .fields import TEXT_MAX_CHARS
-from .models import OutboxMessage, OutboxMessageQuerySet, Status, retry_time
+from .models import OutboxMessage, OutboxMessageQuerySet, Status
 
 #: A search materialises at most this many matching ids, so that the list and its
 #: count become primary-key lookups instead of repeating the search's table scan.
@@ -326,13 +326,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         Rows a relay holds (in flight) and published or consumed rows are left alone.
         """
         now = timezone.now()
-        changed = (queryset.dead() | queryset.due(now) | queryset.backing_off(now)).update(
-            last_error=_with_note(_note("retry requested", request, now)),
-            status=Status.PENDING,
-            retry_count=0,
-            next_retry_at=retry_time(now, 0),
-            updated_at=now,
-        )
+        changed = queryset.retry_now(now, _with_note(_note("retry requested", request, now)))
         self._report(
             request,
             changed,
@@ -352,11 +346,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     def give_up(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
         """Pending rows that no relay holds become dead; in-flight rows are left alone."""
         now = timezone.now()
-        changed = (queryset.due(now) | queryset.backing_off(now)).update(
-            last_error=_with_note(_note("given up", request, now)),
-            status=Status.DEAD,
-            updated_at=now,
-        )
+        changed = queryset.give_up_now(now, _with_note(_note("given up", request, now)))
         self._report(
             request,
             changed,
@@ -397,12 +387,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
                 request, "admin/django_outbox/outboxmessage/redeliver_confirmation.html", context
             )
         now = timezone.now()
-        changed = targets.update(
-            last_error=_with_note(_note("delivery requested again", request, now)),
-            status=Status.PENDING,
-            retry_count=0,
-            next_retry_at=retry_time(now, 0),
-            updated_at=now,
+        changed = queryset.deliver_again(
+            now, _with_note(_note("delivery requested again", request, now))
         )
         self._report(
             request,

@@ -104,9 +104,14 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
     def finished_before(
         self, cutoff: datetime.datetime, statuses: tuple[str, ...] = (Status.CONSUMED,)
     ) -> OutboxMessageQuerySet:
-        """Rows in a final status whose last change is older than ``cutoff``."""
-        final = [status for status in statuses if status in FINAL_STATUSES]
-        return self.filter(status__in=final, updated_at__lt=cutoff)
+        """Rows in ``statuses`` whose last change is older than ``cutoff``.
+
+        Only final statuses count, and ``published`` (opt-in, for events that no
+        consumer here marks consumed: handled by another service, or of a type no
+        handler knows); never ``pending``.
+        """
+        prunable = [s for s in statuses if s in FINAL_STATUSES or s == Status.PUBLISHED]
+        return self.filter(status__in=prunable, updated_at__lt=cutoff)
 
     def published_before(self, cutoff: datetime.datetime) -> OutboxMessageQuerySet:
         """``published`` rows whose last change is older than ``cutoff``."""
@@ -118,10 +123,11 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         statuses: tuple[str, ...] = (Status.CONSUMED,),
         chunk: int | None = None,
     ) -> int:
-        """Delete final rows older than ``cutoff``, in chunks; return how many went.
+        """Delete rows in ``statuses`` older than ``cutoff``, in chunks; return how many went.
 
-        Only ``consumed`` and ``dead`` rows can go (never ``pending`` or
-        ``published``); one short statement per chunk keeps locks small on a busy table.
+        ``consumed``, ``dead`` and (opt-in) ``published`` rows can go, never
+        ``pending``; one short statement per chunk keeps locks small on a busy table,
+        and each re-checks the condition.
         """
         return delete_in_chunks(self.finished_before(cutoff, statuses), chunk)
 
@@ -234,8 +240,9 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         return claim(self.db, batch_size, lease_seconds, **options)
 
     # Operators' transitions (the admin's actions). Rows a relay holds are left alone.
+    # ``note`` is the new last_error: a string, or an expression that prepends to it.
 
-    def retry_now(self, now: datetime.datetime, note: str) -> int:
+    def retry_now(self, now: datetime.datetime, note: Any) -> int:
         """dead, due or backing-off pending -> pending, due now, with a fresh retry budget."""
         return (self.dead() | self.due(now) | self.backing_off(now)).update(
             last_error=note,
@@ -245,13 +252,13 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
             updated_at=now,
         )
 
-    def give_up_now(self, now: datetime.datetime, note: str) -> int:
+    def give_up_now(self, now: datetime.datetime, note: Any) -> int:
         """pending rows no relay holds -> dead."""
         return (self.due(now) | self.backing_off(now)).update(
             last_error=note, status=Status.DEAD, next_retry_at=None, updated_at=now
         )
 
-    def deliver_again(self, now: datetime.datetime, note: str) -> int:
+    def deliver_again(self, now: datetime.datetime, note: Any) -> int:
         """published or consumed -> pending, due now: their handlers will run again."""
         return (self.published() | self.consumed()).update(
             last_error=note,

@@ -71,12 +71,30 @@ def test_chunks_cover_everything():
     assert not OutboxMessage.objects.exists()
 
 
-def test_pending_and_published_never_go_even_if_asked():
+def test_pending_never_goes_even_if_asked():
     group = make_rows(2, "t")
-    age(group, Status.PUBLISHED, 10)
+    age(group, Status.PENDING, 10)
     cutoff = timezone.now()
-    assert OutboxMessage.objects.prune(cutoff, statuses=(Status.PUBLISHED, Status.PENDING)) == 0
+    assert OutboxMessage.objects.prune(cutoff, statuses=(Status.PENDING,)) == 0
     assert OutboxMessage.objects.count() == 2
+
+
+def test_old_published_rows_only_when_asked(rows):
+    assert "deleted 6 consumed/published row(s)" in prune("--days", "30", "--published")
+    assert remaining(rows) == {"new_consumed", "old_dead", "old_pending"}
+
+
+def test_a_row_that_changed_after_it_was_listed_stays():
+    from django_outbox.pruning import delete_chunk
+
+    group = make_rows(3, "t")
+    age(group, Status.CONSUMED, 10)
+    rows = OutboxMessage.objects.finished_before(timezone.now() - datetime.timedelta(days=5))
+    ids = list(rows.values_list("pk", flat=True))
+    # An operator delivers one again between the listing and the delete.
+    OutboxMessage.objects.filter(pk=ids[0]).update(status=Status.PENDING)
+    assert delete_chunk(rows, ids) == 2
+    assert list(OutboxMessage.objects.values_list("pk", flat=True)) == [ids[0]]
 
 
 def test_other_database(settings):

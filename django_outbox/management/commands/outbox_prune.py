@@ -15,8 +15,8 @@ from django_outbox.models import OutboxMessage, Status
 
 class Command(BaseCommand):
     help = (
-        "Delete consumed (and, with --dead, dead) outbox rows whose last change is older "
-        "than --days. Pending and published rows are never touched."
+        "Delete consumed (and, with --dead, dead; with --published, published) outbox rows "
+        "whose last change is older than --days. Pending rows are never touched."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -24,6 +24,12 @@ class Command(BaseCommand):
             "--days", type=float, required=True, help="Keep rows changed within this many days."
         )
         parser.add_argument("--dead", action="store_true", help="Delete old dead rows too.")
+        parser.add_argument(
+            "--published",
+            action="store_true",
+            help="Delete old published rows too: events no consumer of this database marks "
+            "consumed (handled by another service, or of a type with no handler here).",
+        )
         parser.add_argument(
             "--database",
             action="append",
@@ -43,9 +49,11 @@ class Command(BaseCommand):
         unknown = [alias for alias in aliases if alias not in connections]
         if unknown:
             raise CommandError(f"unknown database alias(es) {unknown}; see settings.DATABASES")
-        statuses: tuple[str, ...] = (
-            (Status.CONSUMED, Status.DEAD) if options["dead"] else (Status.CONSUMED,)
-        )
+        statuses: tuple[str, ...] = (Status.CONSUMED,)
+        if options["dead"]:
+            statuses += (Status.DEAD,)
+        if options["published"]:
+            statuses += (Status.PUBLISHED,)
         cutoff = timezone.now() - datetime.timedelta(days=days)
         for alias in aliases:
             rows = OutboxMessage.objects.using(alias)
