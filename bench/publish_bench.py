@@ -1,50 +1,55 @@
 #!/usr/bin/env python
-"""What publish_event() + commit costs a request: fast path off, "sync" and "thread".
+"""What publish_event() + commit costs a request, and how soon the handler runs.
 
 Usage (a broker from ``scripts/kafka-local start``; the database from DATABASE_URL,
 SQLite when unset; a throw-away test database is created and dropped)::
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 DATABASE_URL=postgres://... \\
-        python bench/publish_bench.py [--transactions 2000] [--size 1000]
+        python bench/publish_bench.py [--transactions 1000] [--repeat 5] [--latency 300]
 
-Each figure is the mean wall time of one ``with transaction.atomic(): ...`` in the
-calling thread. "thread" then waits (fastpath.flush) for the background deliveries,
-reported apart. Prints figures; asserts nothing about speed.
+1. *Cost*: the mean wall time of one ``with transaction.atomic(): ...`` holding one
+   event, against a bare ``INSERT`` of the same row (the baseline, measured in the
+   same run): ``publish_event()`` with the relay wake-up off, and on (the default:
+   ``NOTIFY`` on PostgreSQL, an ``on_commit`` callback everywhere). Min, median and
+   max over ``--repeat`` rounds, interleaved so that machine noise hits all alike.
+2. *Latency* (``--latency N``): the real ``outbox_relay`` and ``outbox_consume``
+   commands run as subprocesses (default settings, the demo's chat handler); N
+   events are published one per transaction, ``--gap`` seconds apart; commit ->
+   handler is ``consumed_at - created_at`` of each row (both written by the
+   database clock's client, at millisecond precision). Prints p50, p90, p99, max.
+
+Prints figures; asserts nothing about speed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import statistics
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):8,.0f} {statistics.median(values):8,.0f} {max(values):8,.0f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transactions", type=int, default=2000)
+    parser.add_argument("--transactions", type=int, default=1000, help="per round and variant")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds")
     parser.add_argument("--size", type=int, default=1000, help="payload bytes per event")
-    parser.add_argument(
-        "--switch-interval",
-        type=float,
-        help="sys.setswitchinterval() in seconds (Python's default is 0.005): how long the "
-        "request thread may wait for the GIL while the delivery thread runs",
-    )
-    parser.add_argument(
-        "--pause",
-        type=float,
-        default=0.0,
-        help="seconds between transactions, not timed (0: back to back, the delivery "
-        "thread then competes with the publishing thread the whole time)",
-    )
+    parser.add_argument("--latency", type=int, default=300, help="events (0: skip)")
+    parser.add_argument("--gap", type=float, default=0.02, help="seconds between events")
     args = parser.parse_args()
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval)
 
     import django
 
@@ -53,18 +58,18 @@ def main() -> None:
     from django.db import connection, transaction
     from django.test.utils import setup_databases, teardown_databases
 
-    from django_outbox import fastpath, kafka, publish_event
+    from django_outbox import kafka, publish_event
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage
+    from tests.relay_support import database_url
 
     test = settings.DATABASES["default"].setdefault("TEST", {})
     if "sqlite" not in settings.DATABASES["default"]["ENGINE"]:
         test["NAME"] = f"bench_publish_{settings.DATABASES['default']['NAME']}"
     else:
         Path(settings.SQLITE_TEST_DIR).mkdir(parents=True, exist_ok=True)
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = os.environ.get(
-        "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"
-    )
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
     old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     try:
         topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
@@ -73,60 +78,146 @@ def main() -> None:
             admin.wait_for_topics([topic], timeout_ms=30000)
         data = {"pad": "x" * max(args.size - 200, 0)}
         payload = Event("bench.event", data, key="k").to_json()
+        table = connection.ops.quote_name(OutboxMessage._meta.db_table)
+        insert = (
+            f"INSERT INTO {table} (biz_type, topic, message_key, payload, status, retry_count, "
+            "max_retry, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, 0, 20, %s, %s)"
+        )
         count = args.transactions
         print(
-            f"database: {connection.vendor}; {count} transactions of one {args.size}-byte "
-            f"event; switch interval {sys.getswitchinterval() * 1000:g} ms; "
-            f"{args.pause * 1000:g} ms between transactions"
+            f"database: {connection.vendor}; rounds of {count} transactions holding one "
+            f"{args.size}-byte event; {args.repeat} rounds"
         )
 
-        def timed(function) -> float:
-            spent = 0.0
-            for index in range(count):
-                started = time.perf_counter()
-                with transaction.atomic():
-                    function(index)
-                spent += time.perf_counter() - started
-                if args.pause:
-                    time.sleep(args.pause)
-            return spent / count
+        def bare_insert() -> None:
+            now = connection.ops.adapt_datetimefield_value(django.utils.timezone.now())
+            with connection.cursor() as cursor:
+                cursor.execute(insert, ["bench.event", topic, "k", payload, "pending", now, now])
 
-        def plain(index: int) -> None:
-            OutboxMessage.objects.create(
-                event_type="bench.event", topic=topic, message_key="k", payload=payload
-            )
-
-        def via_publish(index: int) -> None:
+        def publish() -> None:
             publish_event("bench.event", data, key="k", topic=topic)
 
-        settings.OUTBOX_WAKE_RELAY = False
-        timed(plain)  # warm-up
-        costs = {"create()": timed(plain), "publish, fast path off": timed(via_publish)}
-        for mode in ("sync", "thread"):
-            settings.OUTBOX_WAKE_RELAY = True
-            settings.OUTBOX_FAST_PATH_MODE = mode
-            with transaction.atomic():  # warm-up: builds the shared producer
-                via_publish(0)
-            fastpath.flush(30)
-            fastpath.stats.reset()
+        def timed(function, wake: bool) -> float:
+            settings.OUTBOX_WAKE_RELAY = wake
             started = time.perf_counter()
-            costs[f"publish, fast path {mode!r}"] = timed(via_publish)
-            fastpath.flush(60)
-            total = time.perf_counter() - started
-            stats = fastpath.stats
-            print(
-                f"  {mode}: {stats.delivered} delivered in {total:.2f}s with "
-                f"{stats.claims} claims ({stats.dropped} dropped, {stats.skipped} skipped)"
-            )
-            fastpath.reset_producer()
-        base = costs["create()"]
-        for name, cost in costs.items():
-            print(f"{name:32} {cost * 1e6:8,.0f} us  {cost / base:5.2f}x create()")
-        pending = OutboxMessage.objects.pending().count()
-        print(f"rows left pending for the relay: {pending} (the fast-path-off ones)")
+            for _ in range(count):
+                with transaction.atomic():
+                    function()
+            return (time.perf_counter() - started) / count * 1e6
+
+        variants = {
+            "bare INSERT (baseline)": (bare_insert, False),
+            "publish_event, wake-up off": (publish, False),
+            "publish_event (default: wake-up on)": (publish, True),
+        }
+        for function, wake in variants.values():  # warm-up
+            timed(function, wake)
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeat):
+            for name, (function, wake) in variants.items():
+                results[name].append(timed(function, wake))
+        base = statistics.median(results["bare INSERT (baseline)"])
+        print(f"{'us per transaction':40} {'min':>8} {'median':>8} {'max':>8}  ratio (median)")
+        for name, values in results.items():
+            ratio = statistics.median(values) / base
+            print(f"{name:40} {spread(values)}  {ratio:5.2f}x")
+
+        if args.latency:
+            latency(args, settings, bootstrap, database_url("default"))
     finally:
-        fastpath.reset_producer()
         teardown_databases(old_config, verbosity=0)
+
+
+def latency(args, settings, bootstrap: str, url: str) -> None:
+    from django.db import transaction
+    from django.utils import timezone
+
+    from testproject.chat.models import Conversation
+    from testproject.chat.services import MESSAGE_CREATED
+    from django_outbox import kafka, publish_event
+    from django_outbox.models import OutboxMessage
+
+    OutboxMessage.objects.all().delete()
+    topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
+    with kafka.build_admin() as admin:
+        admin.create_topics([kafka.NewTopic(topic, 3, 1)])
+        admin.wait_for_topics([topic], timeout_ms=30000)
+    settings.OUTBOX_TOPICS = {MESSAGE_CREATED: topic}
+    settings.OUTBOX_WAKE_RELAY = True
+    conversation = Conversation.objects.create(title="bench")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "DATABASE_URL": url,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CHAT_TOPIC": topic,
+        "OUTBOX_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'testproject'}",
+    }
+    manage = [sys.executable, str(ROOT / "testproject" / "manage.py")]
+    workers = [
+        subprocess.Popen(
+            [*manage, command, "-v", "0"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for command in ("outbox_relay", "outbox_consume")
+    ]
+    try:
+        # Warm-up: both workers connected, the consumer has its partitions.
+        def one(text: str) -> None:
+            with transaction.atomic():
+                publish_event(
+                    MESSAGE_CREATED,
+                    {
+                        "conversation_id": conversation.pk,
+                        "author": "bench",
+                        "text": text,
+                        "sent_at": timezone.now().isoformat(),
+                    },
+                    key=f"conversation-{conversation.pk}",
+                )
+
+        one("warm-up")
+        deadline = time.monotonic() + 120
+        while not OutboxMessage.objects.consumed().exists():
+            if time.monotonic() > deadline:
+                raise SystemExit("no event was consumed within 120 s; is the broker up?")
+            time.sleep(0.2)
+        OutboxMessage.objects.all().delete()
+        for index in range(args.latency):
+            one(f"message {index}")
+            time.sleep(args.gap)
+        deadline = time.monotonic() + 120
+        while OutboxMessage.objects.consumed().count() < args.latency:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        pairs = OutboxMessage.objects.consumed().values_list("created_at", "consumed_at")
+        millis = sorted((done - made).total_seconds() * 1000 for made, done in pairs)
+        if not millis:
+            print("latency: nothing consumed")
+            return
+
+        def pct(p: float) -> float:
+            return millis[min(int(len(millis) * p), len(millis) - 1)]
+
+        print(
+            f"commit -> handler, {len(millis)} of {args.latency} events, one every "
+            f"{args.gap * 1000:g} ms, relay and consumer running: p50 {pct(0.5):.0f} ms, "
+            f"p90 {pct(0.9):.0f} ms, p99 {pct(0.99):.0f} ms, max {millis[-1]:.0f} ms"
+        )
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
 
 
 if __name__ == "__main__":
