@@ -132,10 +132,10 @@ def latency(args, settings, bootstrap: str, url: str) -> None:
     from django.db import transaction
     from django.utils import timezone
 
-    from testproject.chat.models import Conversation
-    from testproject.chat.services import MESSAGE_CREATED
     from django_outbox import kafka, publish_event
     from django_outbox.models import OutboxMessage
+    from testproject.chat.models import Conversation
+    from testproject.chat.services import MESSAGE_CREATED
 
     OutboxMessage.objects.all().delete()
     topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
