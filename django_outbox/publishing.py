@@ -12,7 +12,7 @@ from . import compat, wakeup
 from .conf import outbox_settings
 from .envelope import RESERVED_HEADERS, Event
 from .exceptions import ImproperlyConfiguredOutbox, InvalidEvent
-from .models import OutboxMessage, Status
+from .models import OutboxMessage
 from .topics import topic_problem
 
 EVENT_TYPE_MAX = 64
@@ -105,36 +105,30 @@ def publish_event(
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data of {event_type!r} cannot be serialised to JSON: {exc}") from exc
 
-    message = OutboxMessage(
+    message = OutboxMessage.objects.using(alias).create_pending(
         event_type=event_type,
         topic=topic,
         message_key=key,
         payload=payload,
-        status=Status.PENDING,
-        retry_count=0,
         max_retry=max_retry,
+        notify=outbox_settings.wake_relay,
     )
-    message.save(using=alias, force_insert=True)
     if outbox_settings.wake_relay:
         _wake_relay_at_commit(alias)
     return message
 
 
 def _wake_relay_at_commit(alias: str) -> None:
-    """Once per transaction: ``NOTIFY`` relays elsewhere, and wake this process's at commit.
+    """Once per transaction: wake this process's relays at commit.
 
-    The ``on_commit`` callback marks the transaction as done: later publishes in
-    it find it registered and add nothing. A rollback (of the transaction, or of the
-    savepoint that registered it) discards both the callback and the notification,
-    so the next publish registers them again.
+    (Relays in other processes hear of it on PostgreSQL from the ``NOTIFY`` that
+    ``create_pending`` sends with the row.) A rollback, of the transaction or of the
+    savepoint that registered the callback, discards it, so the next publish
+    registers it again.
     """
     connection = connections[alias]
     if connection.in_atomic_block and any(
         entry[1] is wakeup.wake_local for entry in compat.on_commit_callbacks(connection)
     ):
         return
-    statement = wakeup.notify_statement(connection.vendor)
-    if statement is not None:
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
     transaction.on_commit(wakeup.wake_local, using=alias)

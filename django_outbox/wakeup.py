@@ -3,9 +3,10 @@
 The request does no Kafka work: ``publish_event()`` only makes sure the relay
 hears of the commit, and the relay (the only sender, so key order holds) delivers.
 
-- PostgreSQL: ``NOTIFY django_outbox`` inside the publishing transaction, once per
-  transaction. PostgreSQL delivers it at commit and drops it on rollback; each
-  relay holds one extra connection per PostgreSQL database that ``LISTEN``\\s.
+- PostgreSQL: ``pg_notify('django_outbox', '')`` in the very statement that inserts
+  the row (no extra round trip). PostgreSQL delivers it at commit, drops it on
+  rollback, and folds the repeats of one transaction into one; each relay holds
+  one extra connection per PostgreSQL database that ``LISTEN``\\s.
 - Every database: an ``on_commit`` callback wakes relays running in the same
   process (tests, a development server running a relay thread).
 - MySQL/MariaDB and SQLite have no such channel: a relay in another process polls
@@ -33,11 +34,6 @@ CHANNEL = "django_outbox"
 
 _local_lock = threading.Lock()
 _local_events: weakref.WeakSet[threading.Event] = weakref.WeakSet()
-
-
-def notify_statement(vendor: str) -> str | None:
-    """The statement that wakes relays of another process at commit, if the database has one."""
-    return f"NOTIFY {CHANNEL}" if vendor == "postgresql" else None
 
 
 def wake_local() -> None:
