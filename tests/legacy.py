@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django.apps import apps
+from django.db import connection
+
 #: Exactly the statement GORM v1.31's AutoMigrate runs for model/outbox.go on MySQL/MariaDB
 #: (tests/interop/go/model/outbox.go, verbatim from the Go service), table options aside.
 LEGACY_MYSQL_DDL = (
@@ -93,3 +96,13 @@ SQLITE_COLUMNS = [
 
 INDEX_NAME = "idx_outbox_status_next"
 INDEX_COLUMNS = ["status", "next_retry_at", "biz_type"]
+
+
+def drop_app_tables() -> None:
+    """Back to a production database before the app: none of its tables (MySQL)."""
+    tables = [model._meta.db_table for model in apps.get_app_config("django_outbox").get_models()]
+    with connection.cursor() as cursor:
+        cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
+        for table in tables:
+            cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
+        cursor.execute("SET FOREIGN_KEY_CHECKS = 1")

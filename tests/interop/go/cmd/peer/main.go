@@ -7,7 +7,7 @@
 //	peer write --dsn DSN                   create rows as the Go service does
 //	peer rows --dsn DSN --ids 1,2          read rows back through the model
 //	peer mark --dsn DSN --ids 1,2 --status published|consumed
-//	peer produce --brokers B --topic T --codec none|gzip|snappy|lz4|zstd
+//	peer produce --brokers B --topic T [--codec none|gzip|snappy|lz4|zstd]
 //	peer read --brokers B --topic T --count N
 //	peer vectors --schema FILE --manifest FILE
 package main
@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	_ "time/tzdata" // TZ=Asia/Shanghai works on a host without zoneinfo
 
 	"github.com/django-outbox/interop/model"
 	"github.com/google/uuid"
@@ -348,8 +349,9 @@ func produce(args []string) (any, error) {
 	codec := flags.String("codec", "", "none, gzip, snappy, lz4 or zstd; empty: franz-go's default")
 	_ = flags.Parse(args)
 	var records []struct {
-		Key   string `json:"key"`
-		Value string `json:"value"`
+		Key     string      `json:"key"`
+		Value   string      `json:"value"`
+		Headers [][2]string `json:"headers"` // name, value; none in the usual case
 	}
 	if err := json.NewDecoder(os.Stdin).Decode(&records); err != nil {
 		return nil, err
@@ -372,8 +374,12 @@ func produce(args []string) (any, error) {
 	defer cancel()
 	batch := make([]*kgo.Record, 0, len(records))
 	for _, r := range records {
-		// key and value only: no headers, as a Go relay or any plain producer sends
-		batch = append(batch, &kgo.Record{Topic: *topic, Key: []byte(r.Key), Value: []byte(r.Value)})
+		// key and value only unless told: what a Go relay or any plain producer sends
+		record := &kgo.Record{Topic: *topic, Key: []byte(r.Key), Value: []byte(r.Value)}
+		for _, h := range r.Headers {
+			record.Headers = append(record.Headers, kgo.RecordHeader{Key: h[0], Value: []byte(h[1])})
+		}
+		batch = append(batch, record)
 	}
 	if err := client.ProduceSync(ctx, batch...).FirstErr(); err != nil {
 		return nil, err
