@@ -45,7 +45,9 @@ NEEDS_CODECS = pytest.mark.xfail(
 )
 CODECS = ["none", "gzip", *(pytest.param(c, marks=NEEDS_CODECS) for c in ("snappy", "lz4", "zstd"))]
 NEEDS_HEADERLESS = pytest.mark.xfail(
-    strict=False, reason="needs consumer fix (issue 9 §3): records without the outbox headers"
+    strict=False,
+    reason="needs consumer fixes (issue 9 §3): records without the outbox headers, and (§4) "
+    "snappy, franz-go's default codec",
 )
 
 mysql_only = pytest.mark.skipif(
@@ -150,6 +152,25 @@ def go_rows(count_per_spelling: int = 1, topic: str = "", orders=("struct", "map
                     }
                 )
     return specs
+
+
+# ------------------------------------------------------------------ the envelope
+
+
+def test_the_go_peer_agrees_with_the_vectors(go_peer):
+    """docs/envelope.schema.json (checked by a JSON Schema validator) plus the Go service's
+    decoding accept exactly the vectors Event.from_json accepts (tests/test_envelope_vectors.py)."""
+    manifest = json.loads((VECTORS / "manifest.json").read_text())
+    verdicts = peer(
+        go_peer, "vectors", "--schema", str(SCHEMA), "--manifest", str(VECTORS / "manifest.json")
+    )
+    assert [v["file"] for v in verdicts] == [entry["file"] for entry in manifest]
+    disagreements = [
+        (v["file"], v["error"])
+        for v, entry in zip(verdicts, manifest)
+        if v["valid"] != entry["valid"]
+    ]
+    assert disagreements == []
 
 
 # ------------------------------------------------------------------ the DDL
@@ -411,3 +432,35 @@ def test_compressed_records_from_a_go_producer_are_handled_once(
 
     assert sorted(handled) == sorted(e.event_id for e in events)
     assert consumer.stats.outcomes == {"handled": len(events)}
+
+
+# ------------------------------------------------------------------ time zones
+
+
+@mysql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_loc_local_go_writer_off_utc_shifts_every_time_it_stores(go_peer, outbox_config):
+    """What docs/go-service.rst says about the DSN: ``loc=UTC`` agrees with Django,
+    ``loc=Local`` on a host at UTC+8 writes (and reads) times eight hours off."""
+    spec = go_rows(orders=("struct",))[:1]
+    shanghai = {"TZ": "Asia/Shanghai"}
+    millisecond, eight_hours = datetime.timedelta(milliseconds=1), datetime.timedelta(hours=8)
+
+    before = timezone.now()
+    (utc,) = peer(go_peer, "write", "--dsn", go_dsn("UTC"), stdin=spec, env=shanghai)
+    (local,) = peer(go_peer, "write", "--dsn", go_dsn("Local"), stdin=spec, env=shanghai)
+    after = timezone.now()
+
+    utc_row = OutboxMessage.objects.get(pk=utc["id"])
+    local_row = OutboxMessage.objects.get(pk=local["id"])
+    assert before - millisecond <= utc_row.created_at <= after
+    # Django reads the Go service's wall-clock time as UTC: eight hours in the future
+    assert before + eight_hours - millisecond <= local_row.created_at <= after + eight_hours
+
+    # and such a Go service reads Django's UTC times as Shanghai's: eight hours early
+    django_row = publish_event(EVENT_TYPE, {}, key="k")
+    (seen,) = peer(
+        go_peer, "rows", "--dsn", go_dsn("Local"), "--ids", str(django_row.pk), env=shanghai
+    )
+    assert seen["created_at"].endswith("+08:00")
+    assert go_time(seen["created_at"]) == django_row.created_at - eight_hours
