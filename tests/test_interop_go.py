@@ -167,7 +167,7 @@ def test_the_go_peer_agrees_with_the_vectors(go_peer):
     assert [v["file"] for v in verdicts] == [entry["file"] for entry in manifest]
     disagreements = [
         (v["file"], v["error"])
-        for v, entry in zip(verdicts, manifest)
+        for v, entry in zip(verdicts, manifest, strict=True)
         if v["valid"] != entry["valid"]
     ]
     assert disagreements == []
