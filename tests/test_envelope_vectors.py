@@ -1,6 +1,6 @@
 """The shared envelope vectors (tests/vectors/): what Event.from_json makes of each.
 
-The Go peer reads the same files: tests/test_interop_go.py, test_the_go_peer_agrees_with_the_vectors.
+The Go peer reads the same files (test_the_go_peer_agrees_with_the_vectors in test_interop_go.py).
 """
 
 from __future__ import annotations
