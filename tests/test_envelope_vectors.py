@@ -57,3 +57,12 @@ def test_the_schema_requires_what_the_parser_requires():
     assert SCHEMA["properties"]["event_type"]["maxLength"] == MAX_EVENT_TYPE_LENGTH
     assert SCHEMA["properties"]["key"]["maxLength"] == MAX_KEY_LENGTH
     assert "additionalProperties" not in SCHEMA  # unknown keys are allowed
+
+
+def test_a_lone_surrogate_in_a_str_is_malformed_too():
+    # a str can hold the surrogate itself, not only its escape (bytes cannot: not UTF-8)
+    raw = (VECTORS / "valid" / "documented-order.json").read_text().replace("hello", "\ud800")
+    with pytest.raises(MalformedEvent, match="lone UTF-16 surrogate"):
+        Event.from_json(raw)
+    with pytest.raises(MalformedEvent, match="not valid JSON"):
+        Event.from_json(raw.encode("utf-8", "surrogatepass"))
