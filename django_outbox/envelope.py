@@ -64,7 +64,9 @@ _DASHED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
 _UUID_SPELLING = re.compile(rf"(?:(?i:urn:uuid:)?{_DASHED}|\{{{_DASHED}\}}|{_HEX}{{32}})")
 #: A JSON text that might hold a surrogate: one as an escape, or (a ``str``) as is.
 _MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_MAYBE_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+#: ... and in bytes, which ``json.loads`` decodes with ``surrogatepass``: an escape, or a
+#: surrogate encoded as if it were a character (ED A0..BF, not valid UTF-8).
+_MAYBE_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def dumps(value: Any) -> str:
