@@ -229,10 +229,25 @@ def check_client_options(**kwargs: Any) -> Messages:
     return messages
 
 
+def check_time_zone(**kwargs: Any) -> Messages:
+    if settings.USE_TZ:
+        return []
+    return [
+        Warning(
+            "USE_TZ is False: Django reads and writes the outbox table's times as naive "
+            "local times, while the Go service sharing it stores UTC.",
+            hint="Set USE_TZ = True (and the Go DSN's parseTime=true&loc=UTC); see "
+            "docs/go-service.rst, 'Times'.",
+            id="django_outbox.W003",
+        )
+    ]
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
     check_topics,
     check_numbers,
     check_client_options,
+    check_time_zone,
 )

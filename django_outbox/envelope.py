@@ -1,22 +1,39 @@
 """The event envelope: the JSON stored in ``payload`` and sent to Kafka as the value.
 
-Format (all keys required; unknown keys are ignored, so producers may add some)::
+Format (all keys required), published as ``docs/envelope.schema.json`` with shared test
+vectors in ``tests/vectors/`` that the Go peer checks too::
 
     {
       "event_id": "7d0c1d0e-4a4b-4a56-9a4e-2b1f0e6c2f61",   # UUID, unique per event
-      "event_type": "chat.message.created",                # at most 64 characters
+      "event_type": "chat.message.created",                # 1 to 64 characters
       "version": 1,                                        # schema version of ``data``
-      "occurred_at": "2026-11-27T19:00:00.123456Z",        # ISO 8601, UTC
+      "occurred_at": "2026-11-27T19:00:00.123456Z",        # ISO 8601 with a zone
       "key": "conversation-42",                            # Kafka key, at most 128 characters
       "headers": {"trace_id": "abc"},                      # str -> str
       "data": {"text": "hello"}                            # any JSON value
     }
+
+Parsing is lenient where the meaning is unambiguous and strict where it is not:
+
+- ``event_id`` may be spelled in any of the forms Go's ``uuid.Parse`` reads (dashed,
+  ``{braced}``, ``urn:uuid:``, 32 hex digits; any case); it becomes a ``uuid.UUID``.
+  Other shapes (a number, dashes elsewhere) are rejected.
+- Unknown keys are ignored; key order and whitespace do not matter.
+- ``occurred_at`` needs a zone (a time without one means different instants to
+  different readers); any offset is accepted and converted to UTC.
+- A string with a lone UTF-16 surrogate (``"\ud800"``) is rejected: Python would keep
+  it and fail later when it is written anywhere, Go's ``encoding/json`` would turn it
+  into U+FFFD silently; neither reading is the producer's.
+- JSON nested too deeply for the parser is rejected (``MalformedEvent``, never
+  ``RecursionError``); Go's ``encoding/json`` stops at 10,000 levels, Python's at
+  about 1,000 (the interpreter's recursion limit): keep ``data`` well under both.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +54,19 @@ RESERVED_HEADERS = frozenset(
 )
 
 FIELDS = ("event_id", "event_type", "version", "occurred_at", "key", "headers", "data")
+#: The columns the envelope's values must fit (``biz_type``, ``message_key``).
+MAX_EVENT_TYPE_LENGTH = 64
+MAX_KEY_LENGTH = 128
+
+_HEX = "[0-9a-fA-F]"
+_DASHED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+#: The spellings of a UUID that Go's ``uuid.Parse`` (github.com/google/uuid) reads.
+_UUID_SPELLING = re.compile(rf"(?:(?i:urn:uuid:)?{_DASHED}|\{{{_DASHED}\}}|{_HEX}{{32}})")
+#: A JSON text that might hold a surrogate: one as an escape, or (a ``str``) as is.
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+#: ... and in bytes, which ``json.loads`` decodes with ``surrogatepass``: an escape, or a
+#: surrogate encoded as if it were a character (ED A0..BF, not valid UTF-8).
+_MAYBE_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def dumps(value: Any) -> str:
@@ -49,6 +79,23 @@ def dumps(value: Any) -> str:
 def _format_time(value: datetime.datetime) -> str:
     value = value.astimezone(datetime.timezone.utc)
     return value.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_event_id(value: Any) -> uuid.UUID:
+    """A UUID in any spelling ``uuid.Parse`` reads; ``ValueError`` otherwise."""
+    if not isinstance(value, str) or not _UUID_SPELLING.fullmatch(value):
+        raise ValueError(f"not a UUID spelling: {value!r}")
+    return uuid.UUID(hex=re.sub(r"(?i)^urn:uuid:|[{}-]", "", value))
+
+
+def _has_lone_surrogate(document: Any) -> bool:
+    try:
+        json.dumps(document, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    except RecursionError:  # as deep as json.loads could go, not deeper: no verdict
+        raise MalformedEvent("event envelope is nested too deeply to check") from None
+    return False
 
 
 def _parse_time(value: str) -> datetime.datetime:
@@ -99,6 +146,18 @@ class Event:
             document = json.loads(raw)
         except (TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             raise MalformedEvent(f"event envelope is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise MalformedEvent("event envelope is nested too deeply to parse") from None
+        # Only a text that holds a surrogate escape pays for the walk over the document.
+        maybe = (
+            _MAYBE_SURROGATE.search(raw)
+            if isinstance(raw, str)
+            else _MAYBE_SURROGATE_BYTES.search(raw)
+        )
+        if maybe and _has_lone_surrogate(document):
+            raise MalformedEvent(
+                "event envelope holds a lone UTF-16 surrogate (\\ud800-\\udfff not in a pair)"
+            )
         return cls.from_dict(document)
 
     @classmethod
@@ -114,8 +173,14 @@ class Event:
         version = document["version"]
         if not isinstance(event_type, str) or not event_type:
             raise MalformedEvent("event_type must be a non-empty string")
+        if len(event_type) > MAX_EVENT_TYPE_LENGTH:
+            raise MalformedEvent(
+                f"event_type is longer than {MAX_EVENT_TYPE_LENGTH} characters: {event_type[:80]!r}"
+            )
         if not isinstance(key, str):
             raise MalformedEvent("key must be a string")
+        if len(key) > MAX_KEY_LENGTH:
+            raise MalformedEvent(f"key is longer than {MAX_KEY_LENGTH} characters")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise MalformedEvent("version must be a positive integer")
         if not isinstance(headers, dict) or not all(
@@ -123,9 +188,9 @@ class Event:
         ):
             raise MalformedEvent("headers must be an object of strings")
         try:
-            event_id = uuid.UUID(str(document["event_id"]))
-        except ValueError as exc:
-            raise MalformedEvent(f"event_id is not a UUID: {document['event_id']!r}") from exc
+            event_id = parse_event_id(document["event_id"])
+        except ValueError:
+            raise MalformedEvent(f"event_id is not a UUID: {document['event_id']!r}") from None
         try:
             occurred_at = _parse_time(document["occurred_at"])
         except (TypeError, ValueError, AttributeError) as exc:

@@ -399,11 +399,11 @@ class OutboxMessage(models.Model):
 
     id = models.BigAutoField(_("id"), primary_key=True)
     event_type = models.CharField(
-        _("event type"), max_length=64, db_column="biz_type", db_comment="event type"
+        _("event type"), max_length=64, db_column="biz_type", db_comment="事件类型"
     )
     topic = models.CharField(_("topic"), max_length=128, db_comment="Kafka Topic")
-    message_key = models.CharField(_("message key"), max_length=128, db_comment="Kafka message key")
-    payload = models.TextField(_("payload"), db_comment="business payload (JSON)")
+    message_key = models.CharField(_("message key"), max_length=128, db_comment="Kafka 消息键")
+    payload = models.TextField(_("payload"), db_comment="业务载荷(JSON)")
     status = models.CharField(
         _("status"),
         max_length=32,
@@ -412,20 +412,20 @@ class OutboxMessage(models.Model):
         db_comment="pending/published/consumed/dead",
     )
     retry_count = models.BigIntegerField(
-        _("retry count"), default=0, db_default=0, db_comment="retries so far"
+        _("retry count"), default=0, db_default=0, db_comment="已重试次数"
     )
     max_retry = models.BigIntegerField(
-        _("max retry"), default=20, db_default=20, db_comment="max retries"
+        _("max retry"), default=20, db_default=20, db_comment="最大重试次数"
     )
     next_retry_at = MillisecondDateTimeField(
-        _("next retry at"), null=True, blank=True, db_comment="next retry time"
+        _("next retry at"), null=True, blank=True, db_comment="下次重试时间"
     )
-    last_error = ShortTextField(_("last error"), null=True, blank=True, db_comment="last error")
+    last_error = ShortTextField(_("last error"), null=True, blank=True, db_comment="最后一次错误")
     published_at = MillisecondDateTimeField(
-        _("published at"), null=True, blank=True, db_comment="time written to Kafka"
+        _("published at"), null=True, blank=True, db_comment="投递到 Kafka 时间"
     )
     consumed_at = MillisecondDateTimeField(
-        _("consumed at"), null=True, blank=True, db_comment="time consumption finished"
+        _("consumed at"), null=True, blank=True, db_comment="消费完成时间"
     )
     created_at = MillisecondDateTimeField(_("created at"), null=True, auto_now_add=True)
     updated_at = MillisecondDateTimeField(_("updated at"), null=True, auto_now=True)

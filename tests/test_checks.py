@@ -63,6 +63,13 @@ def test_no_topic_at_all_is_a_warning(settings):
     assert outbox_ids() == {"django_outbox.W001"}
 
 
+def test_use_tz_off_is_a_warning_that_names_the_go_dsn(settings):
+    settings.USE_TZ = False
+    (message,) = [m for m in run_checks(tags=["django_outbox"]) if m.id]
+    assert message.id == "django_outbox.W003"
+    assert "USE_TZ = True" in message.hint and "loc=UTC" in message.hint
+
+
 def test_valid_alternatives_pass(settings):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = "a:9092, b:9093"
     settings.OUTBOX_DATABASES = "default,other"

@@ -6,14 +6,13 @@ import io
 import json
 
 import pytest
-from django.apps import apps
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 
 from django_outbox import publish_event
 from django_outbox.models import OutboxMessage, Status
-from tests.legacy import LEGACY_MYSQL_COLUMNS, LEGACY_MYSQL_DDL
+from tests.legacy import LEGACY_MYSQL_COLUMNS, LEGACY_MYSQL_DDL, drop_app_tables
 from tests.test_schema import describe_columns
 
 pytestmark = [
@@ -25,12 +24,8 @@ pytestmark = [
 @pytest.fixture
 def legacy_database():
     """The state of a production database before the app: only the Go service's table."""
-    tables = [model._meta.db_table for model in apps.get_app_config("django_outbox").get_models()]
+    drop_app_tables()
     with connection.cursor() as cursor:
-        cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
-        for table in tables:
-            cursor.execute(f"DROP TABLE IF EXISTS `{table}`")
-        cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
         cursor.execute(LEGACY_MYSQL_DDL)
         # a row the Go service wrote, letting GORM's column defaults fill retry_count/max_retry
         cursor.execute(

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from tests.legacy import (
+    GO_COMMENTS,
     INDEX_COLUMNS,
     INDEX_NAME,
     LEGACY_MYSQL_COLUMNS,
@@ -61,6 +62,12 @@ def test_columns_types_nullability_and_defaults_match_the_legacy_table():
     if connection.vendor == "postgresql":
         # the primary key's identity default is Django's business, not a legacy default
         columns = [(n, t, null, None if n == "id" else d) for n, t, null, d in columns]
+    if connection.vendor == "sqlite":
+        # SQLite rebuilds a table to change a column (0004 changed nine comments, which
+        # SQLite does not even keep) and the rebuilt ones go last; the Go service never
+        # runs on SQLite, so only the set of columns matters there.
+        assert sorted(columns) == sorted(expected_columns())
+        return
     assert columns == expected_columns()
 
 
@@ -77,19 +84,44 @@ def test_the_composite_index_has_its_legacy_name_and_column_order():
     assert extra == set()
 
 
+def column_comments(table: str = TABLE) -> dict[str, str]:
+    with connection.cursor() as cursor:
+        if connection.vendor == "mysql":
+            cursor.execute(
+                "SELECT column_name, column_comment FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() AND table_name = %s",
+                [table],
+            )
+        else:
+            cursor.execute(
+                "SELECT a.attname, col_description(a.attrelid, a.attnum) FROM pg_attribute a "
+                "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+                [table],
+            )
+        return {name: comment for name, comment in cursor.fetchall() if comment}
+
+
+@pytest.mark.skipif("connection.vendor == 'sqlite'", reason="SQLite has no column comments")
+def test_column_comments_are_the_go_models_own():
+    # a different comment is rewritten by the Go service's next AutoMigrate
+    assert column_comments() == GO_COMMENTS
+
+
 @pytest.mark.django_db(transaction=True)  # SQLite's schema editor refuses to run in atomic()
 def test_sqlmigrate_gives_the_go_service_a_table_it_can_use():
-    out = io.StringIO()
-    call_command("sqlmigrate", "django_outbox", "0001", stdout=out)
-    sql = out.getvalue()
+    sql = ""
+    for migration in ("0001", "0004"):
+        out = io.StringIO()
+        call_command("sqlmigrate", "django_outbox", migration, stdout=out)
+        sql += out.getvalue()
     assert TABLE in sql
     if connection.vendor == "mysql":
         for pattern in (
-            r"`biz_type` varchar\(64\) +COMMENT 'event type' NOT NULL",
-            r"`payload` longtext +COMMENT 'business payload \(JSON\)' NOT NULL",
-            r"`last_error` text +COMMENT 'last error' NULL",
-            r"`retry_count` bigint +COMMENT 'retries so far' DEFAULT 0 NOT NULL",
-            r"`max_retry` bigint +COMMENT 'max retries' DEFAULT 20 NOT NULL",
-            r"`next_retry_at` datetime\(3\) +COMMENT 'next retry time' NULL",
+            r"`biz_type` varchar\(64\) NOT NULL COMMENT '事件类型'",
+            r"`payload` longtext NOT NULL COMMENT '业务载荷\(JSON\)'",
+            r"`last_error` text NULL COMMENT '最后一次错误'",
+            r"`retry_count` bigint DEFAULT 0 NOT NULL COMMENT '已重试次数'",
+            r"`max_retry` bigint DEFAULT 20 NOT NULL COMMENT '最大重试次数'",
+            r"`next_retry_at` datetime\(3\) NULL COMMENT '下次重试时间'",
         ):
             assert re.search(pattern, sql), pattern
