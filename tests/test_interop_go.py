@@ -208,16 +208,7 @@ def test_gorm_automigrate_changes_nothing_on_the_table_django_migrated(go_peer):
 # ------------------------------------------------------------------ rows both ways
 
 
-NEEDS_UUID_FIX = pytest.mark.xfail(
-    strict=False,
-    reason="needs consumer fix (issue 9 §1): header and envelope event ids compared as UUIDs",
-)
-
-
-@pytest.mark.parametrize(
-    "spelling",
-    [s if s == "canonical" else pytest.param(s, marks=NEEDS_UUID_FIX) for s in SPELLINGS],
-)
+@pytest.mark.parametrize("spelling", SPELLINGS)
 @mysql_only
 @pytest.mark.django_db(transaction=True)
 def test_go_written_rows_are_relayed_and_consumed_once(
