@@ -28,10 +28,11 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .admin_counts import COUNT_CAP, OutboxPaginator, capped_count, summary
-from .admin_filters import EventTypeFilter, StateFilter, TopicFilter
+from .admin_filters import EventTypeFilter, HeldFilter, StateFilter, TopicFilter
 from .conf import outbox_settings
 from .fields import TEXT_MAX_CHARS
 from .models import OutboxMessage, OutboxMessageQuerySet, Status
+from .ordering import release_keys
 
 #: A search materialises at most this many matching ids, so that the list and its
 #: count become primary-key lookups instead of repeating the search's table scan.
@@ -134,7 +135,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         "consumed",
     )
     list_display_links = ("id", "event_type")
-    list_filter = (StateFilter, "status", EventTypeFilter, TopicFilter)
+    list_filter = (StateFilter, "status", EventTypeFilter, TopicFilter, HeldFilter)
     search_fields = ("=message_key", "=event_type")  # shows the box; see get_search_results
     search_help_text = _(
         "Exact message key or event type, an event id (UUID), or #id. "
@@ -145,7 +146,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     show_full_result_count = False
     paginator = OutboxPaginator
     list_per_page = 100
-    actions = ("retry_now", "give_up", "redeliver")
+    actions = ("retry_now", "give_up", "redeliver", "release_key")
     fieldsets = (
         (None, {"fields": _MAIN_FIELDS}),
         (_("Timeline"), {"fields": _TIME_FIELDS}),
@@ -157,6 +158,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     retry_permission = "retry_outboxmessage"
     give_up_permission = "give_up_outboxmessage"
     redeliver_permission = "redeliver_outboxmessage"
+    release_key_permission = "release_key_outboxmessage"
 
     # -- access -----------------------------------------------------------------
 
@@ -184,6 +186,9 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def has_give_up_permission(self, request: HttpRequest) -> bool:
         return self._has(request, self.give_up_permission)
+
+    def has_release_key_permission(self, request: HttpRequest) -> bool:
+        return self._has(request, self.release_key_permission)
 
     def has_redeliver_permission(self, request: HttpRequest) -> bool:
         return self._has(request, self.redeliver_permission)
@@ -340,6 +345,23 @@ class OutboxMessageAdmin(admin.ModelAdmin):
                     "relay holds (not in flight) can be retried."
                 )
             ),
+        )
+
+    @admin.action(
+        permissions=["release_key"],
+        description=_("Release the key (strict order: later rows may go ahead of these dead rows)"),
+    )
+    def release_key(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
+        """Dead rows stop holding their key in strict order (``OUTBOX_STRICT_ORDER``)."""
+        changed = release_keys(queryset, queryset.db, str(request.user))
+        self._report(
+            request,
+            changed,
+            (
+                "%(count)d dead message no longer holds its key.",
+                "%(count)d dead messages no longer hold their keys.",
+            ),
+            str(_("No key was released: only dead messages not released before can be.")),
         )
 
     @admin.action(permissions=["give_up"], description=_("Give up (mark dead)"))

@@ -12,7 +12,8 @@ from django.utils.translation import gettext_lazy as _
 
 from .admin_counts import SUMMARY_STATES, state_queryset
 from .conf import outbox_settings
-from .models import OutboxMessageQuerySet
+from .models import OutboxMessageQuerySet, Status
+from .ordering import blocked
 from .registry import registry
 
 #: How many of the newest rows the event type and topic filters look at for choices.
@@ -88,3 +89,20 @@ class TopicFilter(_ValueFilter):
         if outbox_settings.default_topic:
             topics.add(outbox_settings.default_topic)
         return topics
+
+
+class HeldFilter(admin.SimpleListFilter):
+    """Strict order (``OUTBOX_STRICT_ORDER``): pending rows waiting behind an earlier open row."""
+
+    title = _("key order")
+    parameter_name = "held"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        if outbox_settings.strict_order is False:
+            return []
+        return [("yes", _("held behind an earlier row of its key"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
+        if self.value() != "yes":
+            return None
+        return blocked(queryset.filter(status=Status.PENDING), queryset.db)

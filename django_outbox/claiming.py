@@ -27,6 +27,7 @@ from django.utils import timezone
 from .backoff import retry_delay
 from .fields import clip_error
 from .models import OutboxMessage, OutboxMessageQuerySet, Status, lease_expiry, retry_time
+from .ordering import in_key_order
 
 
 class ClaimedRow(NamedTuple):
@@ -118,7 +119,7 @@ def claim(
         due = due.filter(pk__in=list(ids))
     if after_id is not None:
         due = due.filter(pk__gt=after_id)
-    due = due.order_by("id")
+    due = in_key_order(due, alias).order_by("id")
     if connections[alias].vendor == "postgresql":
         return Claim(alias, lease, _lease_returning(alias, due, batch_size, lease, now))
     rows: list[ClaimedRow] = []

@@ -441,6 +441,7 @@ class OutboxMessage(models.Model):
             ("retry_outboxmessage", _("Can retry outbox messages now")),
             ("give_up_outboxmessage", _("Can give up outbox messages (mark dead)")),
             ("redeliver_outboxmessage", _("Can deliver published or consumed messages again")),
+            ("release_key_outboxmessage", _("Can release the key a dead message holds")),
         ]
         indexes = [
             models.Index(
@@ -460,3 +461,4 @@ class OutboxMessage(models.Model):
 
 
 from .inbox import InboxEntry, RejectedRecord  # noqa: E402,F401
+from .ordering import ReleasedRow  # noqa: E402,F401

@@ -116,6 +116,8 @@ class Relay:
         self._report_at = time.monotonic() + progress_interval
         self._reported = 0
         self._stop_seen: float | None = None
+        #: Rows whose outcome the last ``run_once`` settled.
+        self.settled_last_turn = 0
         self.wakeup: Wakeup | None = None
 
     # ------------------------------------------------------------------ the loop
@@ -151,7 +153,8 @@ class Relay:
                     handled = 0
                     self.shutdown.wait(1.0)
                 self._report()
-                if handled:
+                if handled or self.settled_last_turn:
+                    # Settling may have opened keys held in strict order: look again.
                     continue
                 if self.burst and self._burst_done():
                     break
@@ -179,6 +182,7 @@ class Relay:
         Kafka looked unreachable, or a stop was requested.
         """
         self._record_unrecorded()
+        self.settled_last_turn = 0
         if not self._kafka_usable():
             self._settle_in_flight()
             return 0
@@ -232,6 +236,7 @@ class Relay:
         if in_flight is None:
             return
         settled = self.sender.settle(in_flight, flush=flush)
+        self.settled_last_turn += len(settled.outcomes)
         if settled.unreachable:
             self._kafka_unreachable(settled)
         else:

@@ -342,6 +342,7 @@ def test_view_permission_shows_but_cannot_act(rows):
         ("retry_outboxmessage", "retry_now"),
         ("give_up_outboxmessage", "give_up"),
         ("redeliver_outboxmessage", "redeliver"),
+        ("release_key_outboxmessage", "release_key"),
     ],
 )
 def test_each_action_has_its_own_permission(rows, codename, allowed):
