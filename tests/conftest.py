@@ -54,3 +54,15 @@ def vendor() -> str:
     from django.db import connection
 
     return connection.vendor
+
+
+@pytest.fixture
+def relay_settings(settings, kafka_bootstrap, kafka_topic):
+    """Settings for a relay test: the real broker, a fresh topic, producers that give
+    up in seconds (tests.relay_support.FAST_FAIL_PRODUCER)."""
+    from tests.relay_support import FAST_FAIL_PRODUCER
+
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+    settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
+    settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
+    return settings

@@ -45,14 +45,6 @@ def _leaked_sockets():
         yield
 
 
-@pytest.fixture
-def relay_settings(settings, kafka_bootstrap, kafka_topic):
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
-    settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
-    settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
-    return settings
-
-
 def limited_topic(bootstrap: str, limit: int, partitions: int = 1) -> str:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic

@@ -40,15 +40,6 @@ def _leaked_sockets():
         yield
 
 
-@pytest.fixture
-def relay_settings(settings, kafka_bootstrap, kafka_topic):
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
-    settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
-    settings.OUTBOX_WAKE_RELAY = False  # the relay alone delivers here
-    settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
-    return settings
-
-
 def test_burst_delivers_every_event_once_with_key_and_headers(relay_settings, kafka_bootstrap):
     topic = relay_settings.OUTBOX_DEFAULT_TOPIC
     published = []

@@ -17,7 +17,6 @@ from django_outbox.relay import Relay
 from tests.kafka_fixtures import read_topic, topic_record_count
 
 from .relay_support import (
-    FAST_FAIL_PRODUCER,
     closed_port,
     event_ids,
     make_rows,
@@ -29,15 +28,6 @@ from .relay_support import (
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def relay_settings(settings, kafka_bootstrap, kafka_topic):
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
-    settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
-    settings.OUTBOX_WAKE_RELAY = False
-    settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
-    return settings
 
 
 def finish(process, timeout: float = 30) -> tuple[int, str]:
