@@ -411,15 +411,29 @@ def abandon_producer(producer: KafkaProducer) -> None:
 
 # ----------------------------------------------------------------------------- consumer side
 
-from kafka.errors import CommitFailedError  # noqa: E402,F401  (used by consumer.py)
+import socket  # noqa: E402
+
+from kafka.errors import (  # noqa: E402
+    CommitFailedError,  # noqa: F401  (used by the consumer)
+    CorruptRecordError,
+    KafkaConnectionError,
+    NodeNotReadyError,
+    UnsupportedCodecError,
+)
 
 
-def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+def commit_offsets(
+    consumer: KafkaConsumer, offsets: dict[TopicPartition, int], timeout_ms: int = 10_000
+) -> None:
     """Commit synchronously, for each partition, the offset of the next record to read.
 
-    Raises ``CommitFailedError`` when the group rebalanced meanwhile.
+    Raises ``CommitFailedError`` when the group rebalanced meanwhile, and
+    ``KafkaTimeoutError`` when the coordinator does not answer within ``timeout_ms``.
     """
-    consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+    consumer.commit(
+        {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
+        timeout_ms=timeout_ms,
+    )
 
 
 def consumer_lag(consumer: KafkaConsumer) -> int | None:
@@ -460,3 +474,58 @@ def missing_topics(consumer: KafkaConsumer, topics: list[str]) -> list[str]:
     (a join made before the metadata arrived assigns nothing until its next refresh).
     """
     return [topic for topic in topics if not consumer.partitions_for_topic(topic)]
+
+
+#: What a consumer needs to live through broker outages; OUTBOX_KAFKA_CONSUMER may
+#: override them. kafka-python's defaults wait 30 s to bootstrap (deaf to SIGTERM
+#: meanwhile) and back off reconnects up to 30 s (slow to see the broker back).
+CONSUMER_OUTAGE_DEFAULTS: dict[str, Any] = {
+    "bootstrap_timeout_ms": 5_000,
+    "reconnect_backoff_max_ms": 2_000,
+}
+
+
+def build_group_consumer(topics: Sequence[str], group_id: str, **options: Any) -> KafkaConsumer:
+    """``build_consumer`` for the outbox consumer: outage-friendly timeouts, then the settings.
+
+    Raises ``KafkaTimeoutError`` when no broker answers within ``bootstrap_timeout_ms``.
+    """
+    config = {
+        "bootstrap_servers": _bootstrap(),
+        "group_id": group_id,
+        **CONSUMER_DEFAULTS,
+        **CONSUMER_OUTAGE_DEFAULTS,
+    }
+    config.update(outbox_settings.kafka_consumer)
+    config.update(options)
+    return KafkaConsumer(*topics, **config)
+
+
+def unreachable_brokers(timeout: float = 1.0) -> list[str]:
+    """The bootstrap servers that refuse a TCP connection (or do not answer in ``timeout``)."""
+    unreachable = []
+    for server in _bootstrap():
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout):
+                pass
+        except (OSError, ValueError):
+            unreachable.append(server)
+    return unreachable
+
+
+def bootstrap_servers() -> list[str]:
+    return _bootstrap()
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """True when Kafka could not be reached or did not answer (the record is not at fault)."""
+    return isinstance(exc, KafkaConnectionError | KafkaTimeoutError | NodeNotReadyError) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+        and not isinstance(exc, CorruptRecordError)
+    )
+
+
+def is_unreadable_record(exc: BaseException) -> bool:
+    """True when kafka-python could not decode a fetched record (codec, CRC, header name)."""
+    return isinstance(exc, UnsupportedCodecError | CorruptRecordError | UnicodeDecodeError)

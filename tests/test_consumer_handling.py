@@ -9,10 +9,9 @@ from django.db import IntegrityError
 from django.utils import timezone
 
 from django_outbox import publish_event
-from django_outbox.consumer import Consumer, subscribed_topics
+from django_outbox.consumer import Consumer, Delivery, Handling, Outcome, subscribed_topics
 from django_outbox.exceptions import ImproperlyConfiguredOutbox
 from django_outbox.fields import truncate_to_millis
-from django_outbox.handling import Delivery, Handling, Outcome
 from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
@@ -85,7 +84,7 @@ def test_a_local_row_whose_payload_is_malformed_becomes_dead():
     assert result.outcome is Outcome.REJECTED
     row.refresh_from_db()
     assert row.status == Status.DEAD and "rejected it" in row.last_error
-    assert RejectedRecord.objects.get().reason == "missing_headers"  # empty event_id header
+    assert RejectedRecord.objects.get().reason == "malformed"  # an event_type header: an event
 
 
 def test_a_handler_that_swallows_a_database_error_fails():

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from django_outbox import publish_event
-from django_outbox.handling import Outcome
+from django_outbox.consumer import Outcome
 from django_outbox.models import OutboxMessage, Status
 from testproject.chat.models import Conversation
 
