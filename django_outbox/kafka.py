@@ -529,3 +529,39 @@ def is_transport_error(exc: BaseException) -> bool:
 def is_unreadable_record(exc: BaseException) -> bool:
     """True when kafka-python could not decode a fetched record (codec, CRC, header name)."""
     return isinstance(exc, UnsupportedCodecError | CorruptRecordError | UnicodeDecodeError)
+
+
+def read_error_at(tp: TopicPartition, offset: int, timeout: float = 5.0) -> BaseException | None:
+    """The error kafka-python meets reading the record at ``offset`` of ``tp``, if any.
+
+    A throwaway consumer outside any group reads that one position, so that the
+    consumer's own client (its assignment, positions, fetch buffers) is left alone.
+    None when the record reads fine, or when there is no record there (yet).
+    """
+    options = {
+        k: v
+        for k, v in outbox_settings.kafka_consumer.items()
+        if k not in ("group_id", "enable_auto_commit", "client_id")
+    }
+    probe = KafkaConsumer(
+        bootstrap_servers=_bootstrap(),
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="django-outbox-probe",
+        **{**CONSUMER_OUTAGE_DEFAULTS, **options},
+    )
+    try:
+        probe.assign([tp])
+        probe.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if probe.poll(timeout_ms=500, max_records=1):
+                    return None
+            except Exception as exc:
+                if is_transport_error(exc):
+                    raise
+                return exc
+        return None
+    finally:
+        probe.close(autocommit=False, timeout_ms=1000)

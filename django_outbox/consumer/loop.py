@@ -315,37 +315,26 @@ class Consumer:
     def _skip_unreadable(self, exc: BaseException) -> None:
         """A record kafka-python cannot decode: find it, keep it as rejected, pass it.
 
-        The fetcher does not say which partition failed: each assigned partition is
-        read alone until one fails again; the others' records are handled as usual.
+        The fetcher does not say which partition failed: the record at the position
+        of each assigned partition is read again by a throwaway client
+        (``kafka.read_error_at``) until one fails.
         """
         client = self._client
-        assigned = sorted(client.assignment())
         logger.warning(
             "outbox consumer: a fetched record cannot be read (%s: %s)", type(exc).__name__, exc
         )
-        found = False
-        try:
-            for tp in assigned:
-                client.pause(*[other for other in assigned if other != tp])
-                client.resume(tp)
-                try:
-                    batch = client.poll(timeout_ms=1000, max_records=1)
-                except Exception as again:
-                    if kafka.is_transport_error(again):
-                        raise
-                    self._reject_unreadable(tp, again)
-                    found = True
-                    continue
-                deliveries = [Delivery.from_record(r) for rs in batch.values() for r in rs]
-                self._consume(deliveries)
-        finally:
-            client.resume(*assigned)
-        if not found:
-            raise exc
+        for tp in sorted(client.assignment()):
+            position = client.position(tp, timeout_ms=5000)
+            if position is None:
+                continue
+            error = kafka.read_error_at(tp, position)
+            if error is not None:
+                self._reject_unreadable(tp, position, error)
+                return
+        raise exc
 
-    def _reject_unreadable(self, tp: Any, exc: BaseException) -> None:
+    def _reject_unreadable(self, tp: Any, offset: int, exc: BaseException) -> None:
         client = self._client
-        offset = client.position(tp, timeout_ms=5000)
         delivery = Delivery(tp.topic, tp.partition, offset, None, None, ())
         error = f"kafka-python cannot read this record: {type(exc).__name__}: {exc}"
         result = self._retrying_database(
