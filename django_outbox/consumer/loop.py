@@ -113,6 +113,7 @@ class Consumer:
         heartbeat: Callable[[], None] | None = None,
         broker_retry_max_delay: float = 5.0,
         client_stall_timeout: float = 30.0,
+        broker_probe_interval: float = 5.0,
     ) -> None:
         self.topics = list(topics) if topics else subscribed_topics(handlers)
         if not self.topics:
@@ -146,13 +147,16 @@ class Consumer:
         self.heartbeat = heartbeat
         self.broker_retry_max_delay = broker_retry_max_delay
         self.client_stall_timeout = client_stall_timeout
+        self.broker_probe_interval = broker_probe_interval
         self._client: Any = None
         self._uncommitted: dict[Any, int] = {}
         self._last_progress = (time.monotonic(), 0)
         self._idle = True
         self._positions: dict[Any, int] = {}  # next offset after the last recorded outcome
         self._trouble_since: float | None = None
-        self._progress_at = self._last_refresh = self._unassigned_since = time.monotonic()
+        self._reachable_since: float | None = None
+        self._last_probe = 0.0
+        self._last_refresh = self._unassigned_since = time.monotonic()
 
     def stop(self) -> None:
         """Ask ``run()`` to return after the record in hand, its chunk committed (thread-safe)."""
@@ -224,9 +228,6 @@ class Consumer:
             # group rebalance, sooner than metadata_max_age_ms would.
             kafka.missing_topics(client, self.topics)
             self._last_refresh = now
-        if self._stalled(now):
-            self._replace_client("no progress for %.0f s" % (now - self._progress_at))
-            return False
         try:
             batch = client.poll(
                 timeout_ms=int(self.poll_timeout * 1000),
@@ -237,14 +238,10 @@ class Consumer:
                 raise
             self._skip_unreadable(exc)
             batch = {}
-        else:
-            if client.assignment():
-                self._progressed()
-        if self._trouble_since is not None and client.assignment():
-            logger.info("outbox consumer: connected to the broker again")
-            self._trouble_since = None
         deliveries = [Delivery.from_record(r) for records in batch.values() for r in records]
         self._idle = not deliveries
+        if self._watch_broker(time.monotonic(), bool(deliveries)):
+            return False
         try:
             self._consume(deliveries)
         except BaseException:
@@ -278,13 +275,13 @@ class Consumer:
         if unreachable and len(unreachable) == len(kafka.bootstrap_servers()):
             raise kafka.KafkaConnectionError(f"cannot connect to {', '.join(unreachable)}")
         self._client = kafka.build_group_consumer(self.topics, self.group, **self.consumer_options)
-        self._progressed()
         self._last_refresh = self._unassigned_since = time.monotonic()
         missing = kafka.missing_topics(self._client, self.topics)
         if missing:
             logger.warning("outbox consumer: topics %s do not exist (yet)", missing)
 
     def _broker_trouble(self, exc: BaseException, delay: float) -> None:
+        self._reachable_since = None
         if self._trouble_since is None:
             self._trouble_since = time.monotonic()
         unreachable = kafka.unreachable_brokers() or kafka.bootstrap_servers()
@@ -296,21 +293,47 @@ class Consumer:
             delay,
         )
 
-    def _progressed(self) -> None:
-        self._progress_at = time.monotonic()
+    def _watch_broker(self, now: float, got_records: bool) -> bool:
+        """Notice an outage that ``poll()`` hides; replace a client that does not recover.
 
-    def _stalled(self, now: float) -> bool:
-        """A client that has had no assignment for long after trouble: replace it."""
-        return (
-            self._trouble_since is not None
-            and now - self._progress_at > self.client_stall_timeout
-            and not kafka.unreachable_brokers()
-        )
+        kafka-python reconnects by itself and a poll just comes back empty while the
+        broker is away, so an idle consumer asks the broker's port itself every few
+        seconds. A client that brings nothing for ``client_stall_timeout`` seconds
+        after the broker answers again is replaced (once). True if it was replaced.
+        """
+        if got_records:
+            if self._trouble_since is not None:
+                logger.info("outbox consumer: receiving records again")
+            self._trouble_since = self._reachable_since = None
+            return False
+        if now - self._last_probe < self.broker_probe_interval:
+            return False
+        self._last_probe = now
+        unreachable = kafka.unreachable_brokers()
+        if len(unreachable) == len(kafka.bootstrap_servers()):
+            if self._trouble_since is None:
+                self._trouble_since = now
+                logger.warning(
+                    "outbox consumer: broker %s unreachable; waiting for it",
+                    ", ".join(unreachable),
+                )
+            self._reachable_since = None
+            return False
+        if self._trouble_since is None:
+            return False
+        if self._reachable_since is None:
+            self._reachable_since = now
+            logger.info("outbox consumer: broker reachable again")
+            return False
+        if now - self._reachable_since < self.client_stall_timeout:
+            return False
+        self._trouble_since = self._reachable_since = None
+        self._replace_client(f"nothing received for {self.client_stall_timeout:.0f} s since")
+        return True
 
     def _replace_client(self, why: str) -> None:
         logger.warning("outbox consumer: replacing the Kafka client (%s)", why)
         self._close()
-        self._progressed()
 
     def _skip_unreadable(self, exc: BaseException) -> None:
         """A record kafka-python cannot decode: find it, keep it as rejected, pass it.
