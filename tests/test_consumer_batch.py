@@ -29,6 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def no_fast_path(settings):
     settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_CONSUMER_GROUP = "g"  # Handling("g") owns the outbox rows
     settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
     settings.OUTBOX_RETRY_BACKOFF_MAX = 0.2
 

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def no_fast_path(settings):
     settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_CONSUMER_GROUP = "g"  # Handling("g") owns the outbox rows
 
 
 def delivery_of(row: OutboxMessage, offset: int = 0, alias: str = "default") -> Delivery:
@@ -176,3 +177,24 @@ def test_consumer_arguments_are_checked():
         Consumer(["t"], inbox_attempts=0)
     with pytest.raises(ValueError, match="batch_size"):
         Consumer(["t"], batch_size=0)
+
+
+def test_a_second_group_runs_its_handler_once_through_the_inbox_and_leaves_the_row():
+    conversation = Conversation.objects.create(title="two groups")
+    row = publish_event(COUNTER, {"conversation_id": conversation.pk}, max_retry=5)
+    with registered(COUNTER, count_handler):
+        assert Handling("g").handle(delivery_of(row)).outcome is Outcome.HANDLED
+        assert Handling("other").handle(delivery_of(row, 1)).outcome is Outcome.HANDLED
+        assert Handling("other").handle(delivery_of(row, 2)).outcome is Outcome.DUPLICATE
+        assert Handling("g").handle(delivery_of(row, 3)).outcome is Outcome.DUPLICATE
+    conversation.refresh_from_db()
+    assert conversation.message_count == 2  # once per group
+    assert list(InboxEntry.objects.values_list("consumer_group", flat=True)) == ["other"]
+
+    def fail(event):
+        raise RuntimeError("the second service is broken")
+
+    with registered(COUNTER, fail):
+        assert Handling("third").handle(delivery_of(row, 4)).outcome is Outcome.RETRY_IN_PLACE
+    row.refresh_from_db()
+    assert (row.status, row.retry_count) == (Status.CONSUMED, 0)  # the owner's outcome stays

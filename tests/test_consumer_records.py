@@ -27,6 +27,7 @@ ID_HEADERS = [("event_id", str(uuid.uuid4()).encode()), ("event_type", b"x.y")]
 @pytest.fixture(autouse=True)
 def no_fast_path(settings):
     settings.OUTBOX_FAST_PATH = False
+    settings.OUTBOX_CONSUMER_GROUP = "g"  # Handling("g") owns the outbox rows
 
 
 @pytest.mark.parametrize(

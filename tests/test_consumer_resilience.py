@@ -139,9 +139,10 @@ def test_the_consumer_starts_while_the_broker_is_down_and_recovers(
     settings.OUTBOX_DEFAULT_TOPIC = topic
     conversation = Conversation.objects.create(title="outage")
     beats = []
+    settings.OUTBOX_CONSUMER_GROUP = group = unique_group()
     consumer = Consumer(
         [topic],
-        group=unique_group(),
+        group=group,
         poll_timeout=0.2,
         consumer_options=dict(FAST_GROUP),
         heartbeat=lambda: beats.append(time.monotonic()),

@@ -11,6 +11,8 @@ nothing. Which row a record names:
   event id, looked up in the relay's databases (``OUTBOX_DATABASES``): one query
   per chunk and database (see docs/consumer.rst, "Records without headers").
 
+Only the group ``OUTBOX_CONSUMER_GROUP`` handles records on their rows: a row has one
+``consumed`` flag, so a second group on the same database goes through its inbox.
 Either way the row only counts when its payload holds the record's event id:
 another service may use the same alias and ids. All row locks of the consumer are
 taken by ``lock()``, in ascending id order (see ``locked_for_handling``).
@@ -79,7 +81,14 @@ class LocalRows:
     def references(
         self, deliveries: Sequence[Delivery], parsed: Sequence[Event | Rejected]
     ) -> list[Reference | None]:
-        """The row each record names, if it is in a database of this process."""
+        """The row each record names, if it is in a database of this process.
+
+        None for all when this group is not ``OUTBOX_CONSUMER_GROUP``: a row records
+        one group's outcome (``consumed``), so any other group handles every event
+        through its inbox, once, and leaves the rows alone.
+        """
+        if self.group != outbox_settings.consumer_group:
+            return [None] * len(deliveries)
         references: list[Reference | None] = []
         headerless: list[int] = []
         for index, delivery in enumerate(deliveries):
