@@ -216,17 +216,8 @@ def main() -> None:
         print(
             f"create() in a transaction: {plain_cost * 1e6:,.0f} us; publish_event(): "
             f"{publish_cost * 1e6:,.0f} us; ratio {publish_cost / plain_cost:.2f}x "
-            f"({count} transactions each, fast path off)"
+            f"({count} transactions each, relay wake-up off; bench/publish_bench.py has more)"
         )
-        settings.OUTBOX_WAKE_RELAY = True
-        fast_cost = timed(via_publish)
-        print(
-            f"publish_event() with the fast path (delivered at commit): "
-            f"{fast_cost * 1e6:,.0f} us per transaction"
-        )
-        from django_outbox import fastpath
-
-        fastpath.reset_producer()
     finally:
         teardown_databases(old_config, verbosity=0)
         if "sqlite" in config["ENGINE"]:

@@ -207,10 +207,10 @@ class Sender:
             outcomes[index] = outcome
         sent = [outcomes[i] for i in prepared.indexes]
         unreachable = bool(sent) and all(
-            outcome is not None and kafka.is_unknown_fate(outcome) for outcome in sent
+            outcome is not None and kafka.is_transport_error(outcome) for outcome in sent
         )
         if unreachable or any(
-            outcome is not None and not kafka.is_unknown_fate(outcome) for outcome in sent
+            outcome is not None and not kafka.is_transport_error(outcome) for outcome in sent
         ):
             # No ack at all (a producer that lived through an outage can stay wedged),
             # or a definite error (idempotence state lost, authorization): start afresh.
@@ -274,7 +274,9 @@ class Sender:
 def failure_of(row: Any, outcome: BaseException) -> Failure:
     """The ``Failure`` a row's outcome means: final, definite, or of unknown fate."""
     final = isinstance(outcome, RecordError) or kafka.is_poison(outcome)
-    return Failure(row, describe(outcome), final=final, definite=not kafka.is_unknown_fate(outcome))
+    return Failure(
+        row, describe(outcome), final=final, definite=not kafka.is_transport_error(outcome)
+    )
 
 
 def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> None:

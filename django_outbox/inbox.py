@@ -87,27 +87,74 @@ class Encoding(models.TextChoices):
     BASE64 = "base64", _("base64 of raw bytes")
 
 
-def encode_bytes(*values: bytes | None) -> tuple[list[str | None], str]:
-    """Text for each value, and how it is encoded: UTF-8 if all decode, else base64."""
+#: Bytes of a rejected record's key or value kept at most; beyond, the start is kept
+#: and the error says so. Kafka's default record limit is 1 MB; this leaves room
+#: for base64 within MariaDB's default ``max_allowed_packet`` (16 MB).
+MAX_STORED_BYTES = 4 * 1024 * 1024
+
+
+def _is_clean_text(value: bytes) -> bool:
+    """True when every database can hold ``value`` as text: UTF-8 without NUL.
+
+    PostgreSQL refuses NUL in text and JSON (psycopg 3 raises ``DataError``,
+    psycopg2 ``ValueError``); anything else valid UTF-8 stores everywhere.
+    """
+    if b"\x00" in value:
+        return False
     try:
-        return [None if v is None else v.decode("utf-8") for v in values], Encoding.UTF8
+        value.decode("utf-8")
     except UnicodeDecodeError:
-        return [
-            None if v is None else base64.b64encode(v).decode("ascii") for v in values
-        ], Encoding.BASE64
+        return False
+    return True
 
 
-def encode_headers(headers: Sequence[tuple[str, bytes | None]]) -> list[dict[str, str | None]]:
-    """Kafka headers as JSON: ``{"name", "value"}``, or ``{"name", "base64"}`` for binary values."""
+def encode_bytes(*values: bytes | None, binary: bool = False) -> tuple[list[str | None], str]:
+    """Text for each value, and how it is encoded: UTF-8 if all are clean text, else base64.
+
+    ``binary``: base64 whatever the values.
+    """
+    if not binary and all(v is None or _is_clean_text(v) for v in values):
+        return [None if v is None else v.decode("utf-8") for v in values], Encoding.UTF8
+    return [
+        None if v is None else base64.b64encode(v).decode("ascii") for v in values
+    ], Encoding.BASE64
+
+
+def storable_text(text: str) -> str:
+    """``text`` that every database can hold: NUL and lone surrogates escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def encode_headers(
+    headers: Sequence[tuple[str, bytes | None]], *, binary: bool = False
+) -> list[dict[str, str | None]]:
+    """Kafka headers as JSON that every database can store.
+
+    ``{"name", "value"}`` for text; ``"base64"`` instead of ``"value"`` for a value
+    that is not clean text (binary, NUL); ``"name_base64"`` instead of ``"name"``
+    for a name that is not (NUL, lone surrogates). ``binary``: base64 for all.
+    """
     encoded: list[dict[str, str | None]] = []
     for name, value in headers:
+        raw_name = name.encode("utf-8", "surrogatepass") if isinstance(name, str) else bytes(name)
+        item: dict[str, str | None]
+        if not binary and _is_clean_text(raw_name):
+            item = {"name": raw_name.decode("utf-8")}
+        else:
+            item = {"name_base64": base64.b64encode(raw_name).decode("ascii")}
         if value is None:
-            encoded.append({"name": name, "value": None})
-            continue
-        try:
-            encoded.append({"name": name, "value": value.decode("utf-8")})
-        except UnicodeDecodeError:
-            encoded.append({"name": name, "base64": base64.b64encode(value).decode("ascii")})
+            item["value"] = None
+        elif not binary and _is_clean_text(value):
+            item["value"] = value.decode("utf-8")
+        else:
+            item["base64"] = base64.b64encode(value).decode("ascii")
+        encoded.append(item)
     return encoded
 
 

@@ -419,15 +419,6 @@ def is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, KafkaTimeoutError)
 
 
-def is_unknown_fate(exc: BaseException) -> bool:
-    """True when the record may or may not be in Kafka: no answer, or a passing error.
-
-    A row must never die of such an error (it may have been delivered); it is sent
-    again later and the consumer drops the duplicate.
-    """
-    return is_timeout(exc) or is_retriable(exc) or isinstance(exc, KafkaConnectionError)
-
-
 def unreachable_brokers(servers: Sequence[str] | None = None, timeout: float = 1.0) -> list[str]:
     """The bootstrap servers that refuse or ignore a TCP connection within ``timeout``.
 
@@ -455,15 +446,26 @@ def close_producer(producer: KafkaProducer, timeout: float = 10.0) -> None:
 
 # ----------------------------------------------------------------------------- consumer side
 
-from kafka.errors import CommitFailedError  # noqa: E402,F401  (used by consumer.py)
+from kafka.errors import (  # noqa: E402
+    CommitFailedError,  # noqa: F401  (used by the consumer)
+    CorruptRecordError,
+    NodeNotReadyError,
+    UnsupportedCodecError,
+)
 
 
-def commit_offsets(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+def commit_offsets(
+    consumer: KafkaConsumer, offsets: dict[TopicPartition, int], timeout_ms: int = 10_000
+) -> None:
     """Commit synchronously, for each partition, the offset of the next record to read.
 
-    Raises ``CommitFailedError`` when the group rebalanced meanwhile.
+    Raises ``CommitFailedError`` when the group rebalanced meanwhile, and
+    ``KafkaTimeoutError`` when the coordinator does not answer within ``timeout_ms``.
     """
-    consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+    consumer.commit(
+        {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()},
+        timeout_ms=timeout_ms,
+    )
 
 
 def consumer_lag(consumer: KafkaConsumer) -> int | None:
@@ -504,3 +506,86 @@ def missing_topics(consumer: KafkaConsumer, topics: list[str]) -> list[str]:
     (a join made before the metadata arrived assigns nothing until its next refresh).
     """
     return [topic for topic in topics if not consumer.partitions_for_topic(topic)]
+
+
+#: What a consumer needs to live through broker outages; OUTBOX_KAFKA_CONSUMER may
+#: override them. kafka-python's defaults wait 30 s to bootstrap (deaf to SIGTERM
+#: meanwhile) and back off reconnects up to 30 s (slow to see the broker back).
+CONSUMER_OUTAGE_DEFAULTS: dict[str, Any] = {
+    "bootstrap_timeout_ms": 5_000,
+    "reconnect_backoff_max_ms": 2_000,
+}
+
+
+def build_group_consumer(topics: Sequence[str], group_id: str, **options: Any) -> KafkaConsumer:
+    """``build_consumer`` for the outbox consumer: outage-friendly timeouts, then the settings.
+
+    Raises ``KafkaTimeoutError`` when no broker answers within ``bootstrap_timeout_ms``.
+    """
+    config = {
+        "bootstrap_servers": _bootstrap(),
+        "group_id": group_id,
+        **CONSUMER_DEFAULTS,
+        **CONSUMER_OUTAGE_DEFAULTS,
+    }
+    config.update(outbox_settings.kafka_consumer)
+    config.update(options)
+    return KafkaConsumer(*topics, **config)
+
+
+def bootstrap_servers() -> list[str]:
+    return _bootstrap()
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """True when Kafka could not be reached or did not answer (the record is not at fault).
+
+    For a record sent, its fate is then unknown: it may be in Kafka. A row must never
+    die of such an error; it is sent again later and the consumer drops a duplicate.
+    """
+    return isinstance(exc, KafkaConnectionError | KafkaTimeoutError | NodeNotReadyError) or (
+        isinstance(exc, KafkaError)
+        and bool(getattr(exc, "retriable", False))
+        and not isinstance(exc, CorruptRecordError)
+    )
+
+
+def is_unreadable_record(exc: BaseException) -> bool:
+    """True when kafka-python could not decode a fetched record (codec, CRC, header name)."""
+    return isinstance(exc, UnsupportedCodecError | CorruptRecordError | UnicodeDecodeError)
+
+
+def read_error_at(tp: TopicPartition, offset: int, timeout: float = 5.0) -> BaseException | None:
+    """The error kafka-python meets reading the record at ``offset`` of ``tp``, if any.
+
+    A throwaway consumer outside any group reads that one position, so that the
+    consumer's own client (its assignment, positions, fetch buffers) is left alone.
+    None when the record reads fine, or when there is no record there (yet).
+    """
+    options = {
+        k: v
+        for k, v in outbox_settings.kafka_consumer.items()
+        if k not in ("group_id", "enable_auto_commit", "client_id")
+    }
+    probe = KafkaConsumer(
+        bootstrap_servers=_bootstrap(),
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="django-outbox-probe",
+        **{**CONSUMER_OUTAGE_DEFAULTS, **options},
+    )
+    try:
+        probe.assign([tp])
+        probe.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if probe.poll(timeout_ms=500, max_records=1):
+                    return None
+            except Exception as exc:
+                if is_transport_error(exc):
+                    raise
+                return exc
+        return None
+    finally:
+        probe.close(autocommit=False, timeout_ms=1000)

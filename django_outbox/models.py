@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, models, transaction
-from django.db.models import Q
-from django.db.models.functions import TruncSecond
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce, TruncSecond
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -320,6 +320,80 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
             next_retry_at=retry_time(now, 0),
             updated_at=now,
         )
+
+    # ------------------------------------------------------------------ consumer side
+    # Every status change the consumer makes (django_outbox/consumer/local.py). Each is
+    # one conditional UPDATE fenced on a handleable status, on rows the consumer has
+    # locked (``locked_for_handling``) in the same transaction.
+
+    #: Statuses in which a row may still be handled. ``pending`` too: the consumer can
+    #: get the record before the relay has written ``published`` back.
+    handleable_statuses = (Status.PENDING, Status.PUBLISHED)
+
+    def locked_for_handling(self, pks: Iterable[int]) -> OutboxMessageQuerySet:
+        """The rows ``pks``, locked ``FOR UPDATE`` in ascending id order, in one query.
+
+        The consumer's only way to lock outbox rows: one order everywhere, so two
+        consumers, or a consumer and a relay writing back in id order, cannot deadlock.
+        """
+        return self.select_for_update().filter(pk__in=sorted(set(pks))).order_by("pk")
+
+    def mark_consumed(self, pks: Iterable[int], now: datetime.datetime) -> int:
+        """The rows whose handler succeeded: ``consumed``, in one ``UPDATE``."""
+        now = truncate_to_millis(now)
+        return self.filter(pk__in=list(pks), status__in=self.handleable_statuses).update(
+            status=Status.CONSUMED,
+            consumed_at=now,
+            updated_at=now,
+            # Sent it was: the relay's own write-back may not have landed yet, and it
+            # never will (it is fenced on status='pending').
+            # Truncated: Value() bypasses the field's own truncation.
+            published_at=Coalesce(
+                "published_at", Value(now, output_field=MillisecondDateTimeField())
+            ),
+        )
+
+    def handler_failed(
+        self, row: OutboxMessage, error: str, now: datetime.datetime, delay: float
+    ) -> bool:
+        """Count a failed handling of ``row`` (locked): back to pending after ``delay``
+        seconds, or ``dead`` once ``max_retry`` is reached. Updates ``row``; True if dead."""
+        retry_count = row.retry_count + 1
+        dead = retry_count >= row.max_retry
+        next_retry_at = None if dead else retry_time(now, delay)
+        status = Status.DEAD if dead else Status.PENDING
+        changed = self.filter(pk=row.pk, status__in=self.handleable_statuses).update(
+            retry_count=retry_count,
+            last_error=error,
+            status=status,
+            next_retry_at=next_retry_at,
+            updated_at=now,
+        )
+        if changed:
+            row.retry_count, row.last_error = retry_count, error
+            row.status, row.next_retry_at = status, next_retry_at
+        return dead
+
+    def abandon(self, pk: int, error: str, now: datetime.datetime | None = None) -> int:
+        """``dead`` with ``error``, if still handleable: no consumer will ever take it."""
+        return self.filter(pk=pk, status__in=self.handleable_statuses).update(
+            status=Status.DEAD,
+            next_retry_at=None,
+            last_error=error,
+            updated_at=now or timezone.now(),
+        )
+
+    def send_again_later(self, pk: int, error: str, delay: float) -> int:
+        """Back to the relay in ``delay`` seconds without spending a retry (no handler yet)."""
+        now = timezone.now()
+        return self.filter(pk=pk, status__in=self.handleable_statuses).update(
+            status=Status.PENDING,
+            next_retry_at=retry_time(now, delay),
+            last_error=error,
+            updated_at=now,
+        )
+
+    # ------------------------------------------------------------------ end of consumer side
 
 
 _INSERTED = (

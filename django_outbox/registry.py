@@ -2,7 +2,10 @@
 
 One handler per event type: the outbox row records one outcome (``consumed`` or a
 retry), so two handlers for one type could not both be tracked. To fan out, call
-several functions from one handler, or run a second consumer group.
+several functions from one handler, or run a second consumer group
+(``outbox_consume --group``): a group other than ``OUTBOX_CONSUMER_GROUP`` runs its
+handlers once through its inbox (``django_outbox_inbox``) and never changes the
+outbox rows, whose status stays the business of ``OUTBOX_CONSUMER_GROUP``.
 """
 
 from __future__ import annotations

@@ -61,7 +61,11 @@ def killing_counter(event):
 registry.register(SLOW, slow_handler)
 registry.register(COUNTER, killing_counter)
 
+arguments = sys.argv[1:]
+group = arguments[arguments.index("--group") + 1] if "--group" in arguments else None
+
 with override_settings(
+    OUTBOX_CONSUMER_GROUP=group or "django-outbox",  # the group owns the outbox rows
     OUTBOX_KAFKA_CONSUMER=FAST_GROUP,
     OUTBOX_KAFKA_BOOTSTRAP_SERVERS=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
     LOGGING_CONFIG=None,

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.db.models import F
+from django.test import override_settings
 from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 
@@ -112,8 +113,10 @@ def consume(topic: str, group: str, **options: Any) -> Consumer:
     options.setdefault("burst", True)
     options.setdefault("poll_timeout", 0.2)
     options.setdefault("database_retry_delay", 0.05)
-    consumer = Consumer([topic], group=group, consumer_options=dict(FAST_GROUP), **options)
-    consumer.run()
+    # The group that owns the outbox rows (see django_outbox/consumer/local.py).
+    with override_settings(OUTBOX_CONSUMER_GROUP=options.pop("owning_group", group)):
+        consumer = Consumer([topic], group=group, consumer_options=dict(FAST_GROUP), **options)
+        consumer.run()
     return consumer
 
 

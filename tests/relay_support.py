@@ -1,4 +1,4 @@
-"""Helpers shared by the relay and fast-path tests (tests/test_relay*.py, test_fastpath.py)."""
+"""Helpers shared by the relay and delivery tests (tests/test_relay*.py, test_delivery.py)."""
 
 from __future__ import annotations
 

@@ -257,13 +257,14 @@ def test_malformed_unknown_and_headerless_records_are_recorded_and_skipped(
                 (b"k", b"\xff\xfe not JSON", [("event_id", b"x"), ("event_type", b"y")]),
                 (b"k", b'{"event_id": 1}', [("event_id", b"x"), ("event_type", b"y")]),
                 unknown,
-                (b"k", good[1], []),  # a valid envelope, but no headers
-                good,
+                (b"k", b"no headers, no envelope", []),
+                (b"k", good[1], []),  # a valid envelope without headers: handled (issue 9)
+                good,  # the same event with headers: a repeat
             ],
         )
         consumer = consume(kafka_topic, group)
 
-    assert consumer.stats.outcomes == {"rejected": 3, "skipped": 1, "handled": 1}
+    assert consumer.stats.outcomes == {"rejected": 3, "skipped": 1, "handled": 1, "duplicate": 1}
     assert message_count(conversation) == 1
     rejected = {r.offset: r for r in RejectedRecord.objects.filter(consumer_group=group)}
     assert {o: r.reason for o, r in rejected.items()} == {
@@ -284,7 +285,7 @@ def test_malformed_unknown_and_headerless_records_are_recorded_and_skipped(
     logged = [r.getMessage() for r in caplog.records if "rejected record" in r.getMessage()]
     assert f"rejected record {kafka_topic}[0]@0 (malformed)" in logged[0]
     assert len(logged) == 4
-    assert committed_offsets(kafka_topic, group)[0] == 5
+    assert committed_offsets(kafka_topic, group)[0] == 6
 
     # Delivered again (say after an offset reset): one entry per offset, not two.
     consume(kafka_topic, unique_group())

@@ -6,7 +6,7 @@ import pytest
 from django.db import OperationalError
 
 from django_outbox import publish_event
-from django_outbox.handling import Delivery, Handling
+from django_outbox.consumer import Delivery, Handling
 from django_outbox.inbox import InboxEntry
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def no_fast_path(settings):
     settings.OUTBOX_WAKE_RELAY = False
+    settings.OUTBOX_CONSUMER_GROUP = "g"  # Handling("g") owns the outbox rows
     settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
     settings.OUTBOX_RETRY_BACKOFF_MAX = 0.2
 
@@ -134,11 +135,11 @@ def test_a_failure_before_the_commit_leaves_nothing_then_the_retry_does_it_once(
     deliveries = [*(local(row, n) for n, row in enumerate(rows)), inbox]
     handling = Handling("g")
 
-    def crash(alias, pks, now):
+    def crash(alias, pks):
         raise OperationalError("server closed the connection unexpectedly")
 
     with registered(COUNTER, count_handler):
-        monkeypatch.setattr(handling, "_mark_consumed", crash)
+        monkeypatch.setattr(handling.rows, "mark_consumed", crash)
         with pytest.raises(OperationalError):
             handling.handle_batch(deliveries)
         # All handlers ran; none of their effects, nor any mark, nor the inbox entry stayed.
@@ -243,8 +244,10 @@ def test_a_chunk_that_fails_as_a_whole_is_handled_record_by_record(
     real = Handling.handle_batch
 
     def broken_commit(self, deliveries, **kwargs):
-        real(self, deliveries, **kwargs)  # handled and committed ...
-        raise RuntimeError("deferred constraint violated at commit")  # ... or so it seems
+        results = real(self, deliveries, **kwargs)  # handled and committed ...
+        if len(deliveries) > 1:  # (``handle``, one by one, is a chunk of one)
+            raise RuntimeError("deferred constraint violated at commit")  # ... or so it seems
+        return results
 
     monkeypatch.setattr(Handling, "handle_batch", broken_commit)
     with registered(COUNTER, count_handler):

@@ -9,10 +9,9 @@ from django.db import IntegrityError
 from django.utils import timezone
 
 from django_outbox import publish_event
-from django_outbox.consumer import Consumer, subscribed_topics
+from django_outbox.consumer import Consumer, Delivery, Handling, Outcome, subscribed_topics
 from django_outbox.exceptions import ImproperlyConfiguredOutbox
 from django_outbox.fields import truncate_to_millis
-from django_outbox.handling import Delivery, Handling, Outcome
 from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
@@ -26,6 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def no_fast_path(settings):
     settings.OUTBOX_WAKE_RELAY = False
+    settings.OUTBOX_CONSUMER_GROUP = "g"  # Handling("g") owns the outbox rows
 
 
 def delivery_of(row: OutboxMessage, offset: int = 0, alias: str = "default") -> Delivery:
@@ -85,7 +85,7 @@ def test_a_local_row_whose_payload_is_malformed_becomes_dead():
     assert result.outcome is Outcome.REJECTED
     row.refresh_from_db()
     assert row.status == Status.DEAD and "rejected it" in row.last_error
-    assert RejectedRecord.objects.get().reason == "missing_headers"  # empty event_id header
+    assert RejectedRecord.objects.get().reason == "malformed"  # an event_type header: an event
 
 
 def test_a_handler_that_swallows_a_database_error_fails():
@@ -177,3 +177,24 @@ def test_consumer_arguments_are_checked():
         Consumer(["t"], inbox_attempts=0)
     with pytest.raises(ValueError, match="batch_size"):
         Consumer(["t"], batch_size=0)
+
+
+def test_a_second_group_runs_its_handler_once_through_the_inbox_and_leaves_the_row():
+    conversation = Conversation.objects.create(title="two groups")
+    row = publish_event(COUNTER, {"conversation_id": conversation.pk}, max_retry=5)
+    with registered(COUNTER, count_handler):
+        assert Handling("g").handle(delivery_of(row)).outcome is Outcome.HANDLED
+        assert Handling("other").handle(delivery_of(row, 1)).outcome is Outcome.HANDLED
+        assert Handling("other").handle(delivery_of(row, 2)).outcome is Outcome.DUPLICATE
+        assert Handling("g").handle(delivery_of(row, 3)).outcome is Outcome.DUPLICATE
+    conversation.refresh_from_db()
+    assert conversation.message_count == 2  # once per group
+    assert list(InboxEntry.objects.values_list("consumer_group", flat=True)) == ["other"]
+
+    def fail(event):
+        raise RuntimeError("the second service is broken")
+
+    with registered(COUNTER, fail):
+        assert Handling("third").handle(delivery_of(row, 4)).outcome is Outcome.RETRY_IN_PLACE
+    row.refresh_from_db()
+    assert (row.status, row.retry_count) == (Status.CONSUMED, 0)  # the owner's outcome stays

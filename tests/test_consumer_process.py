@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from django_outbox import publish_event
-from django_outbox.handling import Outcome
+from django_outbox.consumer import Outcome
 from django_outbox.models import OutboxMessage, Status
 from testproject.chat.models import Conversation
 
@@ -23,6 +23,7 @@ from .consumer_support import (
     send_rows,
     unique_group,
 )
+from .kafka_fixtures import create_topic, delete_topic, unique_topic_name
 from .relay_support import REPO_ROOT, database_url, read_until, wait_for
 
 SLOW = "test.slow"
@@ -181,3 +182,30 @@ def test_sigkill_during_a_chunk_gives_each_effect_once(kafka_bootstrap, kafka_to
     assert restarted.stats.count(Outcome.HANDLED) == 6 - survived
     assert count(conversation) == 6
     assert OutboxMessage.objects.consumed().count() == 6
+
+
+@pytest.mark.parametrize("state", ["starting", "cut-off"])
+def test_sigterm_is_honoured_while_the_broker_is_away(kafka_broker_control, state):
+    """Started with the broker down, or cut off once connected: SIGTERM exits 0 promptly."""
+    topic = unique_topic_name(f"sigterm-{state}")
+    create_topic(kafka_broker_control.bootstrap, topic, partitions=1)
+    if state == "starting":
+        kafka_broker_control.stop()
+    process = consumer_process(
+        kafka_broker_control.bootstrap,
+        "--topic", topic, "--group", unique_group(), "--poll-timeout", "0.2",
+    )  # fmt: skip
+    try:
+        if state == "cut-off":
+            read_until(process, "outbox consumer starting", 60)
+            kafka_broker_control.stop()
+        seen = read_until(process, f"broker {kafka_broker_control.bootstrap} unreachable", 90)
+        assert "unreachable" in seen
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        kafka_broker_control.start()
+        delete_topic(kafka_broker_control.bootstrap, topic)
+    assert process.returncode == 0, seen + output
+    assert "SIGTERM received" in seen + output

@@ -121,7 +121,7 @@ def outbox_config(settings, kafka_bootstrap, kafka_topic):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
     settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
     settings.OUTBOX_TOPICS = {}
-    settings.OUTBOX_FAST_PATH = False  # the relay sends, when the test says so
+    settings.OUTBOX_WAKE_RELAY = False  # the relay sends, when the test says so
     return settings
 
 

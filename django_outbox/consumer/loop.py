@@ -1,4 +1,4 @@
-"""The consumer: reads outbox events from Kafka and runs their handlers, once.
+"""The consumer's loop: reads outbox events from Kafka and runs their handlers, once.
 
 ``Consumer(...).run()`` is the loop behind ``manage.py outbox_consume``. It joins
 ``OUTBOX_CONSUMER_GROUP``, subscribes to the topics of the registered event types
@@ -16,6 +16,12 @@ after each poll.
   backoff, until the database is back; no offset of it is committed before. If the
   database answers but the chunk keeps failing, its records are handled one by one
   (``Handling.handle``), so one handler's database errors cannot block the others.
+- The broker may be away at start or at any time: the loop waits for it (logging
+  "broker HOST:PORT unreachable" at once), retries with a backoff, survives any
+  error out of ``poll()`` and replaces a client that stops making progress. A
+  record kafka-python cannot decode (a codec it lacks, a bad CRC) is kept as a
+  rejected record and passed. Any other exception is logged and backed off from:
+  the loop never exits on its own but for ``burst``/``max_messages``.
 - ``burst`` stops once every assigned partition is read to its end offset,
   ``max_messages`` after that many records; SIGTERM/SIGINT stop after the record in
   hand, once the chunk's transaction has committed the records handled so far.
@@ -32,15 +38,18 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from . import kafka
-from .backoff import retry_delay
-from .conf import outbox_settings
-from .exceptions import ImproperlyConfiguredOutbox
-from .handling import DATABASE_ERRORS, Delivery, Handling, Outcome, Result
-from .registry import HandlerRegistry, registry
-from .shutdown import Shutdown
+from .. import kafka
+from ..backoff import backoff_delay, retry_delay
+from ..conf import outbox_settings
+from ..exceptions import ImproperlyConfiguredOutbox
+from ..inbox import RejectionReason
+from ..registry import HandlerRegistry, registry
+from ..shutdown import Shutdown
+from .database import DATABASE_ERRORS, databases_answer, drop_connections
+from .handling import Handling, Outcome, Result
+from .records import Delivery
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("django_outbox.consumer")
 
 #: Database errors in a row, with the database answering, after which a handler's
 #: OperationalError counts as a handler failure (a deadlock retried in vain, a bug).
@@ -101,6 +110,10 @@ class Consumer:
         handlers: HandlerRegistry = registry,
         shutdown: Shutdown | None = None,
         install_signal_handlers: bool = False,
+        heartbeat: Callable[[], None] | None = None,
+        broker_retry_max_delay: float = 5.0,
+        client_stall_timeout: float = 30.0,
+        broker_probe_interval: float = 5.0,
     ) -> None:
         self.topics = list(topics) if topics else subscribed_topics(handlers)
         if not self.topics:
@@ -130,9 +143,20 @@ class Consumer:
         self.shutdown = shutdown or Shutdown()
         self.install_signal_handlers = install_signal_handlers
         self.stats = ConsumerStats()
+        #: Called once per loop turn (idle, busy or waiting for the broker): a liveness hook.
+        self.heartbeat = heartbeat
+        self.broker_retry_max_delay = broker_retry_max_delay
+        self.client_stall_timeout = client_stall_timeout
+        self.broker_probe_interval = broker_probe_interval
         self._client: Any = None
         self._uncommitted: dict[Any, int] = {}
         self._last_progress = (time.monotonic(), 0)
+        self._idle = True
+        self._positions: dict[Any, int] = {}  # next offset after the last recorded outcome
+        self._trouble_since: float | None = None
+        self._reachable_since: float | None = None
+        self._last_probe = 0.0
+        self._last_refresh = self._unassigned_since = time.monotonic()
 
     def stop(self) -> None:
         """Ask ``run()`` to return after the record in hand, its chunk committed (thread-safe)."""
@@ -152,12 +176,6 @@ class Consumer:
             " (burst)" if self.burst else "",
         )
         try:
-            self._client = kafka.build_consumer(
-                *self.topics, group_id=self.group, **self.consumer_options
-            )
-            missing = kafka.missing_topics(self._client, self.topics)
-            if missing:
-                logger.warning("outbox consumer: topics %s do not exist (yet)", missing)
             self._loop()
         finally:
             if self.install_signal_handlers:
@@ -168,39 +186,192 @@ class Consumer:
         return self.stats
 
     def _loop(self) -> None:
-        unassigned_since = last_refresh = time.monotonic()
-        idle = True
+        """One turn after another; any exception is logged and waited out, never fatal."""
+        failures = 0
         while not self.shutdown.requested:
-            self._recycle_connections(idle)
-            if not self._client.assignment() and time.monotonic() - last_refresh > 5:
-                # Nothing assigned yet: new metadata (a topic created since) makes the
-                # group rebalance, sooner than metadata_max_age_ms would.
-                kafka.missing_topics(self._client, self.topics)
-                last_refresh = time.monotonic()
-            batch = self._client.poll(
+            self._beat()
+            try:
+                done = self._turn()
+            except Exception as exc:
+                failures += 1
+                delay = backoff_delay(failures, 0.5, self.broker_retry_max_delay)
+                if kafka.is_transport_error(exc):
+                    self._broker_trouble(exc, delay)
+                else:
+                    logger.exception(
+                        "outbox consumer: unexpected error (%s); going on in %.1f s", exc, delay
+                    )
+                self.shutdown.wait(delay)
+                continue
+            failures = 0
+            if done:
+                return
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            try:
+                self.heartbeat()
+            except Exception:  # a health probe must never stop the consumer
+                logger.exception("outbox consumer: the heartbeat callback failed")
+
+    def _turn(self) -> bool:
+        """Connect if need be, poll once, handle, commit; True when ``run()`` should return."""
+        if self._client is None:
+            self._connect()
+            if self._client is None:
+                return False
+        self._recycle_connections(self._idle)
+        client = self._client
+        now = time.monotonic()
+        if not client.assignment() and now - self._last_refresh > 5:
+            # Nothing assigned yet: new metadata (a topic created since) makes the
+            # group rebalance, sooner than metadata_max_age_ms would.
+            kafka.missing_topics(client, self.topics)
+            self._last_refresh = now
+        try:
+            batch = client.poll(
                 timeout_ms=int(self.poll_timeout * 1000),
                 max_records=max(self.batch_size, outbox_settings.batch_size),
             )
-            deliveries = [Delivery.from_record(r) for records in batch.values() for r in records]
-            idle = not deliveries
+        except Exception as exc:
+            if kafka.is_transport_error(exc):
+                raise
+            self._skip_unreadable(exc)
+            batch = {}
+        deliveries = [Delivery.from_record(r) for records in batch.values() for r in records]
+        self._idle = not deliveries
+        if self._watch_broker(time.monotonic(), bool(deliveries)):
+            return False
+        try:
             self._consume(deliveries)
+        except BaseException:
+            self._rewind(deliveries)
+            raise
+        finally:
             self._commit()
-            self._maybe_log_progress()
-            if self._limit_reached():
-                logger.info("outbox consumer: %d records handled; stopping", self.stats.records)
+        self._maybe_log_progress()
+        if self._limit_reached():
+            logger.info("outbox consumer: %d records handled; stopping", self.stats.records)
+            return True
+        if self.burst and not self.shutdown.requested:
+            if client.assignment():
+                self._unassigned_since = time.monotonic()
+                if kafka.caught_up(client):
+                    logger.info("outbox consumer: caught up; stopping (burst)")
+                    return True
+            elif time.monotonic() - self._unassigned_since > self.assignment_timeout:
+                logger.warning(
+                    "outbox consumer: no partition assigned after %.0f s; stopping (burst)",
+                    self.assignment_timeout,
+                )
+                return True
+        return False
+
+    # ------------------------------------------------------------------ the broker
+
+    def _connect(self) -> None:
+        """Build the Kafka client; when the broker is away, say so and leave it None."""
+        unreachable = kafka.unreachable_brokers()
+        if unreachable and len(unreachable) == len(kafka.bootstrap_servers()):
+            raise kafka.KafkaConnectionError(f"cannot connect to {', '.join(unreachable)}")
+        self._client = kafka.build_group_consumer(self.topics, self.group, **self.consumer_options)
+        self._last_refresh = self._unassigned_since = time.monotonic()
+        missing = kafka.missing_topics(self._client, self.topics)
+        if missing:
+            logger.warning("outbox consumer: topics %s do not exist (yet)", missing)
+
+    def _broker_trouble(self, exc: BaseException, delay: float) -> None:
+        self._reachable_since = None
+        if self._trouble_since is None:
+            self._trouble_since = time.monotonic()
+        unreachable = kafka.unreachable_brokers() or kafka.bootstrap_servers()
+        logger.warning(
+            "outbox consumer: broker %s unreachable (%s: %s); retrying in %.1f s",
+            ", ".join(unreachable),
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+
+    def _watch_broker(self, now: float, got_records: bool) -> bool:
+        """Notice an outage that ``poll()`` hides; replace a client that does not recover.
+
+        kafka-python reconnects by itself and a poll just comes back empty while the
+        broker is away, so an idle consumer asks the broker's port itself every few
+        seconds. A client that brings nothing for ``client_stall_timeout`` seconds
+        after the broker answers again is replaced (once). True if it was replaced.
+        """
+        if got_records:
+            if self._trouble_since is not None:
+                logger.info("outbox consumer: receiving records again")
+            self._trouble_since = self._reachable_since = None
+            return False
+        if now - self._last_probe < self.broker_probe_interval:
+            return False
+        self._last_probe = now
+        unreachable = kafka.unreachable_brokers()
+        if len(unreachable) == len(kafka.bootstrap_servers()):
+            if self._trouble_since is None:
+                self._trouble_since = now
+                logger.warning(
+                    "outbox consumer: broker %s unreachable; waiting for it",
+                    ", ".join(unreachable),
+                )
+            self._reachable_since = None
+            return False
+        if self._trouble_since is None:
+            return False
+        if self._reachable_since is None:
+            self._reachable_since = now
+            logger.info("outbox consumer: broker reachable again")
+            return False
+        if now - self._reachable_since < self.client_stall_timeout:
+            return False
+        self._trouble_since = self._reachable_since = None
+        self._replace_client(f"nothing received for {self.client_stall_timeout:.0f} s since")
+        return True
+
+    def _replace_client(self, why: str) -> None:
+        logger.warning("outbox consumer: replacing the Kafka client (%s)", why)
+        self._close()
+
+    def _skip_unreadable(self, exc: BaseException) -> None:
+        """A record kafka-python cannot decode: find it, keep it as rejected, pass it.
+
+        The fetcher does not say which partition failed: the record at the position
+        of each assigned partition is read again by a throwaway client
+        (``kafka.read_error_at``) until one fails.
+        """
+        client = self._client
+        logger.warning(
+            "outbox consumer: a fetched record cannot be read (%s: %s)", type(exc).__name__, exc
+        )
+        for tp in sorted(client.assignment()):
+            position = client.position(tp, timeout_ms=5000)
+            if position is None:
+                continue
+            error = kafka.read_error_at(tp, position)
+            if error is not None:
+                self._reject_unreadable(tp, position, error)
                 return
-            if self.burst and not self.shutdown.requested:
-                if self._client.assignment():
-                    unassigned_since = time.monotonic()
-                    if kafka.caught_up(self._client):
-                        logger.info("outbox consumer: caught up; stopping (burst)")
-                        return
-                elif time.monotonic() - unassigned_since > self.assignment_timeout:
-                    logger.warning(
-                        "outbox consumer: no partition assigned after %.0f s; stopping (burst)",
-                        self.assignment_timeout,
-                    )
-                    return
+        raise exc
+
+    def _reject_unreadable(self, tp: Any, offset: int, exc: BaseException) -> None:
+        client = self._client
+        delivery = Delivery(tp.topic, tp.partition, offset, None, None, ())
+        error = f"kafka-python cannot read this record: {type(exc).__name__}: {exc}"
+        result = self._retrying_database(
+            delivery,
+            lambda _fail: self._store_rejected(delivery, RejectionReason.MALFORMED, error),
+        )
+        if result is None:
+            return  # stopped while the database was away; read again next time
+        client.seek(tp, offset + 1)
+        self._record(delivery, result)
+
+    def _store_rejected(self, delivery: Delivery, reason: str, error: str) -> Result:
+        self.handling.reject(delivery, reason, error)
+        return Result(Outcome.REJECTED, error)
 
     def _recycle_connections(self, idle: bool) -> None:
         """``close_old_connections()``, but keep ``CONN_MAX_AGE = 0`` connections while busy.
@@ -247,7 +418,7 @@ class Consumer:
     def _record(self, delivery: Delivery, result: Result) -> None:
         self.stats.add(result)
         tp = kafka.TopicPartition(delivery.topic, delivery.partition)
-        self._uncommitted[tp] = delivery.offset + 1
+        self._uncommitted[tp] = self._positions[tp] = delivery.offset + 1
         logger.debug("record %s: %s", delivery, result.outcome.value)
 
     def _handle_chunk(self, chunk: list[Delivery]) -> list[Result | None]:
@@ -316,7 +487,19 @@ class Consumer:
             attempt, result = attempt + 1, None
 
     def _try_handle(self, delivery: Delivery, database_errors_fail: bool) -> Result:
-        return self.handling.handle(delivery, database_errors_fail=database_errors_fail)
+        try:
+            return self.handling.handle(delivery, database_errors_fail=database_errors_fail)
+        except DATABASE_ERRORS:
+            raise
+        except Exception as exc:
+            # Not the handler's doing (that is recorded as its failure): the consumer's
+            # own bookkeeping broke on this record. Keep it as rejected, never loop on it.
+            logger.exception("outbox consumer: record %s could not be handled", delivery)
+            return self._store_rejected(
+                delivery,
+                RejectionReason.MALFORMED,
+                f"the consumer could not handle it: {type(exc).__name__}: {exc}",
+            )
 
     def _give_up(
         self, delivery: Delivery, error: str, attempts: int, database_errors_fail: bool
@@ -350,29 +533,26 @@ class Consumer:
                 delay = min(delay * 2, self.database_retry_max_delay)
 
     def _drop_connections(self) -> None:
-        for connection in connections.all(initialized_only=True):
-            if connection.in_atomic_block:
-                continue  # someone else's transaction (a test's); not ours to close
-            try:
-                connection.close()
-            except Exception:  # a dead connection may fail to close; it is gone either way
-                pass
+        drop_connections()
 
     def _database_answers(self, deliveries: Sequence[Delivery]) -> bool:
-        aliases = {self.handling.inbox_database}
-        for delivery in deliveries:
-            reference = self.handling.local_reference(delivery)
-            if reference is not None:
-                aliases.add(reference[0])
-        try:
-            for alias in aliases:
-                with connections[alias].cursor() as cursor:
-                    cursor.execute("SELECT 1")
-        except DATABASE_ERRORS:
-            return False
-        return True
+        return databases_answer(sorted(self.handling.databases(deliveries)))
 
     # ------------------------------------------------------------------ offsets, progress
+
+    def _rewind(self, deliveries: Sequence[Delivery]) -> None:
+        """After an error mid-poll: read again, next turn, what has no recorded outcome."""
+        client = self._client
+        first: dict[Any, int] = {}
+        for delivery in deliveries:
+            tp = kafka.TopicPartition(delivery.topic, delivery.partition)
+            if delivery.offset >= self._positions.get(tp, -1):
+                first[tp] = min(first.get(tp, delivery.offset), delivery.offset)
+        for tp, offset in first.items():
+            try:
+                client.seek(tp, offset)
+            except Exception:  # no longer assigned: its next owner reads it
+                pass
 
     def _commit(self) -> None:
         if not self._uncommitted or self._client is None:
@@ -385,6 +565,16 @@ class Consumer:
             # The group moved these partitions elsewhere; their new owner reads the records
             # again and finds them handled (once-only), so nothing is lost or doubled.
             logger.warning("outbox consumer: offset commit failed (%s); records will repeat", exc)
+        except Exception as exc:
+            # The coordinator did not answer (KafkaTimeoutError), the broker went away:
+            # the offsets are kept and committed with the next ones.
+            for tp, offset in offsets.items():
+                self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, offset))
+            logger.warning(
+                "outbox consumer: offset commit failed (%s: %s); will retry",
+                type(exc).__name__,
+                exc,
+            )
 
     def _close(self) -> None:
         if self._client is None:

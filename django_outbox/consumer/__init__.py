@@ -1,0 +1,26 @@
+"""The consumer: Kafka records to handlers, once each. One module per job:
+
+- ``records``: a Kafka record as a ``Delivery``, and its event (parsing never raises);
+- ``local``: once-only on the outbox rows of this process's databases;
+- ``inbox``: once-only for events from elsewhere (the inbox table);
+- ``rejects``: keeping what cannot be handled as a ``RejectedRecord``;
+- ``handling``: the once-only rules applied to a chunk of records;
+- ``loop``: the ``Consumer`` behind ``manage.py outbox_consume``.
+"""
+
+from __future__ import annotations
+
+from .handling import Handling, Outcome, Result
+from .loop import DEFAULT_BATCH_SIZE, Consumer, ConsumerStats, subscribed_topics
+from .records import Delivery
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "Consumer",
+    "ConsumerStats",
+    "Delivery",
+    "Handling",
+    "Outcome",
+    "Result",
+    "subscribed_topics",
+]

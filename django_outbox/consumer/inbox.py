@@ -1,0 +1,54 @@
+"""Once-only for foreign events: the inbox (``InboxEntry``, unique per group and event).
+
+Any event that has no outbox row in this process's databases (another service
+published it, or the row was pruned) is handled through the inbox: its entry is
+inserted in the handler's savepoint on ``OUTBOX_DATABASE``; a repeat delivery
+finds it, or hits the unique constraint, and does nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from django.db import IntegrityError, transaction
+
+from ..envelope import Event
+from ..inbox import InboxEntry
+from .records import Delivery
+
+
+class Duplicate(Exception):
+    """The inbox entry of the event is there already (inserted by another consumer)."""
+
+
+class Inbox:
+    """One consumer group's inbox on ``alias``."""
+
+    def __init__(self, group: str, alias: str) -> None:
+        self.group = group
+        self.alias = alias
+
+    def handled(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``event_ids`` that this group has handled already (one query)."""
+        if not event_ids:
+            return set()
+        entries = InboxEntry.objects.using(self.alias).filter(
+            consumer_group=self.group, event_id__in=set(event_ids)
+        )
+        return set(entries.values_list("event_id", flat=True))
+
+    def insert(self, delivery: Delivery, event: Event) -> None:
+        """The event's entry, in the handler's transaction; ``Duplicate`` if it exists."""
+        try:
+            with transaction.atomic(using=self.alias):  # a savepoint, for the duplicate
+                InboxEntry.objects.using(self.alias).create(
+                    consumer_group=self.group,
+                    event_id=event.event_id,
+                    event_type=event.event_type,
+                    topic=delivery.topic,
+                    partition=delivery.partition,
+                    offset=delivery.offset,
+                )
+        except IntegrityError:
+            raise Duplicate from None
