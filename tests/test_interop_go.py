@@ -40,10 +40,7 @@ REQUIRED = os.environ.get("OUTBOX_REQUIRE_INTEROP") == "1"
 EVENT_TYPE = "interop.go.happened"
 SPELLINGS = ["canonical", "upper", "braces", "urn", "hex", "upper-hex", "upper-braces"]
 RESERVED = ["event_id", "event_type", "outbox_id", "outbox_db"]
-NEEDS_CODECS = pytest.mark.xfail(
-    strict=False, reason="needs consumer fix (issue 9 §4): snappy, lz4 and zstd decoders"
-)
-CODECS = ["none", "gzip", *(pytest.param(c, marks=NEEDS_CODECS) for c in ("snappy", "lz4", "zstd"))]
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 NEEDS_HEADERLESS = pytest.mark.xfail(
     strict=False,
     reason="needs consumer fixes (issue 9 §3): records without the outbox headers, and (§4) "
@@ -357,7 +354,6 @@ def envelope(n: int, padding: int = 0) -> Event:
     return Event(event_type=EVENT_TYPE, data={"n": n, "pad": "ab" * padding}, key=f"k-{n}")
 
 
-@NEEDS_HEADERLESS
 @mysql_only
 @pytest.mark.django_db(transaction=True)
 def test_headerless_records_from_a_go_producer_are_handled_once(
