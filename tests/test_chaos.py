@@ -1,0 +1,672 @@
+"""Chaos on PostgreSQL against a real broker: the outbox's promise under faults.
+
+Writers (tests/chaos_support.py) publish events in transactions with a business row, some
+rolled back on purpose; 2 relays (``manage.py outbox_relay``) and 2 consumers
+(``manage.py outbox_consume`` with a handler that records one effect row per event) run
+as subprocesses. A supervisor follows a fault schedule drawn from a seed: relays and
+consumers SIGKILLed and restarted, one relay and one consumer stopped with SIGTERM (and
+restarted), one writer SIGKILLed inside an open transaction, the broker (our own, on
+OUTBOX_CHAOS_KAFKA_PORT) stopped for 20 s, PostgreSQL backends of the test database
+terminated (a database blip). Then the writers stop, and everything drains.
+
+Asserted, from the ledger (the business rows), the effects table, the outbox rows and
+the topic: lost 0 (committed events without effect), duplicate effects 0, phantom
+effects 0 (effects of rolled-back events), phantom records 0 (rolled-back events in
+Kafka), stuck 0 (rows not consumed), dead 0, business row and outbox row together or not
+at all, no worker exit but the ones the supervisor caused, and every SIGTERM exit 0. The
+raw duplicate-record rate of the topic is printed, not asserted. The last line printed:
+``chaos: seed=... committed=... lost=0 ...``.
+
+Environment:
+    OUTBOX_CHAOS_SEED           the schedule's seed (default: random; always printed)
+    OUTBOX_CHAOS_SECONDS        chaos + drain budget (default 120: ~2/3 chaos, ~1/3 drain)
+    OUTBOX_CHAOS_OUTAGE         seconds the broker stays stopped (default 20)
+    OUTBOX_CHAOS_RATE           events per second per writer (default 15)
+    OUTBOX_CHAOS_DB_BLIPS       database blips (default 2)
+    OUTBOX_CHAOS_FAST_PATH      the writers' fast path: thread (default), sync or off
+    OUTBOX_CHAOS_PRODUCER       JSON of kafka-python producer options for relays and writers
+    OUTBOX_CHAOS_KAFKA_PORT     the private broker's port (default 19392; controller +1)
+    OUTBOX_CHAOS_LOG_DIR        where worker logs and the timeline go (default: tmp_path)
+    OUTBOX_CHAOS_RESTART_UNEXPECTED=1  also restart workers that exited unexpectedly (they
+                                still fail the test; the other invariants get measured)
+
+Run: DATABASE_URL=postgres://... .venv/bin/python -m pytest -m chaos -s
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from django_outbox.models import OutboxMessage, Status
+from tests.chaos_support import (
+    CREATE_TABLES,
+    DROP_TABLES,
+    EFFECT_TABLE,
+    EVENT_TYPE,
+    LEDGER_TABLE,
+    read_ledger,
+)
+from tests.kafka_fixtures import (
+    create_topic,
+    delete_topic,
+    read_topic,
+    start_broker,
+    stop_broker,
+    topic_record_count,
+    unique_topic_name,
+)
+from tests.relay_support import database_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SUPPORT = REPO_ROOT / "tests" / "chaos_support.py"
+MANAGE = REPO_ROOT / "testproject" / "manage.py"
+
+ON_POSTGRESQL = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+pytestmark = [
+    pytest.mark.chaos,
+    pytest.mark.slow,
+    pytest.mark.kafka,
+    pytest.mark.skipif(
+        not ON_POSTGRESQL,
+        reason="the chaos test runs on PostgreSQL only (DATABASE_URL=postgres://...): it "
+        "terminates database backends and relies on concurrent writers",
+    ),
+    pytest.mark.django_db(transaction=True),
+]
+
+RELAYS = ("relay-0", "relay-1")
+CONSUMERS = ("consumer-0", "consumer-1")
+WRITERS = ("writer-0", "writer-1", "writer-2")
+SIGTERM_GRACE = 30.0  # seconds a worker has to exit after SIGTERM
+HANG_GRACE = 20.0  # seconds a writer has to reach its hang point after SIGUSR1
+SAMPLE = 10  # ids shown per failed invariant
+LOG_TAIL = 40  # lines of a worker's log shown on failure
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, however it dies."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def tail(path: Path, lines: int = LOG_TAIL) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text[-lines:])
+
+
+def sample(ids: Any) -> str:
+    ordered = sorted(ids, key=str)
+    more = f" (+{len(ordered) - SAMPLE} more)" if len(ordered) > SAMPLE else ""
+    return ", ".join(str(i) for i in ordered[:SAMPLE]) + more
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(order=True)
+class Action:
+    at: float
+    kind: str = field(compare=False)  # kill, term, hang, outage, blip
+    target: str = field(default="", compare=False)
+    restart_after: float = field(default=0.0, compare=False)
+
+
+def plan(rng: random.Random, chaos: float, outage: float, blips: int) -> list[Action]:
+    """The fault schedule: a function of the seed and the durations only."""
+    actions = []
+    workers = RELAYS + CONSUMERS
+    moment = rng.uniform(2, 6)
+    while moment < chaos - 5:
+        actions.append(Action(moment, "kill", rng.choice(workers), rng.uniform(0.3, 3.0)))
+        moment += rng.uniform(3, 9)
+    actions.append(Action(rng.uniform(0.1, 0.9) * chaos, "term", rng.choice(RELAYS), 1.0))
+    actions.append(Action(rng.uniform(0.1, 0.9) * chaos, "term", rng.choice(CONSUMERS), 1.0))
+    actions.append(Action(rng.uniform(0.15, 0.6) * chaos, "hang", rng.choice(WRITERS)))
+    actions.append(Action(rng.uniform(0.25, 0.45) * chaos, "outage", "broker", outage))
+    for _ in range(blips):
+        actions.append(Action(rng.uniform(0.1, 0.9) * chaos, "blip", "postgresql"))
+    return sorted(actions)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+class Worker:
+    """One supervised subprocess, started again (a new incarnation) after each planned stop."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_dir = log_dir
+        self.incarnation = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log: TextIO | None = None
+        self.expected: str | None = None  # why we expect it to exit: kill, term, stop
+        self.term_deadline: float | None = None
+        self.hang_deadline: float | None = None
+        self.restart_at: float | None = None
+        self.restart_after = 0.0
+        self.every_process: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def kind(self) -> str:
+        return self.name.split("-")[0]
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.{self.incarnation}.log"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        self.incarnation += 1
+        self.expected = None
+        self.term_deadline = self.hang_deadline = self.restart_at = None
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killpg reaches all of it
+            preexec_fn=_die_with_parent,
+        )
+        self.every_process.append(self.process)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def reaped(self) -> None:
+        self.process = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def kill_all(self) -> None:
+        """Teardown: SIGKILL every process group this worker ever had, and reap them."""
+        for process in self.every_process:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                process.wait(timeout=30)
+        self.reaped()
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGHUP to the test process: unwind, so the teardown kills the workers."""
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Report:
+    seed: int
+    committed: int = 0
+    rolled_back: int = 0
+    unknown: int = 0
+    lost: set[str] = field(default_factory=set)
+    dup_effects: dict[str, int] = field(default_factory=dict)
+    phantom: set[str] = field(default_factory=set)
+    phantom_records: set[str] = field(default_factory=set)
+    stuck: dict[int, str] = field(default_factory=dict)
+    dead: dict[int, str] = field(default_factory=dict)
+    records: int = 0
+    dup_records: int = 0
+    unexpected_exits: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        distinct = self.records - self.dup_records
+        rate = 100.0 * self.dup_records / distinct if distinct else 0.0
+        return (
+            f"chaos: seed={self.seed} committed={self.committed} "
+            f"rolled_back={self.rolled_back} unknown={self.unknown} lost={len(self.lost)} "
+            f"dup_effects={len(self.dup_effects)} phantom={len(self.phantom)} "
+            f"phantom_records={len(self.phantom_records)} stuck={len(self.stuck)} "
+            f"dead={len(self.dead)} dup_records={self.dup_records} ({rate:.1f}%) "
+            f"unexpected_exits={len(self.unexpected_exits)} failures={len(self.failures)}"
+        )
+
+
+class Chaos:
+    def __init__(self, seed: int, log_dir: Path, bootstrap: str, port: int, topic: str):
+        self.seed = seed
+        self.log_dir = log_dir
+        self.bootstrap = bootstrap
+        self.port = port
+        self.topic = topic
+        self.t0 = time.monotonic()
+        self.timeline = open(log_dir / "timeline.log", "w", buffering=1)
+        self.report = Report(seed)
+        self.restarts = True  # off for the final shutdown
+        self.none_alive_since: dict[str, float] = {}
+        self.longest_gap: dict[str, float] = {}  # kind -> longest time with none alive
+        self.hung_events: list[str] = []
+        self.outage: threading.Thread | None = None
+        self.outage_error: BaseException | None = None
+        self.markers = log_dir / "markers"
+        self.markers.mkdir()
+        self.ledgers = {name: log_dir / f"{name}.ledger" for name in WRITERS}
+        group = f"chaos-{seed}-{uuid.uuid4().hex[:6]}"
+        env = dict(os.environ)
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "tests.relay_subprocess_settings",
+                "DATABASE_URL": database_url("default"),
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "PYTHONPATH": str(REPO_ROOT),
+                "PYTHONUNBUFFERED": "1",
+                "OUTBOX_TEST_LEASE": "5",
+                "OUTBOX_TEST_PRODUCER": os.environ.get("OUTBOX_CHAOS_PRODUCER", "{}"),
+            }
+        )
+        rate = str(env_float("OUTBOX_CHAOS_RATE", 15))
+        python = sys.executable
+        self.workers: dict[str, Worker] = {}
+        for name in RELAYS:
+            argv = [python, str(MANAGE), "outbox_relay", "--batch-size", "20"]
+            argv += ["--interval", "0.2", "--lease", "5", "--progress-interval", "5"]
+            self.workers[name] = Worker(name, argv, env, log_dir)
+        for name in CONSUMERS:
+            argv = [python, str(SUPPORT), "consumer", name, "--topic", topic, "--group", group]
+            argv += ["--batch-size", "5", "--poll-timeout", "0.5", "--progress-interval", "5"]
+            self.workers[name] = Worker(name, argv, env, log_dir)
+        for index, name in enumerate(WRITERS):
+            argv = [python, str(SUPPORT), "writer", name, str(seed * 10 + index), rate, topic]
+            argv += [str(self.ledgers[name]), str(self.markers)]
+            self.workers[name] = Worker(name, argv, env, log_dir)
+
+    # -- bookkeeping
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def say(self, message: str) -> None:
+        line = f"{self.now():7.1f}s {message}"
+        self.timeline.write(line + "\n")
+        print(line, flush=True)
+
+    def fail(self, message: str) -> None:
+        self.report.failures.append(message)
+        self.say(f"FAILURE: {message.splitlines()[0]}")
+
+    # -- the supervisor
+
+    def tick(self) -> None:
+        now = self.now()
+        for kind in ("relay", "consumer"):
+            alive = any(w.running() for w in self.workers.values() if w.kind == kind)
+            if alive:
+                self.none_alive_since.pop(kind, None)
+            else:
+                since = self.none_alive_since.setdefault(kind, now)
+                self.longest_gap[kind] = max(self.longest_gap.get(kind, 0.0), now - since)
+        for worker in self.workers.values():
+            process = worker.process
+            if process is None:
+                if worker.restart_at is not None and now >= worker.restart_at:
+                    worker.start()
+                    self.say(f"{worker.name} started (incarnation {worker.incarnation})")
+                continue
+            code = process.poll()
+            if code is None:
+                self._watch_running(worker, now)
+                continue
+            self._exited(worker, code, now)
+
+    def _watch_running(self, worker: Worker, now: float) -> None:
+        if worker.term_deadline is not None and now > worker.term_deadline:
+            self.fail(
+                f"{worker.name}#{worker.incarnation} did not exit within {SIGTERM_GRACE:.0f}s "
+                f"of SIGTERM; log tail:\n{tail(worker.log_path)}"
+            )
+            worker.expected = "kill"
+            worker.term_deadline = None
+            worker.signal(signal.SIGKILL)
+        if worker.hang_deadline is not None:
+            marker = self.markers / f"hung-{worker.name}.json"
+            if marker.exists():
+                events = json.loads(marker.read_text())["events"]
+                self.hung_events += [event_id for event_id, _ in events]
+                worker.expected = "kill"
+                worker.hang_deadline = None
+                worker.signal(signal.SIGKILL)
+                self.say(f"{worker.name} SIGKILLed in a transaction holding {len(events)} events")
+            elif now > worker.hang_deadline:
+                self.fail(f"{worker.name} did not reach its hang point within {HANG_GRACE:.0f}s")
+                worker.hang_deadline = None
+
+    def _exited(self, worker: Worker, code: int, now: float) -> None:
+        label = f"{worker.name}#{worker.incarnation}"
+        expected = worker.expected
+        worker.reaped()
+        if expected == "kill":
+            self.say(f"{label} exited {code} (SIGKILL)")
+            if worker.kind != "writer" and self.restarts:
+                worker.restart_at = now + worker.restart_after
+        elif expected in ("term", "final", "stop"):
+            self.say(f"{label} exited {code} after SIGTERM")
+            if code != 0:
+                self.fail(
+                    f"{label} exited {code} after SIGTERM (expected 0); log tail:\n"
+                    f"{tail(self.log_dir / f'{worker.name}.{worker.incarnation}.log')}"
+                )
+            if expected == "term" and self.restarts:
+                worker.restart_at = now + worker.restart_after
+        else:
+            message = (
+                f"{label} exited unexpectedly with code {code} at {now:.1f}s; log tail:\n"
+                f"{tail(self.log_dir / f'{worker.name}.{worker.incarnation}.log')}"
+            )
+            self.report.unexpected_exits.append(label)
+            self.fail(message)
+            if self.restarts and os.environ.get("OUTBOX_CHAOS_RESTART_UNEXPECTED") == "1":
+                worker.restart_at = now + 1.0
+
+    def act(self, action: Action) -> None:
+        if action.kind == "outage":
+            self._start_outage(action.restart_after)
+            return
+        if action.kind == "blip":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND backend_type = 'client backend'"
+                )
+                (count,) = cursor.fetchone()
+            self.say(f"database blip: {count} backends of the test database terminated")
+            return
+        worker = self.workers[action.target]
+        if not worker.running() or worker.expected is not None:
+            self.say(f"{action.kind} {worker.name}: skipped (not running or already stopping)")
+            return
+        if action.kind == "kill":
+            worker.expected = "kill"
+            worker.restart_after = action.restart_after
+            worker.signal(signal.SIGKILL)
+            self.say(f"SIGKILL {worker.name}#{worker.incarnation}")
+        elif action.kind == "term":
+            self._terminate(worker, "term")
+            worker.restart_after = action.restart_after
+        elif action.kind == "hang":
+            assert worker.process is not None
+            worker.hang_deadline = self.now() + HANG_GRACE
+            os.kill(worker.process.pid, signal.SIGUSR1)
+            self.say(f"SIGUSR1 {worker.name}: hang inside the next transaction")
+
+    def _terminate(self, worker: Worker, why: str) -> None:
+        worker.expected = why
+        worker.term_deadline = self.now() + SIGTERM_GRACE
+        worker.signal(signal.SIGTERM)
+        self.say(f"SIGTERM {worker.name}#{worker.incarnation}")
+
+    def _start_outage(self, seconds: float) -> None:
+        def outage() -> None:
+            try:
+                stop_broker(self.port)
+                self.say(f"broker stopped; down for {seconds:.0f}s")
+                time.sleep(seconds)
+                start_broker(self.port)
+                self.say("broker started again")
+            except BaseException as exc:  # reported by the main thread
+                self.outage_error = exc
+
+        self.say("stopping the broker")
+        self.outage = threading.Thread(target=outage, name="chaos-outage", daemon=True)
+        self.outage.start()
+
+    def wait_outage(self) -> None:
+        if self.outage is not None:
+            self.outage.join(timeout=120)
+            if self.outage.is_alive():
+                self.fail("the broker outage thread did not finish within 120s")
+            self.outage = None
+        if self.outage_error is not None:
+            self.fail(f"broker stop/start failed: {self.outage_error!r}")
+            self.outage_error = None
+
+    def supervise_until(self, condition: Any, deadline: float, step: float = 0.1) -> bool:
+        while True:
+            self.tick()
+            if condition():
+                return True
+            if self.now() >= deadline:
+                return False
+            time.sleep(step)
+
+    # -- the phases
+
+    def run(self, chaos: float, drain: float, outage: float, blips: int) -> None:
+        rng = random.Random(self.seed)
+        actions = plan(rng, chaos, outage, blips)
+        self.say(f"plan: {', '.join(f'{a.at:.1f}s {a.kind} {a.target}' for a in actions)}")
+        self.t0 = time.monotonic()
+        for worker in self.workers.values():
+            worker.start()
+        self.say("workers started")
+        for action in actions:
+            self.supervise_until(lambda: False, action.at)
+            self.act(action)
+        self.supervise_until(lambda: False, chaos)
+
+        writers = [self.workers[name] for name in WRITERS]
+        for worker in writers:
+            if worker.running() and worker.expected is None:
+                self._terminate(worker, "stop")
+        self.supervise_until(lambda: all(w.process is None for w in writers), chaos + 40)
+        self.wait_outage()
+        self.say("writers stopped; draining")
+
+        drained_at = self.supervise_until(self._drained, self.now() + drain, step=1.0)
+        self.say("drained" if drained_at else f"not drained after {drain:.0f}s")
+        gaps = ", ".join(f"{kind} {gap:.1f}s" for kind, gap in sorted(self.longest_gap.items()))
+        self.say(f"longest time with none alive: {gaps or 'never'}")
+        self.restarts = False
+        for worker in self.workers.values():
+            if worker.kind != "writer":
+                worker.restart_at = None
+                if worker.running() and worker.expected is None:
+                    self._terminate(worker, "final")
+        self.supervise_until(
+            lambda: all(w.process is None for w in self.workers.values()),
+            self.now() + SIGTERM_GRACE + 5,
+        )
+
+    def _drained(self) -> bool:
+        if any(w.process is None and w.restart_at is not None for w in self.workers.values()):
+            return False
+        return not (
+            OutboxMessage.objects.filter(event_type=EVENT_TYPE)
+            .filter(status__in=(Status.PENDING, Status.PUBLISHED))
+            .exists()
+        )
+
+    # -- the verdict
+
+    def verify(self) -> Report:
+        report = self.report
+        written: dict[str, set[str]] = {"commit": set(), "rollback": set(), "unknown": set()}
+        for path in self.ledgers.values():
+            for entry in read_ledger(path):
+                written[entry["outcome"]].update(event_id for event_id, _ in entry["events"])
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT event_id::text FROM {LEDGER_TABLE}")
+            committed = {row[0] for row in cursor.fetchall()}
+            cursor.execute(f"SELECT event_id::text, count(*) FROM {EFFECT_TABLE} GROUP BY 1")
+            effects = dict(cursor.fetchall())
+        rows = {}
+        for pk, status, payload, retries, error in OutboxMessage.objects.filter(
+            event_type=EVENT_TYPE
+        ).values_list("id", "status", "payload", "retry_count", "last_error"):
+            rows[pk] = (json.loads(payload)["event_id"], status, retries, error)
+        row_events = {event_id for event_id, *_ in rows.values()}
+        rolled_back = written["rollback"] | set(self.hung_events)
+
+        report.committed = len(committed)
+        report.rolled_back = len(rolled_back)
+        report.unknown = len(written["unknown"])
+        report.lost = committed - set(effects)
+        by_event = {event_id: status for event_id, status, *_ in rows.values()}
+        lost_states = Counter(by_event.get(event_id, "no row") for event_id in report.lost)
+        if lost_states:
+            self.say(f"lost events by row status: {dict(lost_states)}")
+        report.dup_effects = {e: n for e, n in effects.items() if n > 1}
+        report.phantom = set(effects) - committed
+        report.stuck = {
+            pk: f"{status} retries={retries} last_error={error!r}"
+            for pk, (_, status, retries, error) in rows.items()
+            if status in (Status.PENDING, Status.PUBLISHED)
+        }
+        report.dead = {
+            pk: f"retries={retries} last_error={error!r}"
+            for pk, (_, status, retries, error) in rows.items()
+            if status == Status.DEAD
+        }
+
+        total = topic_record_count(self.bootstrap, self.topic)
+        records = read_topic(self.bootstrap, self.topic, expected_count=total, timeout=60)
+        outbox_ids = Counter(dict(r.headers).get("outbox_id", b"").decode() for r in records)
+        record_events = {dict(r.headers).get("event_id", b"").decode() for r in records}
+        report.records = len(records)
+        report.dup_records = sum(n - 1 for n in outbox_ids.values())
+        report.phantom_records = record_events - committed
+        if len(records) != total:
+            self.fail(f"read {len(records)} of the topic's {total} records")
+
+        checks = [
+            ("lost (committed events without effect)", report.lost),
+            ("duplicate effects (event: count)", report.dup_effects),
+            ("phantom effects (effects of events not committed)", report.phantom),
+            ("phantom records (rolled-back events in Kafka)", report.phantom_records),
+            ("stuck rows (pk: state)", report.stuck),
+            ("dead rows (pk: state)", report.dead),
+            ("business rows without outbox row", committed - row_events),
+            ("outbox rows without business row", row_events - committed),
+            ("COMMIT returned, business row missing", written["commit"] - committed),
+            ("rolled back, yet in the database", rolled_back & (committed | row_events)),
+        ]
+        for title, found in checks:
+            if found:
+                shown = (
+                    sample(f"{k}: {v}" for k, v in found.items())
+                    if isinstance(found, dict)
+                    else sample(found)
+                )
+                self.fail(f"{title}: {len(found)}: {shown}")
+        if report.committed == 0:
+            self.fail("no event was committed: the run proves nothing")
+        return report
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.kill_all()
+        if self.outage is not None:
+            self.outage.join(timeout=120)
+        self.timeline.close()
+
+
+@pytest.fixture
+def chaos_tables() -> Iterator[None]:
+    with connection.cursor() as cursor:
+        for statement in DROP_TABLES + CREATE_TABLES:
+            cursor.execute(statement)
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            for statement in DROP_TABLES:
+                cursor.execute(statement)
+
+
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """SIGTERM/SIGHUP to pytest (a CI timeout) unwind the test instead of killing it, so
+    the teardown still kills the workers and stops the broker."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted(f"signal {signum}")
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_chaos(chaos_tables, interruptible, tmp_path, capsys):
+    seed = int(os.environ.get("OUTBOX_CHAOS_SEED") or random.randrange(1_000_000))
+    budget = env_float("OUTBOX_CHAOS_SECONDS", 120)
+    chaos_seconds = budget * 2 / 3
+    drain_seconds = budget - chaos_seconds
+    outage = min(env_float("OUTBOX_CHAOS_OUTAGE", 20), chaos_seconds / 3)
+    blips = int(env_float("OUTBOX_CHAOS_DB_BLIPS", 2))
+    port = int(env_float("OUTBOX_CHAOS_KAFKA_PORT", 19392))
+    log_dir = Path(os.environ.get("OUTBOX_CHAOS_LOG_DIR") or tmp_path)
+    log_dir = log_dir / f"chaos-{seed}-{os.getpid()}"
+    log_dir.mkdir(parents=True)
+    with capsys.disabled():
+        print(f"\nchaos: seed={seed} (OUTBOX_CHAOS_SEED={seed} to replay); logs in {log_dir}")
+
+    bootstrap = start_broker(port)
+    topic = unique_topic_name(f"chaos-{seed}")
+    create_topic(bootstrap, topic, partitions=3)
+    harness = Chaos(seed, log_dir, bootstrap, port, topic)
+    try:
+        harness.run(chaos_seconds, drain_seconds, outage, blips)
+        report = harness.verify()
+    finally:
+        harness.close()
+        try:
+            start_broker(port)  # if the run stopped mid-outage
+            delete_topic(bootstrap, topic)
+        finally:
+            stop_broker(port)
+    line = report.line()
+    (log_dir / "result.txt").write_text("\n".join([*report.failures, line]) + "\n")
+    with capsys.disabled():
+        print(line)
+    if report.failures:
+        pytest.fail("\n\n".join([*report.failures, line]), pytrace=False)
