@@ -99,7 +99,7 @@ WRITERS = ("writer-0", "writer-1", "writer-2")
 SIGTERM_GRACE = 30.0  # seconds a worker has to exit after SIGTERM
 HANG_GRACE = 20.0  # seconds a writer has to reach its hang point after SIGUSR1
 SAMPLE = 10  # ids shown per failed invariant
-LOG_TAIL = 40  # lines of a worker's log shown on failure
+LOG_TAIL = 12  # lines of a worker's log shown on failure
 
 
 def env_float(name: str, default: float) -> float:
@@ -122,6 +122,28 @@ def tail(path: Path, lines: int = LOG_TAIL) -> str:
     except OSError as exc:
         return f"(no log: {exc})"
     return "\n".join(text[-lines:])
+
+
+def describe_exit(path: Path) -> str:
+    """What a worker's log says about its end: the lines before its last traceback, and
+    that traceback shortened to this project's frames; else the log's tail."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"(no log: {exc})"
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return f"log tail ({path}):\n{tail(path)}"
+    before = lines[max(starts[-1] - 6, 0) : starts[-1]]
+    block = lines[starts[-1] :]
+    shown = [block[0]]
+    for index, line in enumerate(block[1:], 1):
+        if line.startswith("  File ") and "site-packages" not in line:
+            shown += block[index : index + 2]
+    errors = [line for line in block[1:] if line and not line.startswith(" ")]
+    return f"log ({path}), its last traceback shortened:\n" + "\n".join(
+        before + shown + errors[-3:]
+    )
 
 
 def sample(ids: Any) -> str:
@@ -359,7 +381,7 @@ class Chaos:
         if worker.term_deadline is not None and now > worker.term_deadline:
             self.fail(
                 f"{worker.name}#{worker.incarnation} did not exit within {SIGTERM_GRACE:.0f}s "
-                f"of SIGTERM; log tail:\n{tail(worker.log_path)}"
+                f"of SIGTERM; {describe_exit(worker.log_path)}"
             )
             worker.expected = "kill"
             worker.term_deadline = None
@@ -389,15 +411,15 @@ class Chaos:
             self.say(f"{label} exited {code} after SIGTERM")
             if code != 0:
                 self.fail(
-                    f"{label} exited {code} after SIGTERM (expected 0); log tail:\n"
-                    f"{tail(self.log_dir / f'{worker.name}.{worker.incarnation}.log')}"
+                    f"{label} exited {code} after SIGTERM (expected 0); "
+                    + describe_exit(worker.log_path)
                 )
             if expected == "term" and self.restarts:
                 worker.restart_at = now + worker.restart_after
         else:
             message = (
-                f"{label} exited unexpectedly with code {code} at {now:.1f}s; log tail:\n"
-                f"{tail(self.log_dir / f'{worker.name}.{worker.incarnation}.log')}"
+                f"{label} exited unexpectedly with code {code} at {now:.1f}s; "
+                + describe_exit(worker.log_path)
             )
             self.report.unexpected_exits.append(label)
             self.fail(message)
