@@ -94,7 +94,7 @@ class _Rollback(Exception):
 
 def writer(name: str, seed: int, rate: float, topic: str, ledger_path: str, markers: str) -> int:
     _setup_django()
-    from django.db import DatabaseError, connection, transaction
+    from django.db import Error, connection, transaction
     from django.test import override_settings
 
     from django_outbox import publish_event
@@ -177,7 +177,7 @@ def writer(name: str, seed: int, rate: float, topic: str, ledger_path: str, mark
                 record("commit", events)
             except _Rollback:
                 record("rollback", events)
-            except DatabaseError as exc:  # e.g. the backend terminated, maybe during COMMIT
+            except Error as exc:  # a terminated backend, maybe during COMMIT
                 print(f"writer {name}: transaction {tx}: {exc!r}", file=sys.stderr, flush=True)
                 record("unknown", events)
                 connection.close()

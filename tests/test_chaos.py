@@ -55,6 +55,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from django_outbox.envelope import Event
 from django_outbox.models import OutboxMessage, Status
 from tests.chaos_support import (
     CREATE_TABLES,
@@ -83,8 +84,6 @@ ON_POSTGRESQL = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.p
 
 pytestmark = [
     pytest.mark.chaos,
-    pytest.mark.slow,
-    pytest.mark.kafka,
     pytest.mark.skipif(
         not ON_POSTGRESQL,
         reason="the chaos test runs on PostgreSQL only (DATABASE_URL=postgres://...): it "
@@ -107,13 +106,13 @@ def env_float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in a forked child
 
 
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL it when the test process dies, however it dies."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def tail(path: Path, lines: int = LOG_TAIL) -> str:
@@ -547,7 +546,15 @@ class Chaos:
 
     # -- the verdict
 
-    def verify(self) -> Report:
+    def read_topic(self) -> list[Any]:
+        total = topic_record_count(self.bootstrap, self.topic)
+        records = read_topic(self.bootstrap, self.topic, expected_count=total, timeout=60)
+        if len(records) != total:
+            self.fail(f"read {len(records)} of the topic's {total} records")
+        return records
+
+    def verify(self, records: list[Any]) -> Report:
+        """Check every invariant against the database, the ledgers and the topic's records."""
         report = self.report
         written: dict[str, set[str]] = {"commit": set(), "rollback": set(), "unknown": set()}
         for path in self.ledgers.values():
@@ -587,15 +594,11 @@ class Chaos:
             if status == Status.DEAD
         }
 
-        total = topic_record_count(self.bootstrap, self.topic)
-        records = read_topic(self.bootstrap, self.topic, expected_count=total, timeout=60)
         outbox_ids = Counter(dict(r.headers).get("outbox_id", b"").decode() for r in records)
         record_events = {dict(r.headers).get("event_id", b"").decode() for r in records}
         report.records = len(records)
         report.dup_records = sum(n - 1 for n in outbox_ids.values())
         report.phantom_records = record_events - committed
-        if len(records) != total:
-            self.fail(f"read {len(records)} of the topic's {total} records")
 
         checks = [
             ("lost (committed events without effect)", report.lost),
@@ -658,6 +661,8 @@ def interruptible() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+@pytest.mark.slow
+@pytest.mark.kafka
 def test_chaos(chaos_tables, interruptible, tmp_path, capsys):
     seed = int(os.environ.get("OUTBOX_CHAOS_SEED") or random.randrange(1_000_000))
     budget = env_float("OUTBOX_CHAOS_SECONDS", 120)
@@ -678,7 +683,7 @@ def test_chaos(chaos_tables, interruptible, tmp_path, capsys):
     harness = Chaos(seed, log_dir, bootstrap, port, topic)
     try:
         harness.run(chaos_seconds, drain_seconds, outage, blips)
-        report = harness.verify()
+        report = harness.verify(harness.read_topic())
     finally:
         harness.close()
         try:
@@ -692,3 +697,81 @@ def test_chaos(chaos_tables, interruptible, tmp_path, capsys):
         print(line)
     if report.failures:
         pytest.fail("\n\n".join([*report.failures, line]), pytrace=False)
+
+
+def test_the_plan_is_a_function_of_the_seed():
+    first, again, other = (plan(random.Random(seed), 80, 20, 2) for seed in (7, 7, 8))
+    assert first == again and [a.kind for a in first] == [a.kind for a in again]
+    assert [(a.at, a.target) for a in first] != [(a.at, a.target) for a in other]
+    kinds = Counter(action.kind for action in first)
+    assert kinds["term"] == 2 and kinds["hang"] == 1 and kinds["outage"] == 1
+    assert kinds["blip"] == 2 and kinds["kill"] >= 5
+
+
+def test_the_verdict_names_each_planted_fault(chaos_tables, tmp_path):
+    """The checks of ``Chaos.verify`` on a run with one fault of each kind planted."""
+    harness = Chaos(0, tmp_path, "127.0.0.1:1", 1, "chaos-topic")
+    ids = {name: str(uuid.uuid4()) for name in "ABCDEFGHIJ"}
+
+    def row(name: str, status: str, ledger: bool = True) -> None:
+        event = Event(event_type=EVENT_TYPE, data={}, key="k", event_id=uuid.UUID(ids[name]))
+        message = OutboxMessage.objects.create(
+            event_type=EVENT_TYPE, topic="chaos-topic", message_key="k",
+            payload=event.to_json(), status=status,
+        )  # fmt: skip
+        if ledger:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"INSERT INTO {LEDGER_TABLE} VALUES (%s, %s, 'writer-0', 1)",
+                    [ids[name], message.pk],
+                )
+
+    def effect(name: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {EFFECT_TABLE} (event_id, consumer, pid) VALUES (%s, 'c', 1)",
+                [ids[name]],
+            )
+
+    for name in "ABCI":  # I: rolled back according to its writer
+        row(name, Status.CONSUMED)
+    row("E", Status.PUBLISHED)
+    row("F", Status.DEAD)
+    row("G", Status.CONSUMED, ledger=False)
+    with connection.cursor() as cursor:  # J: a business row alone
+        cursor.execute(f"INSERT INTO {LEDGER_TABLE} VALUES (%s, 0, 'writer-0', 2)", [ids["J"]])
+    for name in "ACCDGI":  # B lost, C twice, D phantom
+        effect(name)
+    harness.ledgers["writer-0"].write_text(
+        json.dumps({"outcome": "commit", "events": [[ids["A"], 1], [ids["H"], 2]]})
+        + "\n"
+        + json.dumps({"outcome": "rollback", "events": [[ids["D"], 3], [ids["I"], 4]]})
+        + '\n{"outcome": "comm'  # a line cut by SIGKILL
+    )
+
+    class Record:
+        def __init__(self, name: str, pk: int):
+            self.headers = [("event_id", ids[name].encode()), ("outbox_id", str(pk).encode())]
+
+    report = harness.verify([Record("A", 1), Record("A", 1), Record("D", 3), Record("B", 2)])
+    harness.close()
+
+    titles = [failure.split(":")[0] for failure in report.failures]
+    assert titles == [
+        "lost (committed events without effect)",
+        "duplicate effects (event",
+        "phantom effects (effects of events not committed)",
+        "phantom records (rolled-back events in Kafka)",
+        "stuck rows (pk",
+        "dead rows (pk",
+        "business rows without outbox row",
+        "outbox rows without business row",
+        "COMMIT returned, business row missing",
+        "rolled back, yet in the database",
+    ], report.failures
+    assert report.lost == {ids["B"], ids["E"], ids["F"], ids["J"]}
+    assert report.dup_effects == {ids["C"]: 2}
+    assert report.phantom == {ids["D"], ids["G"]}
+    assert report.phantom_records == {ids["D"]}
+    assert (report.records, report.dup_records) == (4, 1)
+    assert "lost=4 dup_effects=1 phantom=2 phantom_records=1 stuck=1 dead=1" in report.line()
