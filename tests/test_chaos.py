@@ -82,15 +82,12 @@ MANAGE = REPO_ROOT / "testproject" / "manage.py"
 
 ON_POSTGRESQL = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
 
-pytestmark = [
-    pytest.mark.chaos,
-    pytest.mark.skipif(
-        not ON_POSTGRESQL,
-        reason="the chaos test runs on PostgreSQL only (DATABASE_URL=postgres://...): it "
-        "terminates database backends and relies on concurrent writers",
-    ),
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = pytest.mark.chaos
+on_postgresql = pytest.mark.skipif(
+    not ON_POSTGRESQL,
+    reason="the chaos test runs on PostgreSQL only (DATABASE_URL=postgres://...): it "
+    "terminates database backends and relies on concurrent writers",
+)
 
 RELAYS = ("relay-0", "relay-1")
 CONSUMERS = ("consumer-0", "consumer-1")
@@ -661,6 +658,8 @@ def interruptible() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.kafka
 def test_chaos(chaos_tables, interruptible, tmp_path, capsys):
@@ -708,6 +707,8 @@ def test_the_plan_is_a_function_of_the_seed():
     assert kinds["blip"] == 2 and kinds["kill"] >= 5
 
 
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
 def test_the_verdict_names_each_planted_fault(chaos_tables, tmp_path):
     """The checks of ``Chaos.verify`` on a run with one fault of each kind planted."""
     harness = Chaos(0, tmp_path, "127.0.0.1:1", 1, "chaos-topic")
