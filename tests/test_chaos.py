@@ -477,8 +477,9 @@ class Chaos:
 
     def wait_outage(self) -> None:
         if self.outage is not None:
-            self.outage.join(timeout=120)
-            if self.outage.is_alive():
+            outage = self.outage
+            self.supervise_until(lambda: not outage.is_alive(), self.now() + 120)
+            if outage.is_alive():
                 self.fail("the broker outage thread did not finish within 120s")
             self.outage = None
         if self.outage_error is not None:
@@ -533,8 +534,15 @@ class Chaos:
         )
 
     def _drained(self) -> bool:
-        if any(w.process is None and w.restart_at is not None for w in self.workers.values()):
+        """True when no row waits for delivery or handling, or when none ever will be
+        handled (no relay or no consumer left: they exited unexpectedly)."""
+        workers = self.workers.values()
+        if any(w.process is None and w.restart_at is not None for w in workers):
             return False
+        for kind in ("relay", "consumer"):
+            if not any(w.process is not None for w in workers if w.kind == kind):
+                self.say(f"no {kind} left to drain with")
+                return True
         return not (
             OutboxMessage.objects.filter(event_type=EVENT_TYPE)
             .filter(status__in=(Status.PENDING, Status.PUBLISHED))
