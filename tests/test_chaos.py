@@ -422,10 +422,11 @@ class Chaos:
             if self.restarts and os.environ.get("OUTBOX_CHAOS_RESTART_UNEXPECTED") == "1":
                 worker.restart_at = now + 1.0
 
-    def act(self, action: Action) -> None:
+    def act(self, action: Action) -> bool:
+        """Carry ``action`` out; False when its target was not there to take it."""
         if action.kind == "outage":
             self._start_outage(action.restart_after)
-            return
+            return True
         if action.kind == "blip":
             with connection.cursor() as cursor:
                 cursor.execute(
@@ -435,11 +436,11 @@ class Chaos:
                 )
                 (count,) = cursor.fetchone()
             self.say(f"database blip: {count} backends of the test database terminated")
-            return
+            return True
         worker = self.workers[action.target]
         if not worker.running() or worker.expected is not None:
             self.say(f"{action.kind} {worker.name}: skipped (not running or already stopping)")
-            return
+            return False
         if action.kind == "kill":
             worker.expected = "kill"
             worker.restart_after = action.restart_after
@@ -453,6 +454,7 @@ class Chaos:
             worker.hang_deadline = self.now() + HANG_GRACE
             os.kill(worker.process.pid, signal.SIGUSR1)
             self.say(f"SIGUSR1 {worker.name}: hang inside the next transaction")
+        return True
 
     def _terminate(self, worker: Worker, why: str) -> None:
         worker.expected = why
@@ -505,9 +507,16 @@ class Chaos:
         for worker in self.workers.values():
             worker.start()
         self.say("workers started")
-        for action in actions:
+        while actions:
+            action = actions.pop(0)
             self.supervise_until(lambda: False, action.at)
-            self.act(action)
+            if not self.act(action) and action.kind in ("term", "hang"):
+                # The one SIGTERM or writer kill must happen: again once the target is back.
+                later = self.now() + 0.5
+                if later < chaos:
+                    actions = sorted(
+                        [*actions, Action(later, action.kind, action.target, action.restart_after)]
+                    )
         self.supervise_until(lambda: False, chaos)
 
         writers = [self.workers[name] for name in WRITERS]
