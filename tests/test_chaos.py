@@ -271,6 +271,7 @@ class Report:
     dead: dict[int, str] = field(default_factory=dict)
     records: int = 0
     dup_records: int = 0
+    drain: float = 0.0  # seconds from the writers' stop to no row waiting
     unexpected_exits: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -283,7 +284,8 @@ class Report:
             f"dup_effects={len(self.dup_effects)} phantom={len(self.phantom)} "
             f"phantom_records={len(self.phantom_records)} stuck={len(self.stuck)} "
             f"dead={len(self.dead)} dup_records={self.dup_records} ({rate:.1f}%) "
-            f"unexpected_exits={len(self.unexpected_exits)} failures={len(self.failures)}"
+            f"unexpected_exits={len(self.unexpected_exits)} failures={len(self.failures)} "
+            f"drain={self.drain:.0f}s"
         )
 
 
@@ -527,8 +529,12 @@ class Chaos:
         self.wait_outage()
         self.say("writers stopped; draining")
 
-        drained_at = self.supervise_until(self._drained, self.now() + drain, step=1.0)
-        self.say("drained" if drained_at else f"not drained after {drain:.0f}s")
+        started = self.now()
+        drained = self.supervise_until(self._drained, started + drain, step=1.0)
+        self.report.drain = self.now() - started
+        self.say(
+            f"drained in {self.report.drain:.1f}s" if drained else f"not drained in {drain:.0f}s"
+        )
         gaps = ", ".join(f"{kind} {gap:.1f}s" for kind, gap in sorted(self.longest_gap.items()))
         self.say(f"longest time with none alive: {gaps or 'never'}")
         self.restarts = False
