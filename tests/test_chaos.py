@@ -36,12 +36,14 @@ Run: DATABASE_URL=postgres://... .venv/bin/python -m pytest -m chaos -s
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -666,6 +668,19 @@ def chaos_tables() -> Iterator[None]:
 
 
 @pytest.fixture
+def chaos_port() -> Iterator[int]:
+    """The private broker's port, held by one chaos run at a time on this host (two runs
+    would stop each other's broker)."""
+    port = int(env_float("OUTBOX_CHAOS_KAFKA_PORT", 19392))
+    with open(Path(tempfile.gettempdir(), f"django-outbox-kafka-{port}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield port
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture
 def interruptible() -> Iterator[None]:
     """SIGTERM/SIGHUP to pytest (a CI timeout) unwind the test instead of killing it, so
     the teardown still kills the workers and stops the broker."""
@@ -685,14 +700,14 @@ def interruptible() -> Iterator[None]:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.kafka
-def test_chaos(chaos_tables, interruptible, tmp_path, capsys):
+def test_chaos(chaos_tables, chaos_port, interruptible, tmp_path, capsys):
     seed = int(os.environ.get("OUTBOX_CHAOS_SEED") or random.randrange(1_000_000))
     budget = env_float("OUTBOX_CHAOS_SECONDS", 120)
     chaos_seconds = budget * 2 / 3
     drain_seconds = budget - chaos_seconds
     outage = min(env_float("OUTBOX_CHAOS_OUTAGE", 20), chaos_seconds / 3)
     blips = int(env_float("OUTBOX_CHAOS_DB_BLIPS", 2))
-    port = int(env_float("OUTBOX_CHAOS_KAFKA_PORT", 19392))
+    port = chaos_port
     log_dir = Path(os.environ.get("OUTBOX_CHAOS_LOG_DIR") or tmp_path)
     log_dir = log_dir / f"chaos-{seed}-{os.getpid()}"
     log_dir.mkdir(parents=True)
