@@ -30,6 +30,11 @@ Environment:
     OUTBOX_CHAOS_RESTART_UNEXPECTED=1  also restart workers that exited unexpectedly (they
                                 still fail the test; the other invariants get measured)
 
+Clean-up, as a CI background job too: workers get stdin from /dev/null and a process group
+each, and every group is SIGKILLed at the end whatever happened; the kernel SIGKILLs them
+if the pytest process dies (PR_SET_PDEATHSIG); SIGTERM/SIGHUP to pytest unwind the test, so
+the broker is stopped too. One chaos run at a time per broker port (a lock file).
+
 Run: DATABASE_URL=postgres://... .venv/bin/python -m pytest -m chaos -s
 """
 
