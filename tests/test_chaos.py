@@ -264,6 +264,23 @@ class _Interrupted(BaseException):
 # ----------------------------------------------------------------------------- the run
 
 
+def order_inversions(records: list[Any]) -> int:
+    """First copies of records that reached their partition after a later row of the same
+    key (a writer's keys are its own and it commits in order, so id order is key order)."""
+    highest: dict[Any, int] = {}
+    seen: set[int] = set()
+    inversions = 0
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        pk = int(dict(record.headers).get("outbox_id", b"0") or 0)
+        if pk in seen:
+            continue
+        seen.add(pk)
+        if pk < highest.get(record.key, 0):
+            inversions += 1
+        highest[record.key] = max(highest.get(record.key, 0), pk)
+    return inversions
+
+
 @dataclass
 class Report:
     seed: int
@@ -279,6 +296,7 @@ class Report:
     records: int = 0
     dup_records: int = 0
     drain: float = 0.0  # seconds from the writers' stop to no row waiting
+    order_inversions: int = 0  # reported, not asserted (retries may reorder a key)
     unexpected_exits: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -292,7 +310,7 @@ class Report:
             f"phantom_records={len(self.phantom_records)} stuck={len(self.stuck)} "
             f"dead={len(self.dead)} dup_records={self.dup_records} ({rate:.1f}%) "
             f"unexpected_exits={len(self.unexpected_exits)} failures={len(self.failures)} "
-            f"drain={self.drain:.0f}s"
+            f"drain={self.drain:.0f}s order_inversions={self.order_inversions}"
         )
 
 
@@ -626,6 +644,7 @@ class Chaos:
         report.records = len(records)
         report.dup_records = sum(n - 1 for n in outbox_ids.values())
         report.phantom_records = record_events - committed
+        report.order_inversions = order_inversions(records)
 
         checks = [
             ("lost (committed events without effect)", report.lost),
@@ -794,10 +813,12 @@ def test_the_verdict_names_each_planted_fault(chaos_tables, tmp_path):
     )
 
     class Record:
-        def __init__(self, name: str, pk: int):
+        def __init__(self, name: str, pk: int, offset: int):
             self.headers = [("event_id", ids[name].encode()), ("outbox_id", str(pk).encode())]
+            self.key, self.partition, self.offset = b"k", 0, offset
 
-    report = harness.verify([Record("A", 1), Record("A", 1), Record("D", 3), Record("B", 2)])
+    records = [Record("A", 1, 0), Record("D", 3, 1), Record("A", 1, 2), Record("B", 2, 3)]
+    report = harness.verify(records)  # B (row 2) after D (row 3): one inversion
     harness.close()
 
     titles = [failure.split(":")[0] for failure in report.failures]
@@ -817,5 +838,5 @@ def test_the_verdict_names_each_planted_fault(chaos_tables, tmp_path):
     assert report.dup_effects == {ids["C"]: 2}
     assert report.phantom == {ids["D"], ids["G"]}
     assert report.phantom_records == {ids["D"]}
-    assert (report.records, report.dup_records) == (4, 1)
+    assert (report.records, report.dup_records, report.order_inversions) == (4, 1, 1)
     assert "lost=4 dup_effects=1 phantom=2 phantom_records=1 stuck=1 dead=1" in report.line()
