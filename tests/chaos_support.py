@@ -7,7 +7,7 @@ Usage (the test starts these; each is also runnable by hand against a database):
 
 Environment: DJANGO_SETTINGS_MODULE (tests.relay_subprocess_settings), DATABASE_URL (the
 test database), KAFKA_BOOTSTRAP_SERVERS (the chaos broker), and for writers
-OUTBOX_CHAOS_FAST_PATH ("thread", "sync" or "off"; default "thread", the library's default).
+OUTBOX_CHAOS_WAKE ("on", the default, or "off": whether commits wake the relays).
 
 **writer** publishes events of ``EVENT_TYPE`` with ``publish_event()`` inside
 ``transaction.atomic()``, each together with a business row in ``LEDGER_TABLE`` (same
@@ -113,10 +113,7 @@ def writer(name: str, seed: int, rate: float, topic: str, ledger_path: str, mark
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, on_usr1)
     rng = random.Random(seed)
-    mode = os.environ.get("OUTBOX_CHAOS_FAST_PATH", "thread")
-    fast_path = {"OUTBOX_FAST_PATH": mode != "off"}
-    if mode != "off":
-        fast_path["OUTBOX_FAST_PATH_MODE"] = mode
+    wake = {"OUTBOX_WAKE_RELAY": os.environ.get("OUTBOX_CHAOS_WAKE", "on") != "off"}
     ledger = open(ledger_path, "a", buffering=1)
 
     def record(outcome: str, events: list[tuple[str, int]]) -> None:
@@ -151,7 +148,7 @@ def writer(name: str, seed: int, rate: float, topic: str, ledger_path: str, mark
 
     tx = 0
     mean_events = 1.75  # of the choice below
-    with override_settings(**fast_path):
+    with override_settings(**wake):
         while not stop:
             tx += 1
             count = rng.choice((1, 1, 2, 3))

@@ -12,7 +12,6 @@ import os
 from testproject import settings as demo_settings
 from tests.settings import *  # noqa: F403
 
-OUTBOX_WAKE_RELAY = False
 OUTBOX_KAFKA_PRODUCER = json.loads(os.environ.get("OUTBOX_TEST_PRODUCER", "{}"))
 OUTBOX_LEASE_SECONDS = float(os.environ.get("OUTBOX_TEST_LEASE", "60"))
 LOGGING = demo_settings.LOGGING  # the demo's INFO logging to stderr

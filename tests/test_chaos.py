@@ -23,7 +23,7 @@ Environment:
     OUTBOX_CHAOS_OUTAGE         seconds the broker stays stopped (default 20)
     OUTBOX_CHAOS_RATE           events per second per writer (default 15)
     OUTBOX_CHAOS_DB_BLIPS       database blips (default 2)
-    OUTBOX_CHAOS_FAST_PATH      the writers' fast path: thread (default), sync or off
+    OUTBOX_CHAOS_WAKE           on (default) or off: whether the writers' commits wake the relays
     OUTBOX_CHAOS_PRODUCER       JSON of kafka-python producer options for relays and writers
     OUTBOX_CHAOS_KAFKA_PORT     the private broker's port (default 19392; controller +1)
     OUTBOX_CHAOS_LOG_DIR        where worker logs and the timeline go (default: tmp_path)
