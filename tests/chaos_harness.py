@@ -279,6 +279,9 @@ class Chaos:
                 "PYTHONPATH": str(REPO_ROOT),
                 "PYTHONUNBUFFERED": "1",
                 "OUTBOX_TEST_LEASE": "5",
+                # the group that owns the outbox rows (marks them consumed); another
+                # group would run its handlers through its inbox and leave them published
+                "OUTBOX_CONSUMER_GROUP": group,
                 "OUTBOX_TEST_PRODUCER": os.environ.get("OUTBOX_CHAOS_PRODUCER", "{}"),
             }
         )
