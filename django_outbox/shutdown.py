@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+T = TypeVar("T")
 
 
 class Shutdown:
@@ -63,6 +65,41 @@ class Shutdown:
         self._also.append(event)
         if self._event.is_set():
             event.set()
+
+    def run(self, target: Callable[[], T], *, name: str = "django-outbox-worker") -> T:
+        """Run ``target`` in a worker thread while this (main) thread waits for signals.
+
+        The kernel may deliver a signal to any thread of the process, and Python runs
+        the handler in the main thread only once that thread runs Python code again.
+        A main thread blocked in the Kafka client (a connection that never answers, a
+        long poll) would hold a SIGTERM for as long as it blocks. So the work runs in
+        a daemon thread and the main thread waits in short slices: a first signal sets
+        the flag within a fraction of a second (the work finishes what it holds and
+        returns), a second one raises ``SystemExit`` here at once (the daemon thread
+        ends with the process). An exception of ``target`` is raised here.
+        """
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = target()
+            except BaseException as exc:  # re-raised in the main thread
+                outcome["error"] = exc
+            finally:
+                from django.db import connections
+
+                connections.close_all()
+
+        thread = threading.Thread(target=work, name=name, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(self.SLICE)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome.get("result")  # type: ignore[return-value]
+
+    #: Seconds between two looks at pending signals while ``run`` waits.
+    SLICE = 0.1
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

@@ -82,11 +82,12 @@ class Command(BaseCommand):
                 batch_size=options["batch_size"],
                 poll_timeout=options["poll_timeout"],
                 progress_interval=options["progress_interval"],
-                install_signal_handlers=True,
             )
         except ImproperlyConfiguredOutbox as exc:
             raise CommandError(str(exc)) from exc
-        consumer.run()
+        # Handlers in this (main) thread, the work in another: see Shutdown.run.
+        with consumer.shutdown:
+            consumer.shutdown.run(consumer.run, name="outbox-consume")
 
     def _prune(self, days: float) -> None:
         if days < 0:

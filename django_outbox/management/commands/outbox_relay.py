@@ -93,8 +93,9 @@ class Command(BaseCommand):
             shutdown=shutdown,
             progress_interval=options["progress_interval"],
         )
+        # Handlers in this (main) thread, the work in another: see Shutdown.run.
         with command_logging(self.stdout, options["verbosity"]), shutdown:
-            relay.run()
+            shutdown.run(relay.run, name="outbox-relay")
         if relay.errors and options["burst"]:
             raise CommandError(
                 f"{relay.errors} database error(s) during the burst; see the log above"
