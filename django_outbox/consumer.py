@@ -101,6 +101,7 @@ class Consumer:
         handlers: HandlerRegistry = registry,
         shutdown: Shutdown | None = None,
         install_signal_handlers: bool = False,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.topics = list(topics) if topics else subscribed_topics(handlers)
         if not self.topics:
@@ -129,6 +130,8 @@ class Consumer:
         self.handling = Handling(self.group, handlers=handlers)
         self.shutdown = shutdown or Shutdown()
         self.install_signal_handlers = install_signal_handlers
+        #: Called once per loop turn (``--health-file``; see health.py).
+        self.heartbeat = heartbeat
         self.stats = ConsumerStats()
         self._client: Any = None
         self._uncommitted: dict[Any, int] = {}
@@ -171,6 +174,8 @@ class Consumer:
         unassigned_since = last_refresh = time.monotonic()
         idle = True
         while not self.shutdown.requested:
+            if self.heartbeat is not None:
+                self.heartbeat()
             self._recycle_connections(idle)
             if not self._client.assignment() and time.monotonic() - last_refresh > 5:
                 # Nothing assigned yet: new metadata (a topic created since) makes the

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,7 @@ class Relay:
         shutdown: Shutdown | None = None,
         progress_interval: float = 10.0,
         producer_options: dict[str, Any] | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.databases = list(databases or outbox_settings.databases)
         unknown = [alias for alias in self.databases if alias not in connections]
@@ -93,6 +94,8 @@ class Relay:
         self.shutdown = shutdown or Shutdown()
         self.progress_interval = progress_interval
         self.producer_options = producer_options or {}
+        #: Called once per loop turn (``--health-file``; see health.py).
+        self.heartbeat = heartbeat
         self._producer: Any = None
         #: After a fatal producer error: rebuild once nothing is in flight.
         self._producer_stale = False
@@ -129,6 +132,8 @@ class Relay:
         try:
             checked_at = 0.0
             while not self.shutdown.requested:
+                if self.heartbeat is not None:
+                    self.heartbeat()
                 # Drop broken or expired connections. With CONN_MAX_AGE=0 this means a
                 # new connection each time: at most once a second while busy.
                 if time.monotonic() - checked_at >= 1.0:

@@ -129,7 +129,7 @@ def test_nothing_due_passes_any_threshold():
 def test_unknown_alias_and_bad_numbers():
     with pytest.raises(CommandError, match="unknown database alias"):
         status("--database", "nope")
-    with pytest.raises(CommandError, match="must be 0 or more"):
+    with pytest.raises(CommandError, match="must be non-negative"):
         status("--fail-if-dead", "-1")
     with pytest.raises(CommandError, match="is not a number"):
         status("--fail-if-oldest", "soon")

@@ -6,10 +6,9 @@ import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
 from django.utils import timezone
 
-from django_outbox.conf import outbox_settings
+from django_outbox.management.worker import add_database_argument, database_aliases
 from django_outbox.models import OutboxMessage, Status
 
 
@@ -24,13 +23,7 @@ class Command(BaseCommand):
             "--days", type=float, required=True, help="Keep rows changed within this many days."
         )
         parser.add_argument("--dead", action="store_true", help="Delete old dead rows too.")
-        parser.add_argument(
-            "--database",
-            action="append",
-            dest="databases",
-            metavar="ALIAS",
-            help="Database alias (repeatable; default OUTBOX_DATABASES).",
-        )
+        add_database_argument(parser)
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would go; delete nothing."
         )
@@ -39,10 +32,7 @@ class Command(BaseCommand):
         days: float = options["days"]
         if days < 0:
             raise CommandError("--days must not be negative")
-        aliases = options["databases"] or outbox_settings.databases
-        unknown = [alias for alias in aliases if alias not in connections]
-        if unknown:
-            raise CommandError(f"unknown database alias(es) {unknown}; see settings.DATABASES")
+        aliases = database_aliases(options)
         statuses: tuple[str, ...] = (
             (Status.CONSUMED, Status.DEAD) if options["dead"] else (Status.CONSUMED,)
         )

@@ -6,10 +6,13 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
 
-from django_outbox.conf import outbox_settings
-from django_outbox.management.worker import non_negative_float, non_negative_int
+from django_outbox.management.worker import (
+    add_database_argument,
+    database_aliases,
+    non_negative_float,
+    non_negative_int,
+)
 from django_outbox.status import database_status, problems, render
 
 #: Exit code when a --fail-if-* threshold is crossed (1 stays "the command failed").
@@ -25,13 +28,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--database",
-            action="append",
-            dest="databases",
-            metavar="ALIAS",
-            help="Database alias (repeatable; default OUTBOX_DATABASES).",
-        )
+        add_database_argument(parser)
         parser.add_argument("--by-type", action="store_true", help="Counts per event type too.")
         parser.add_argument("--json", action="store_true", help="One JSON document on stdout.")
         parser.add_argument(
@@ -55,10 +52,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        aliases = options["databases"] or outbox_settings.databases
-        unknown = [alias for alias in aliases if alias not in connections]
-        if unknown:
-            raise CommandError(f"unknown database alias(es) {unknown}; see settings.DATABASES")
+        aliases = database_aliases(options)
         figures = [
             database_status(
                 alias,
