@@ -111,7 +111,7 @@ def command_logging(stdout: OutputWrapper, verbosity: int) -> Iterator[None]:
     level = package.level
     package.setLevel(VERBOSITY_LEVELS.get(verbosity, logging.DEBUG))
     handler = None
-    if not package.handlers and not logging.getLogger().handlers:
+    if not package.handlers:
         handler = logging.StreamHandler(stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         package.addHandler(handler)
