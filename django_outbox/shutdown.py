@@ -43,9 +43,12 @@ class Shutdown:
 
     def request(self, reason: str = "stop requested") -> None:
         """Ask the worker to stop after the work in hand."""
-        if not self._event.is_set():
-            logger.info("%s; finishing the work in hand", reason)
+        first = not self._event.is_set()
+        # Set before logging: a test (or an impatient user) sends the second signal as
+        # soon as this line appears, and its handler may run inside this very call.
         self._event.set()
+        if first:
+            logger.info("%s; finishing the work in hand", reason)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; return early (True) when a stop is requested."""
