@@ -13,7 +13,7 @@ from typing import cast
 
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import F, Min, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.formats import number_format
 from django.utils.functional import cached_property
@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from .models import OutboxMessage, OutboxMessageQuerySet, Status
+from .status import oldest_due
 
 #: Counts above this are shown as "more than 10,000".
 COUNT_CAP = 10_000
@@ -155,10 +156,7 @@ def summary(queryset: OutboxMessageQuerySet, now: datetime.datetime | None = Non
     """Capped counts per state and the oldest due row, from index range scans only.
 
     Every count reads at most ``COUNT_CAP + 1`` entries of the index
-    ``(status, next_retry_at, biz_type)``. The oldest due row is the earlier of the
-    first entry of that index among retried rows and the never-tried row
-    (``next_retry_at`` NULL) with the lowest id, whose cost grows with the backlog
-    of never-tried rows, not with the table.
+    ``(status, next_retry_at, biz_type)``; the oldest due row is ``status.oldest_due``.
     """
     now = now or timezone.now()
     result = Summary(total_estimate=table_estimate(queryset.db))
@@ -167,26 +165,7 @@ def summary(queryset: OutboxMessageQuerySet, now: datetime.datetime | None = Non
         result.counts.append(
             StateCount(str(label), state, min(counted, COUNT_CAP), counted <= COUNT_CAP, css)
         )
-    # Both queries exclude NULL times; the stubs cannot tell.
-    candidates: list[tuple[datetime.datetime | None, int]] = []
-    retried = (
-        queryset.filter(status=Status.PENDING, next_retry_at__lte=now)
-        .order_by("next_retry_at")
-        .values_list("next_retry_at", "pk")
-        .first()
-    )
-    if retried is not None:
-        candidates.append(retried)
-    # Never-tried rows: the lowest id is the oldest. "+ 0" keeps PostgreSQL from
-    # walking the primary key from its start, through the old consumed rows, and
-    # makes both databases read just this range of the status index.
-    fresh_id = queryset.filter(status=Status.PENDING, next_retry_at__isnull=True).aggregate(
-        oldest=Min(F("pk") + 0)
-    )["oldest"]
-    if fresh_id is not None:
-        created = queryset.filter(pk=fresh_id).values_list("created_at", flat=True).first()
-        if created is not None:
-            candidates.append((created, fresh_id))
-    if candidates:
-        result.oldest_due_since, result.oldest_due_id = min(candidates)
+    found = oldest_due(queryset, now)
+    if found is not None:
+        result.oldest_due_since, result.oldest_due_id = found
     return result

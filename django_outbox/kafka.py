@@ -589,3 +589,51 @@ def read_error_at(tp: TopicPartition, offset: int, timeout: float = 5.0) -> Base
         return None
     finally:
         probe.close(autocommit=False, timeout_ms=1000)
+
+
+# --- topic administration (outbox_topics) ----------------------------------------------
+# Used by manage.py outbox_topics and outbox_ready only; nothing above depends on it.
+
+
+class TopicInfo(NamedTuple):
+    """A topic as the cluster describes it; ``partitions`` is 0 when it does not exist."""
+
+    name: str
+    partitions: int
+    replication: int
+
+    @property
+    def exists(self) -> bool:
+        return self.partitions > 0
+
+
+def admin_client(timeout: float = 10.0) -> KafkaAdminClient:
+    """An admin client that gives up after ``timeout`` seconds when no broker answers."""
+    millis = int(timeout * 1000)
+    return build_admin(bootstrap_timeout_ms=millis, request_timeout_ms=millis)
+
+
+def describe_topics(admin: KafkaAdminClient, names: Sequence[str]) -> list[TopicInfo]:
+    """Partition count and replication factor of each of ``names`` (never creates one)."""
+    found = {}
+    for topic in admin.describe_topics(list(names)):
+        partitions = topic.get("partitions") or []
+        if topic.get("error_code") or not partitions:
+            continue
+        replication = min(len(p.get("replica_nodes") or []) for p in partitions)
+        found[topic["name"]] = TopicInfo(topic["name"], len(partitions), replication)
+    return [found.get(name, TopicInfo(name, 0, 0)) for name in names]
+
+
+def create_topics(
+    admin: KafkaAdminClient, names: Sequence[str], partitions: int, replication: int
+) -> None:
+    """Create ``names`` with ``partitions`` and ``replication``; wait until they are usable."""
+    admin.create_topics(
+        [NewTopic(name, partitions, replication) for name in names], wait_for_metadata=True
+    )
+
+
+def cluster_brokers(admin: KafkaAdminClient) -> int:
+    """How many brokers the cluster reports (asks it: a readiness check)."""
+    return len(admin.describe_cluster().get("brokers") or [])

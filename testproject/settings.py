@@ -1,8 +1,13 @@
 """Settings of the demo project, from the environment (django-environ).
 
 DATABASE_URL               default: SQLite file testproject/db.sqlite3
+SQLITE_TIMEOUT             seconds an SQLite writer waits for the lock (default 20)
 KAFKA_BOOTSTRAP_SERVERS    default: 127.0.0.1:19092 (scripts/kafka-local start)
 OUTBOX_DEFAULT_TOPIC       default: outbox.events
+CHAT_TOPIC                 topic of chat.message.created (default chat.messages)
+OUTBOX_CONSUMER_GROUP      default: testproject
+OUTBOX_MAX_RETRY           default: 20 (scripts/demo uses 3, so its failing event dies soon)
+OUTBOX_RETRY_BACKOFF_BASE  seconds before the first retry (default 1)
 DJANGO_DEBUG, DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS
 """
 
@@ -64,6 +69,17 @@ def database(url_var: str, default: str) -> dict:
     if config["ENGINE"] == "django.db.backends.mysql":
         config.setdefault("OPTIONS", {})["charset"] = "utf8mb4"
         config["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+    elif config["ENGINE"] == "django.db.backends.sqlite3":
+        # The web server, the relay and the consumer write one file at once: WAL lets
+        # readers go on beside the writer, the timeout makes writers queue for the
+        # lock, and IMMEDIATE takes it at BEGIN (a read lock upgraded later would fail
+        # at once with "database is locked" instead of waiting).
+        config["OPTIONS"] = {
+            **config.get("OPTIONS", {}),
+            "timeout": env.float("SQLITE_TIMEOUT", default=20.0),
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        }
     return config
 
 
@@ -82,6 +98,8 @@ OUTBOX_KAFKA_BOOTSTRAP_SERVERS = env.list("KAFKA_BOOTSTRAP_SERVERS", default=["1
 OUTBOX_DEFAULT_TOPIC = env.str("OUTBOX_DEFAULT_TOPIC", default="outbox.events")
 OUTBOX_TOPICS = {"chat.message.created": env.str("CHAT_TOPIC", default="chat.messages")}
 OUTBOX_CONSUMER_GROUP = env.str("OUTBOX_CONSUMER_GROUP", default="testproject")
+OUTBOX_MAX_RETRY = env.int("OUTBOX_MAX_RETRY", default=20)
+OUTBOX_RETRY_BACKOFF_BASE = env.float("OUTBOX_RETRY_BACKOFF_BASE", default=1.0)
 
 LOGGING = {
     "version": 1,

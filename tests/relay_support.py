@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gc
 import json
 import logging
@@ -197,24 +198,31 @@ def leaked_sockets_collected() -> Iterator[None]:
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """Read ``process``'s output until a line contains ``marker``; return what was read.
+    """Read ``process``'s output until it contains ``marker``; return what was read.
 
     Used between two signals: two signals that arrive before the process ran its
     Python-level handler are seen as one (or in signal-number order), so a test
     sends the second only once the first was handled.
+
+    Reads the pipe's file descriptor directly: ``readline()`` on the text wrapper
+    would buffer several lines at once, and ``select()`` would then wait for more
+    output while the marker already sat in that buffer. Everything read is
+    returned, so a later ``communicate()`` only sees what came after it.
     """
     assert process.stdout is not None
+    fd = process.stdout.fileno()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     deadline = time.monotonic() + timeout
     seen: list[str] = []
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not selector.select(timeout=max(deadline - time.monotonic(), 0)):
                 break
-            line = process.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if marker in line:
+            seen.append(decoder.decode(chunk))
+            if marker in "".join(seen):
                 return "".join(seen)
     raise AssertionError(f"no {marker!r} in the output within {timeout}s:\n{''.join(seen)}")

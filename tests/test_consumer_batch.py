@@ -281,5 +281,5 @@ def test_a_handler_raising_database_errors_in_a_chunk_fails_alone(
 def test_the_command_checks_the_batch_size():
     from django.core.management import CommandError, call_command
 
-    with pytest.raises(CommandError, match="--batch-size must be at least 1"):
+    with pytest.raises(CommandError, match="--batch-size: must be at least 1"):
         call_command("outbox_consume", "--batch-size", "0", "--topic", "t")

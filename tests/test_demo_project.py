@@ -58,3 +58,13 @@ def test_the_handler_persists_history_once_per_event(client, conversation):
     persist_chat_history(event)  # a repeated delivery
     (history,) = ChatHistory.objects.all()
     assert (history.author, history.text, history.event_id) == ("ana", "hi", event.event_id)
+
+
+def test_a_marked_message_fails_in_the_handler_and_writes_nothing(client, conversation):
+    from testproject.chat.events import FAIL_MARKER, DeliberateFailure
+
+    response = post(client, conversation.pk, {"author": "ana", "text": f"boom {FAIL_MARKER}"})
+    event = OutboxMessage.objects.get(pk=response.json()["outbox_id"]).event
+    with pytest.raises(DeliberateFailure, match="deliberate failure"):
+        persist_chat_history(event)
+    assert not ChatHistory.objects.exists()

@@ -6,10 +6,9 @@ import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
 from django.utils import timezone
 
-from django_outbox.conf import outbox_settings
+from django_outbox.management.worker import add_database_argument, database_aliases
 from django_outbox.models import OutboxMessage, Status
 
 
@@ -30,13 +29,7 @@ class Command(BaseCommand):
             help="Delete old published rows too: events no consumer of this database marks "
             "consumed (handled by another service, or of a type with no handler here).",
         )
-        parser.add_argument(
-            "--database",
-            action="append",
-            dest="databases",
-            metavar="ALIAS",
-            help="Database alias (repeatable; default OUTBOX_DATABASES).",
-        )
+        add_database_argument(parser)
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would go; delete nothing."
         )
@@ -45,10 +38,7 @@ class Command(BaseCommand):
         days: float = options["days"]
         if days < 0:
             raise CommandError("--days must not be negative")
-        aliases = options["databases"] or outbox_settings.databases
-        unknown = [alias for alias in aliases if alias not in connections]
-        if unknown:
-            raise CommandError(f"unknown database alias(es) {unknown}; see settings.DATABASES")
+        aliases = database_aliases(options)
         statuses: tuple[str, ...] = (Status.CONSUMED,)
         if options["dead"]:
             statuses += (Status.DEAD,)

@@ -1,0 +1,61 @@
+"""Liveness of a worker: a file it touches on every turn of its loop.
+
+``outbox_relay --health-file PATH`` and ``outbox_consume --health-file PATH`` pass a
+``HealthFile`` to the worker as its ``heartbeat``. The worker calls it once per loop
+turn: while busy, while idle (every ``--interval`` / poll timeout) and while the
+broker is down (every pause between attempts, at most 30 s). A worker stuck inside
+one turn (a handler that never returns, a hung database call) stops touching it,
+and a probe that checks the file's age restarts it (see docs/operations.rst).
+
+Readiness, whether the database and the broker answer, is a different question:
+``manage.py outbox_ready``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Touch at most this often, seconds: a busy loop turns many times a second.
+MIN_INTERVAL = 1.0
+
+
+class HealthFile:
+    """A callable heartbeat that sets the modification time of ``path`` to now."""
+
+    def __init__(self, path: str | os.PathLike[str], min_interval: float = MIN_INTERVAL) -> None:
+        self.path = Path(path)
+        self.min_interval = min_interval
+        self._touched_at: float | None = None
+        self._failing = False
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self._touched_at is not None and now - self._touched_at < self.min_interval:
+            return
+        try:
+            self.path.touch()
+        except OSError as exc:
+            # The probe will see a stale file and restart us; say why once, keep working.
+            if not self._failing:
+                logger.error("cannot touch the health file %s: %s", self.path, exc)
+            self._failing = True
+            return
+        self._failing = False
+        self._touched_at = now
+
+    def remove(self) -> None:
+        """Remove the file (a stopped worker is not alive)."""
+        self.path.unlink(missing_ok=True)
+
+
+def age(path: str | os.PathLike[str]) -> float | None:
+    """Seconds since ``path`` was last touched, or ``None`` if it does not exist."""
+    try:
+        return max(time.time() - Path(path).stat().st_mtime, 0.0)
+    except FileNotFoundError:
+        return None
