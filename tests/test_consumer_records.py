@@ -164,7 +164,13 @@ records = st.lists(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,  # each example writes to the database
+        HealthCheck.data_too_large,
+    ],
 )
 @given(records=records)
 def test_any_records_end_handled_or_rejected_and_their_offsets_are_committed(records):

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from django.db import connections
 from kafka import KafkaProducer
 
 from django_outbox import kafka, publish_event
@@ -156,6 +157,8 @@ def test_the_consumer_starts_while_the_broker_is_down_and_recovers(
             consumer.run()
         except BaseException as exc:  # the test fails on any
             errors.append(exc)
+        finally:
+            connections.close_all()  # this thread's own connections
 
     try:
         kafka_broker_control.stop()

@@ -5,6 +5,7 @@
 - ``inbox``: once-only for events from elsewhere (the inbox table);
 - ``rejects``: keeping what cannot be handled as a ``RejectedRecord``;
 - ``handling``: the once-only rules applied to a chunk of records;
+- ``broker``: whether the broker answers (outages, a client to replace);
 - ``loop``: the ``Consumer`` behind ``manage.py outbox_consume``.
 """
 

@@ -45,6 +45,7 @@ from ..exceptions import ImproperlyConfiguredOutbox
 from ..inbox import RejectionReason
 from ..registry import HandlerRegistry, registry
 from ..shutdown import Shutdown
+from .broker import BrokerWatch
 from .database import DATABASE_ERRORS, databases_answer, drop_connections
 from .handling import Handling, Outcome, Result
 from .records import Delivery
@@ -153,9 +154,7 @@ class Consumer:
         self._last_progress = (time.monotonic(), 0)
         self._idle = True
         self._positions: dict[Any, int] = {}  # next offset after the last recorded outcome
-        self._trouble_since: float | None = None
-        self._reachable_since: float | None = None
-        self._last_probe = 0.0
+        self._broker = BrokerWatch(broker_probe_interval, client_stall_timeout)
         self._last_refresh = self._unassigned_since = time.monotonic()
 
     def stop(self) -> None:
@@ -196,7 +195,7 @@ class Consumer:
                 failures += 1
                 delay = backoff_delay(failures, 0.5, self.broker_retry_max_delay)
                 if kafka.is_transport_error(exc):
-                    self._broker_trouble(exc, delay)
+                    self._broker.failed(exc, delay)
                 else:
                     logger.exception(
                         "outbox consumer: unexpected error (%s); going on in %.1f s", exc, delay
@@ -240,7 +239,8 @@ class Consumer:
             batch = {}
         deliveries = [Delivery.from_record(r) for records in batch.values() for r in records]
         self._idle = not deliveries
-        if self._watch_broker(time.monotonic(), bool(deliveries)):
+        if self._broker.polled(time.monotonic(), bool(deliveries)):
+            self._replace_client(f"nothing received for {self.client_stall_timeout:.0f} s")
             return False
         try:
             self._consume(deliveries)
@@ -279,57 +279,6 @@ class Consumer:
         missing = kafka.missing_topics(self._client, self.topics)
         if missing:
             logger.warning("outbox consumer: topics %s do not exist (yet)", missing)
-
-    def _broker_trouble(self, exc: BaseException, delay: float) -> None:
-        self._reachable_since = None
-        if self._trouble_since is None:
-            self._trouble_since = time.monotonic()
-        unreachable = kafka.unreachable_brokers() or kafka.bootstrap_servers()
-        logger.warning(
-            "outbox consumer: broker %s unreachable (%s: %s); retrying in %.1f s",
-            ", ".join(unreachable),
-            type(exc).__name__,
-            exc,
-            delay,
-        )
-
-    def _watch_broker(self, now: float, got_records: bool) -> bool:
-        """Notice an outage that ``poll()`` hides; replace a client that does not recover.
-
-        kafka-python reconnects by itself and a poll just comes back empty while the
-        broker is away, so an idle consumer asks the broker's port itself every few
-        seconds. A client that brings nothing for ``client_stall_timeout`` seconds
-        after the broker answers again is replaced (once). True if it was replaced.
-        """
-        if got_records:
-            if self._trouble_since is not None:
-                logger.info("outbox consumer: receiving records again")
-            self._trouble_since = self._reachable_since = None
-            return False
-        if now - self._last_probe < self.broker_probe_interval:
-            return False
-        self._last_probe = now
-        unreachable = kafka.unreachable_brokers()
-        if len(unreachable) == len(kafka.bootstrap_servers()):
-            if self._trouble_since is None:
-                self._trouble_since = now
-                logger.warning(
-                    "outbox consumer: broker %s unreachable; waiting for it",
-                    ", ".join(unreachable),
-                )
-            self._reachable_since = None
-            return False
-        if self._trouble_since is None:
-            return False
-        if self._reachable_since is None:
-            self._reachable_since = now
-            logger.info("outbox consumer: broker reachable again")
-            return False
-        if now - self._reachable_since < self.client_stall_timeout:
-            return False
-        self._trouble_since = self._reachable_since = None
-        self._replace_client(f"nothing received for {self.client_stall_timeout:.0f} s since")
-        return True
 
     def _replace_client(self, why: str) -> None:
         logger.warning("outbox consumer: replacing the Kafka client (%s)", why)
