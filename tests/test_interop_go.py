@@ -41,11 +41,6 @@ EVENT_TYPE = "interop.go.happened"
 SPELLINGS = ["canonical", "upper", "braces", "urn", "hex", "upper-hex", "upper-braces"]
 RESERVED = ["event_id", "event_type", "outbox_id", "outbox_db"]
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
-NEEDS_HEADERLESS = pytest.mark.xfail(
-    strict=False,
-    reason="needs consumer fixes (issue 9 §3): records without the outbox headers, and (§4) "
-    "snappy, franz-go's default codec",
-)
 
 mysql_only = pytest.mark.skipif(
     "connection.vendor != 'mysql'", reason="the Go service's table lives on MySQL/MariaDB"
@@ -370,7 +365,6 @@ def test_headerless_records_from_a_go_producer_are_handled_once(
     assert not RejectedRecord.objects.filter(consumer_group=group).exists()
 
 
-@NEEDS_HEADERLESS
 @mysql_only
 @pytest.mark.django_db(transaction=True)
 def test_a_go_relay_beside_ours_its_records_end_the_rows_consumed(

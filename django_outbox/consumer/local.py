@@ -119,9 +119,12 @@ class LocalRows:
         for index, (event, delivery) in enumerate(zip(events, deliveries, strict=True)):
             spelled = str(event.event_id)
             wanted.setdefault((event.event_type, delivery.topic, spelled), []).append(index)
+            # Every spelling uuid.Parse reads holds one of these (braces and urn:uuid:
+            # wrap the dashed form; the undashed one is the hex).
+            spellings = (spelled, spelled.upper(), event.event_id.hex, event.event_id.hex.upper())
             conditions.append(
                 Q(event_type=event.event_type, topic=delivery.topic)
-                & (Q(payload__contains=spelled) | Q(payload__contains=spelled.upper()))
+                & reduce(or_, (Q(payload__contains=s) for s in spellings))
             )
         found: list[Reference | None] = [None] * len(events)
         condition = reduce(or_, conditions)
