@@ -304,3 +304,13 @@ def test_write_backs_lock_rows_in_id_order(relay_settings, django_assert_max_num
         assert "ORDER BY" in sql and sql.rstrip(")").endswith("FOR UPDATE")
     elif connection.vendor == "mysql":
         assert "ORDER BY" in sql
+
+
+def test_a_burst_names_the_rows_another_relay_still_holds(relay_settings, caplog):
+    make_rows(3, relay_settings.OUTBOX_DEFAULT_TOPIC)
+    claim("default", 2, 300)  # a relay that took two rows and died
+    with caplog.at_level(logging.WARNING, logger="django_outbox"):
+        relay = Relay(burst=True)
+        relay.run()
+    assert relay.delivered == 1
+    assert "2 row(s) on 'default' are leased by another relay" in caplog.text
