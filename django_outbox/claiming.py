@@ -75,6 +75,11 @@ class Failure(NamedTuple):
     #: the fate is unknown (timeout, broker unreachable): the row never dies of it.
     definite: bool = True
 
+    @property
+    def kills(self) -> bool:
+        """Whether this failure makes the row ``dead``."""
+        return self.final or (self.definite and self.row.retry_count + 1 >= self.row.max_retry)
+
 
 def claim(
     alias: str,
@@ -234,8 +239,7 @@ def record_failed(
     groups: dict[tuple[int, bool, str], list[int]] = defaultdict(list)
     for failure in failures:
         attempts = failure.row.retry_count + 1
-        dead = failure.final or (failure.definite and attempts >= failure.row.max_retry)
-        groups[(attempts, dead, clip_error(failure.error))].append(failure.row.id)
+        groups[(attempts, failure.kills, clip_error(failure.error))].append(failure.row.id)
     rows = claim.rows_manager()
     changed = 0
     for (attempts, dead, error), ids in groups.items():

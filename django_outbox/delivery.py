@@ -34,7 +34,7 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from . import kafka
+from . import kafka, signals
 from .claiming import Claim, Failure, record_failed, record_published, release
 
 logger = logging.getLogger(__name__)
@@ -306,10 +306,10 @@ def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> No
 
 def _write(settled: Settled) -> None:
     claim, now = settled.claim, timezone.now()
-    acked = [row.id for row, o in zip(claim.rows, settled.outcomes, strict=True) if o is None]
+    acked = [row for row, o in zip(claim.rows, settled.outcomes, strict=True) if o is None]
     failed = [(row, o) for row, o in zip(claim.rows, settled.outcomes, strict=True) if o]
     if acked:
-        written = record_published(claim, acked, now)
+        written = record_published(claim, [row.id for row in acked], now)
         if written != len(acked):
             logger.info(
                 "outbox: %d of %d acknowledged row(s) on %r were no longer ours "
@@ -318,21 +318,24 @@ def _write(settled: Settled) -> None:
                 len(acked),
                 claim.alias,
             )
+        signals.send(signals.event_published, Sender, alias=claim.alias, rows=acked)
     if not failed:
         return
     failures = [failure_of(row, outcome) for row, outcome in failed]
     if settled.unreachable:
         # Nothing is known and Kafka looks away: no attempt spent, due again shortly.
-        unknown = [f.row.id for f in failures if not f.final and not f.definite]
+        unknown = [f for f in failures if not f.final and not f.definite]
         error = f"not delivered, will retry: {failures[0].error}"
-        release(claim, unknown, now, error=error, delay=UNREACHABLE_DELAY)
+        release(claim, [f.row.id for f in unknown], now, error=error, delay=UNREACHABLE_DELAY)
+        _signal_failures(claim.alias, unknown)
         failures = [f for f in failures if f.final or f.definite]
         if not failures:
             return
     record_failed(claim, failures, now)
-    dead = sum(1 for f in failures if f.final)
+    _signal_failures(claim.alias, failures)
+    dead = sum(1 for f in failures if f.kills)
     logger.warning(
-        "outbox: %d of %d row(s) on %r not delivered (first: #%d %s); %d dead at once, "
+        "outbox: %d of %d row(s) on %r not delivered (first: #%d %s); %d dead, "
         "the others retried with backoff",
         len(failures),
         len(claim.rows),
@@ -341,6 +344,14 @@ def _write(settled: Settled) -> None:
         failures[0].error,
         dead,
     )
+
+
+def _signal_failures(alias: str, failures: list[Failure]) -> None:
+    for signal, kills in ((signals.event_dead, True), (signals.event_failed, False)):
+        chosen = [f for f in failures if f.kills == kills]
+        if chosen:
+            rows, errors = [f.row for f in chosen], [f.error for f in chosen]
+            signals.send(signal, Sender, alias=alias, rows=rows, errors=errors)
 
 
 def _reconnect(alias: str) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from .. import kafka
+from .. import kafka, signals
 from ..backoff import backoff_delay, retry_delay
 from ..conf import outbox_settings
 from ..exceptions import ImproperlyConfiguredOutbox
@@ -51,6 +51,16 @@ from .handling import Handling, Outcome, Result
 from .records import Delivery
 
 logger = logging.getLogger("django_outbox.consumer")
+
+#: The signal each outcome sends, once its chunk committed (django_outbox/signals.py).
+OUTCOME_SIGNALS = {
+    Outcome.HANDLED: signals.event_consumed,
+    Outcome.RETRY: signals.event_failed,
+    Outcome.RETRY_IN_PLACE: signals.event_failed,
+    Outcome.DEAD: signals.event_dead,
+    Outcome.REJECTED: signals.record_rejected,
+    Outcome.FAILED: signals.record_rejected,
+}
 
 #: Database errors in a row, with the database answering, after which a handler's
 #: OperationalError counts as a handler failure (a deadlock retried in vain, a bug).
@@ -369,6 +379,10 @@ class Consumer:
         tp = kafka.TopicPartition(delivery.topic, delivery.partition)
         self._uncommitted[tp] = self._positions[tp] = delivery.offset + 1
         logger.debug("record %s: %s", delivery, result.outcome.value)
+        signal = OUTCOME_SIGNALS.get(result.outcome)
+        if signal is not None:
+            extra = {} if signal is signals.event_consumed else {"error": result.error}
+            signals.send(signal, Consumer, group=self.group, record=delivery, **extra)
 
     def _handle_chunk(self, chunk: list[Delivery]) -> list[Result | None]:
         """``handle_batch``, again while the database fails; all None if stopped meanwhile."""

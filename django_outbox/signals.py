@@ -1,0 +1,64 @@
+"""Signals sent once an outcome is written (``django.dispatch``; cheap when nobody listens).
+
+Relay side, one send per batch and outcome (``sender`` is ``delivery.Sender``), after the
+write-back; ``alias`` is the database, ``rows`` the claimed rows
+(``claiming.ClaimedRow``: ``id``, ``event_type``, ``topic``, ``message_key``,
+``payload``, ``retry_count``, ``max_retry``):
+
+``event_published(alias, rows)``
+    Kafka acknowledged these rows; they are ``published``.
+``event_failed(alias, rows, errors)``
+    Not delivered, to be tried again (``errors``: one text per row). Also sent while
+    Kafka is unreachable, when no attempt is counted.
+``event_dead(alias, rows, errors)``
+    These rows are ``dead``: poison, or out of retries on a definite answer.
+
+A write-back is fenced on the relay's lease: a row whose lease ran out meanwhile is
+still listed (another relay sends it again), so a receiver may see a row twice:
+treat these as at-least-once notifications, keyed by the outbox id.
+
+Consumer side, one send per record (``sender`` is the ``Consumer`` class), after its
+chunk's transaction committed; ``group`` is the consumer group, ``record`` the
+``consumer.records.Delivery`` (topic, partition, offset, key, value, headers):
+
+``event_consumed(group, record)``
+    The handler ran and its effects committed.
+``event_failed(group, record, error)``
+    The handler raised; the event will be delivered again.
+``event_dead(group, record, error)``
+    The handler raised and the row ran out of retries.
+``record_rejected(group, record, error)``
+    A record nobody can handle (malformed, or an inbox event that kept failing): it is
+    stored as a ``RejectedRecord``.
+
+Receivers run in the worker's thread: keep them short, and never raise (an exception
+is logged and ignored: the outcome is written already).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.dispatch import Signal
+
+logger = logging.getLogger(__name__)
+
+event_published = Signal()
+event_failed = Signal()
+event_dead = Signal()
+event_consumed = Signal()
+record_rejected = Signal()
+
+
+def send(signal: Signal, sender: Any, **arguments: Any) -> None:
+    """Send ``signal`` if anyone listens; a receiver's exception is logged, never raised."""
+    if not signal.has_listeners(sender):
+        return
+    for receiver, outcome in signal.send_robust(sender, **arguments):
+        if isinstance(outcome, Exception):
+            logger.error(
+                "outbox: a receiver of a django_outbox signal failed: %r",
+                receiver,
+                exc_info=outcome,
+            )
