@@ -151,6 +151,22 @@ class Worker:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    #: What a worker logs once its signal handlers are in place (a SIGTERM before that
+    #: meets the interpreter's default action: the process ends with -15).
+    READY_MARKERS = ("outbox relay started", "outbox consumer starting")
+
+    def ready(self) -> bool:
+        """Running, and past start-up: its log has its start line."""
+        if not self.running():
+            return False
+        if self.kind == "writer":
+            return True
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        return any(marker in text for marker in self.READY_MARKERS)
+
     def start(self) -> None:
         self.incarnation += 1
         self.expected = None
@@ -406,6 +422,11 @@ class Chaos:
         worker = self.workers[action.target]
         if not worker.running() or worker.expected is not None:
             self.say(f"{action.kind} {worker.name}: skipped (not running or already stopping)")
+            return False
+        if action.kind == "term" and not worker.ready():
+            # A planned SIGTERM is for a worker at work; one still starting (before its
+            # handlers exist) would only test the interpreter's default action.
+            self.say(f"term {worker.name}: waiting for it to finish starting")
             return False
         if action.kind == "kill":
             worker.expected = "kill"
