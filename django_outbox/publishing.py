@@ -105,26 +105,28 @@ def publish_event(
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data of {event_type!r} cannot be serialised to JSON: {exc}") from exc
 
+    wake = outbox_settings.wake_relay
     message = OutboxMessage.objects.using(alias).create_pending(
         event_type=event_type,
         topic=topic,
         message_key=key,
         payload=payload,
         max_retry=max_retry,
-        notify=outbox_settings.wake_relay,
+        notify=wake,
     )
-    if outbox_settings.wake_relay:
+    if wake and connections[alias].vendor != "postgresql":
+        # PostgreSQL's NOTIFY (sent with the row) reaches this process's relays too.
         _wake_relay_at_commit(alias)
     return message
 
 
 def _wake_relay_at_commit(alias: str) -> None:
-    """Once per transaction: wake this process's relays at commit.
+    """Once per transaction: wake this process's relays at commit (MariaDB, SQLite).
 
-    (Relays in other processes hear of it on PostgreSQL from the ``NOTIFY`` that
-    ``create_pending`` sends with the row.) A rollback, of the transaction or of the
-    savepoint that registered the callback, discards it, so the next publish
-    registers it again.
+    (On PostgreSQL every relay, in this process or another, hears of the commit from
+    the ``NOTIFY`` that ``create_pending`` sends with the row.) A rollback, of the
+    transaction or of the savepoint that registered the callback, discards it, so the
+    next publish registers it again.
     """
     connection = connections[alias]
     if connection.in_atomic_block and any(

@@ -22,6 +22,14 @@ def deliveries(monkeypatch):
     return calls
 
 
+def woken() -> list[str]:
+    """The in-process wake-ups one committed transaction makes: one, except on
+    PostgreSQL, where the NOTIFY sent with the row wakes every relay (tests/test_wakeup.py)."""
+    from django.db import connection
+
+    return [] if connection.vendor == "postgresql" else ["woken"]
+
+
 def test_writes_a_pending_row_with_the_envelope(deliveries):
     with transaction.atomic():
         row = publish_event("chat.message.created", {"text": "hi"}, key="conversation-1")
@@ -165,15 +173,15 @@ def test_rolled_back_savepoint_drops_only_its_rows(django_capture_on_commit_call
         also_kept.pk,
     ]
     # one callback for the transaction, registered again after the savepoint's rollback
-    assert deliveries == ["woken"]
+    assert deliveries == woken()
 
 
 def test_one_on_commit_callback_per_transaction(django_capture_on_commit_callbacks, deliveries):
     with django_capture_on_commit_callbacks(execute=True) as callbacks, transaction.atomic():
         for n in range(5):
             publish_event("a.b", {"n": n})
-    assert len(callbacks) == 1
-    assert deliveries == ["woken"]
+    assert len(callbacks) == len(woken())
+    assert deliveries == woken()
 
 
 def test_a_callback_discarded_with_its_savepoint_is_registered_again(
@@ -184,8 +192,8 @@ def test_a_callback_discarded_with_its_savepoint_is_registered_again(
             publish_event("a.b", {"n": 1})
             raise RuntimeError
         publish_event("a.b", {"n": 2})
-    assert len(callbacks) == 1
-    assert deliveries == ["woken"]
+    assert len(callbacks) == len(woken())
+    assert deliveries == woken()
 
 
 def test_wake_relay_off_registers_nothing(settings, django_capture_on_commit_callbacks, deliveries):
@@ -213,7 +221,7 @@ def test_publish_on_another_database_follows_its_transaction(
             row = publish_event("a.b", {"where": "other"}, using="other")
     assert OutboxMessage.objects.using("other").filter(pk=row.pk).exists()
     assert not OutboxMessage.objects.using("default").exists()
-    assert deliveries == ["woken"]
+    assert deliveries == woken()
 
     with pytest.raises(RuntimeError), transaction.atomic(using="other"):
         publish_event("a.b", {"n": 2}, using="other")
@@ -235,8 +243,8 @@ def test_callback_runs_after_a_real_commit_only(deliveries):
     with transaction.atomic():
         publish_event("a.b", {})
         assert deliveries == []
-    assert deliveries == ["woken"]
+    assert deliveries == woken()
     with pytest.raises(RuntimeError), transaction.atomic():
         publish_event("a.b", {})
         raise RuntimeError
-    assert deliveries == ["woken"]
+    assert deliveries == woken()
