@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import NamedTuple
@@ -55,10 +55,6 @@ class Claim:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    def fenced(self, ids: Iterable[int]) -> OutboxMessageQuerySet:
-        """The rows among ``ids`` that this claim still holds."""
-        return self.rows_manager().held(self.lease, ids)
 
     def rows_manager(self) -> OutboxMessageQuerySet:
         return OutboxMessage.objects.using(self.alias).all()

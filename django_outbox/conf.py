@@ -100,13 +100,6 @@ class OutboxSettings:
     def poll_interval(self) -> float:
         return float(self._get("POLL_INTERVAL"))
 
-    def strict_order_for(self, event_type: str) -> bool:
-        """Whether rows of ``event_type`` wait behind earlier unfinished rows of their key."""
-        value = self._get("STRICT_ORDER")
-        if isinstance(value, bool):
-            return value
-        return event_type in set(value or ())
-
     @property
     def strict_order(self) -> bool | frozenset[str]:
         """``True``/``False`` for every type, or the event types held in strict order."""

@@ -56,8 +56,6 @@ __all__ = [
     "build_producer",
     "close_producer",
     "is_poison",
-    "is_retriable",
-    "is_timeout",
     "outbox_headers",
     "await_acks",
     "record_headers",
@@ -407,16 +405,6 @@ POISON_ERRORS: tuple[type[BaseException], ...] = (
 def is_poison(exc: BaseException) -> bool:
     """True when the record itself is at fault (too large, invalid topic)."""
     return isinstance(exc, POISON_ERRORS)
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """True for errors that usually pass by themselves (broker down, leader moved)."""
-    return bool(getattr(exc, "retriable", False))
-
-
-def is_timeout(exc: BaseException) -> bool:
-    """True when Kafka did not answer in time (nothing is known about the record)."""
-    return isinstance(exc, KafkaTimeoutError)
 
 
 def unreachable_brokers(servers: Sequence[str] | None = None, timeout: float = 1.0) -> list[str]:

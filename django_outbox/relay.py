@@ -41,8 +41,6 @@ from .wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Relay", "describe"]
-
 #: Share of the lease the relay may spend waiting for Kafka; the rest is margin
 #: for recording the outcome before another relay may take the rows.
 LEASE_SHARE = 0.75
