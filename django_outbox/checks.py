@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from . import cloudevents
 from .conf import DEFAULTS, RETIRED, outbox_settings
 from .topics import topic_problem
 
@@ -243,6 +244,42 @@ def check_time_zone(**kwargs: Any) -> Messages:
     ]
 
 
+def check_cloudevents(**kwargs: Any) -> Messages:
+    messages: Messages = []
+    enabled = outbox_settings.raw("CLOUDEVENTS")
+    if not isinstance(enabled, bool):
+        messages.append(
+            Error(
+                f"OUTBOX_CLOUDEVENTS is {enabled!r}.",
+                hint="Use True (add the CloudEvents headers to every record) or False.",
+                id="django_outbox.E031",
+            )
+        )
+    source = outbox_settings.raw("CLOUDEVENTS_SOURCE")
+    if source is None:
+        return messages
+    problem = cloudevents.source_problem(source)
+    if problem:
+        messages.append(
+            Error(
+                f"OUTBOX_CLOUDEVENTS_SOURCE {problem}.",
+                hint="Use a URI reference naming your service, e.g. '/billing' or "
+                "'urn:example:billing', or None for '/django-outbox/<database alias>'.",
+                id="django_outbox.E030",
+            )
+        )
+    elif enabled is not True:
+        messages.append(
+            Warning(
+                "OUTBOX_CLOUDEVENTS_SOURCE is set but OUTBOX_CLOUDEVENTS is not True: "
+                "records carry no CloudEvents headers.",
+                hint="Set OUTBOX_CLOUDEVENTS = True, or remove OUTBOX_CLOUDEVENTS_SOURCE.",
+                id="django_outbox.W030",
+            )
+        )
+    return messages
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
@@ -250,4 +287,5 @@ ALL: Sequence[Callable[..., Messages]] = (
     check_numbers,
     check_client_options,
     check_time_zone,
+    check_cloudevents,
 )

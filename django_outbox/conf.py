@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
 #: Settings of earlier versions that do nothing now (check ``django_outbox.W004``).
 RETIRED = {
@@ -36,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF_MAX": 3600.0,  # cap of the exponential backoff, seconds
     "BATCH_SIZE": 500,
     "UNKNOWN_EVENT_POLICY": "skip",  # or "retry" / "dead"
+    "CLOUDEVENTS": False,  # add the CloudEvents binary-mode headers (cloudevents.py)
+    "CLOUDEVENTS_SOURCE": None,  # ce_source; None means "/django-outbox/<database alias>"
 }
 
 
@@ -126,6 +129,27 @@ class OutboxSettings:
     def unknown_event_policy(self) -> str:
         return str(self._get("UNKNOWN_EVENT_POLICY"))
 
+    @property
+    def cloudevents(self) -> bool:
+        """Read once per relayed row: remembered until a setting changes (see ``_remembered``)."""
+        return self._remembered("CLOUDEVENTS") is True
+
+    def _remembered(self, name: str) -> Any:
+        # Reading an unset setting costs ~2 us (LazySettings raises AttributeError
+        # inside), as much as building a record's headers. Django announces every
+        # supported change (override_settings, pytest-django's settings fixture) with
+        # setting_changed, which empties this memo.
+        try:
+            return _memo[name]
+        except KeyError:
+            value = _memo[name] = self._get(name)
+            return value
+
+    @property
+    def cloudevents_source(self) -> str | None:
+        value = self._get("CLOUDEVENTS_SOURCE")
+        return str(value) if value else None
+
     def topic_for(self, event_type: str) -> str | None:
         """The topic an event type goes to: ``OUTBOX_TOPICS``, then ``OUTBOX_DEFAULT_TOPIC``."""
         return self.topics.get(event_type) or self.default_topic
@@ -138,5 +162,14 @@ class OutboxSettings:
         """Whether the project sets ``OUTBOX_<name>`` at all."""
         return hasattr(django_settings, self.prefix + name)
 
+
+_memo: dict[str, Any] = {}
+
+
+def _forget(**kwargs: Any) -> None:
+    _memo.clear()
+
+
+setting_changed.connect(_forget, dispatch_uid="django_outbox.conf.forget")
 
 outbox_settings = OutboxSettings()

@@ -34,7 +34,7 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from . import kafka, signals
+from . import kafka, signals, tracing
 from .claiming import Claim, Failure, record_failed, record_published, release
 
 logger = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ class Sender:
             # No ack at all (a producer that lived through an outage can stay wedged),
             # or a definite error (idempotence state lost, authorization): start afresh.
             self.discard(in_flight.producer)
+        tracing.record_sends(prepared.records, record_outcomes, sending.deadline - sending.timeout)
         return Settled(prepared.claim, outcomes, unreachable)
 
     def _confirm_poison(

@@ -27,6 +27,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from . import cloudevents
 from .conf import outbox_settings
 from .envelope import (
     HEADER_EVENT_ID,
@@ -150,17 +151,24 @@ def record_headers(
 
     ``extra`` are the envelope's own headers; the reserved names always win.
     """
-    event_id = ""
+    event_id = occurred_at = ""
     try:
-        event_id = str(message.event.event_id)
+        event = message.event
+        event_id, occurred_at = str(event.event_id), event.as_dict()["occurred_at"]
     except Exception:  # a malformed payload still gets delivered; the consumer records it
         pass
-    return _headers(event_id, message.event_type, message.pk, alias, extra)
+    return _headers(event_id, message.event_type, message.pk, alias, extra, occurred_at)
 
 
 def _headers(
-    event_id: str, event_type: str, pk: int, alias: str, extra: dict[str, str] | None
+    event_id: str,
+    event_type: str,
+    pk: int,
+    alias: str,
+    extra: dict[str, str] | None,
+    occurred_at: str = "",
 ) -> list[tuple[str, bytes]]:
+    """The one builder of a record's headers (the trace context is among ``extra``)."""
     headers = [
         (name, value.encode())
         for name, value in (extra or {}).items()
@@ -172,7 +180,9 @@ def _headers(
         (HEADER_OUTBOX_ID, str(pk).encode()),
         (HEADER_OUTBOX_DB, alias.encode()),
     ]
-    return headers
+    return cloudevents.binary_headers(
+        headers, event_id=event_id, event_type=event_type, occurred_at=occurred_at, alias=alias
+    )
 
 
 # --------------------------------------------------------------------------- producer side
@@ -190,20 +200,20 @@ class OutboxRecord(NamedTuple):
 def outbox_headers(pk: int, event_type: str, payload: str, alias: str) -> list[tuple[str, bytes]]:
     """``record_headers`` for a row given as plain values (the relay's hot path).
 
-    Reads only ``event_id`` and ``headers`` from the payload: full envelope
+    Reads only ``event_id``, ``occurred_at`` and ``headers`` from the payload: full envelope
     validation is the consumer's job, and a malformed payload is still delivered
     (with an empty event id) so that the consumer can record it.
     """
     head = _envelope_head(payload)
     if head is None:
         head = _envelope_head_parsed(payload)
-    event_id, found = head
+    event_id, occurred_at, found = head
     extra = None
     if isinstance(found, dict) and all(
         isinstance(k, str) and isinstance(v, str) for k, v in found.items()
     ):
         extra = found
-    return _headers(event_id, event_type, pk, alias, extra)
+    return _headers(event_id, event_type, pk, alias, extra, occurred_at)
 
 
 _JSON_STRING = r'"(?:[^"\\]++|\\.)*+"'
@@ -211,7 +221,7 @@ _JSON_STRING = r'"(?:[^"\\]++|\\.)*+"'
 #: last, ``event_id`` a UUID (nothing to unescape).
 _CANONICAL_HEAD = re.compile(
     r'\{"event_id":"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})",'
-    rf'"event_type":{_JSON_STRING},"version":\d+,"occurred_at":{_JSON_STRING},'
+    rf'"event_type":{_JSON_STRING},"version":\d+,"occurred_at":"([^"\\]*+)",'
     rf'"key":{_JSON_STRING},"headers":'
 )
 #: The scanner behind ``json.loads``: reads one value at an index, returns (value, end).
@@ -219,8 +229,8 @@ _scan_json_value: Callable[[str, int], tuple[Any, int]]
 _scan_json_value = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def _envelope_head(payload: str) -> tuple[str, Any] | None:
-    """``(event_id, headers)`` of a canonical envelope, without parsing the rest.
+def _envelope_head(payload: str) -> tuple[str, str, Any] | None:
+    """``(event_id, occurred_at, headers)`` of a canonical envelope, without parsing the rest.
 
     One regular expression finds ``event_id`` and the start of ``headers``; only
     ``headers`` is parsed, ``data`` (nearly all of a payload) is skipped unread.
@@ -239,18 +249,24 @@ def _envelope_head(payload: str) -> tuple[str, Any] | None:
         return None
     if not payload.startswith(',"data":', position):
         return None
-    return head.group(1), headers
+    return head.group(1), head.group(2), headers
 
 
-def _envelope_head_parsed(payload: str) -> tuple[str, Any]:
-    """``(event_id, headers)`` with one ``json.loads``; ``("", None)`` when malformed."""
+def _envelope_head_parsed(payload: str) -> tuple[str, str, Any]:
+    """``(event_id, occurred_at, headers)`` with one ``json.loads``; ``("", "", None)`` when
+    malformed."""
     try:
         document = json.loads(payload)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than json can read
-        return "", None
+        return "", "", None
     if not isinstance(document, dict):
-        return "", None
-    return _canonical_id(document.get("event_id")), document.get("headers")
+        return "", "", None
+    occurred_at = document.get("occurred_at")
+    return (
+        _canonical_id(document.get("event_id")),
+        occurred_at if isinstance(occurred_at, str) else "",
+        document.get("headers"),
+    )
 
 
 def _canonical_id(value: Any) -> str:

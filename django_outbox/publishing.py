@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
-from . import compat, wakeup
+from . import compat, tracing, wakeup
 from .conf import outbox_settings
 from .envelope import RESERVED_HEADERS, Event
 from .exceptions import ImproperlyConfiguredOutbox, InvalidEvent
@@ -98,7 +98,7 @@ def publish_event(
         key=key,
         event_id=event_id,
         version=version,
-        headers=dict(headers),
+        headers=tracing.with_trace_context(dict(headers)),
     )
     try:
         payload = event.to_json()

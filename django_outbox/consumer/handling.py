@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from django.db import connections, transaction
 from django.db.transaction import TransactionManagementError
 
+from .. import tracing
 from ..conf import outbox_settings
 from ..envelope import Event
 from ..exceptions import UnknownEventType
@@ -73,7 +74,8 @@ class HandlerBroke(Exception):
 def _run(handler: Handler, event: Event, alias: str) -> Exception | None:
     """Call the handler; return what it raised, or None when it succeeded."""
     try:
-        handler(event)
+        with tracing.handling(handler, event):
+            handler(event)
     except Exception as exc:
         return exc
     if transaction.get_rollback(using=alias):
@@ -302,7 +304,7 @@ class Handling:
         """
         failure: Exception | None = None
         try:
-            with transaction.atomic(using=alias):
+            with tracing.consuming(event, alias, ok=(Duplicate,)), transaction.atomic(using=alias):
                 if before is not None:
                     before()
                 if ran is not None:
