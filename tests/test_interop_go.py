@@ -338,6 +338,31 @@ def test_relayed_records_read_by_go_are_byte_exact(
     assert rows == {}
 
 
+@mysql_only
+@pytest.mark.django_db(transaction=True)
+def test_trace_context_and_cloudevents_headers_leave_what_go_relies_on(
+    go_peer, outbox_config, kafka_bootstrap, kafka_topic
+):
+    """An active span's traceparent (django_outbox/tracing.py) and the CloudEvents headers
+    (OUTBOX_CLOUDEVENTS) are more headers: the Go reader finds everything it reads as before."""
+    from opentelemetry import trace
+
+    from tests.tracing_support import installed_provider
+
+    outbox_config.OUTBOX_CLOUDEVENTS = True
+    with installed_provider(), trace.get_tracer("tests").start_as_current_span("request"):
+        row = publish_event(EVENT_TYPE, {"n": 1}, key="k", headers={"tenant": "t1"})
+    assert set(row.event.headers) == {"traceparent", "tenant"}
+    Relay(burst=True).run()
+    (record,) = peer(
+        go_peer, "read", "--brokers", kafka_bootstrap, "--topic", kafka_topic, "--count", "1"
+    )
+    headers = {name: base64.b64decode(value).decode() for name, value in record["headers"]}
+    assert headers["traceparent"] == row.event.headers["traceparent"]
+    assert headers["ce_id"] == str(row.event.event_id)
+    assert record["problems"] == []
+
+
 def produce(
     go_peer: Path, bootstrap: str, topic: str, records: list[dict], codec: str = ""
 ) -> dict:
