@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+_CARRIED = frozenset({TRACEPARENT, TRACESTATE})
 #: Names of the instrumentation scope (``otel.scope.name``) and of our own attributes.
 SCOPE = "django_outbox"
 
@@ -133,10 +134,10 @@ def _record_sends(
     now_ns, elapsed = time.time_ns(), time.monotonic() - sent_at
     start_ns = now_ns - int(max(elapsed, 0.0) * 1e9)
     for record, outcome in zip(records, outcomes, strict=True):
-        headers = {name: value for name, value in record.headers}
-        if TRACEPARENT not in headers:
+        carrier = {name: _text(value) for name, value in record.headers if name in _CARRIED}
+        if TRACEPARENT not in carrier:
             continue
-        parent = _parent({name: _text(value) for name, value in headers.items()})
+        parent = _parent(carrier)
         if parent is None:
             continue
         span = otel_tracer.start_span(
@@ -144,18 +145,22 @@ def _record_sends(
             context=parent,
             kind=trace.SpanKind.PRODUCER,
             start_time=start_ns,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.message.key": _text(record.key),
-                "messaging.message.id": _text(headers.get("event_id", b"")),
-                "django_outbox.outbox_id": _text(headers.get("outbox_id", b"")),
-                "django_outbox.database": _text(headers.get("outbox_db", b"")),
-            },
         )
-        if outcome is not None:
-            _failed(span, outcome)
+        if span.is_recording():  # not when the sampler dropped the trace: spare the rest
+            headers = dict(record.headers)
+            span.set_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": record.topic,
+                    "messaging.kafka.message.key": _text(record.key),
+                    "messaging.message.id": _text(headers.get("event_id", b"")),
+                    "django_outbox.outbox_id": _text(headers.get("outbox_id", b"")),
+                    "django_outbox.database": _text(headers.get("outbox_db", b"")),
+                }
+            )
+            if outcome is not None:
+                _failed(span, outcome)
         span.end(end_time=now_ns)
 
 
