@@ -9,7 +9,7 @@ vectors in ``tests/vectors/`` that the Go peer checks too::
       "version": 1,                                        # schema version of ``data``
       "occurred_at": "2026-11-27T19:00:00.123456Z",        # ISO 8601 with a zone
       "key": "conversation-42",                            # Kafka key, at most 128 characters
-      "headers": {"trace_id": "abc"},                      # str -> str
+      "headers": {"trace_id": "abc"},                      # str -> str (traceparent: tracing.py)
       "data": {"text": "hello"}                            # any JSON value
     }
 
