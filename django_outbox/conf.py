@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_BACKOFF_MAX": 3600.0,  # cap of the exponential backoff, seconds
     "BATCH_SIZE": 500,
     "UNKNOWN_EVENT_POLICY": "skip",  # or "retry" / "dead"
+    "METRICS": False,  # Prometheus metrics in every process (docs/observability.rst)
+    "METRICS_INTERVAL": 15.0,  # seconds between two refreshes of the backlog gauges
+    "ORDERING_KEYS": 1000,  # keys per partition the ordering detector remembers; 0: off
 }
 
 
@@ -125,6 +128,18 @@ class OutboxSettings:
     @property
     def unknown_event_policy(self) -> str:
         return str(self._get("UNKNOWN_EVENT_POLICY"))
+
+    @property
+    def metrics(self) -> bool:
+        return bool(self._get("METRICS"))
+
+    @property
+    def metrics_interval(self) -> float:
+        return float(self._get("METRICS_INTERVAL"))
+
+    @property
+    def ordering_keys(self) -> int:
+        return int(self._get("ORDERING_KEYS"))
 
     def topic_for(self, event_type: str) -> str | None:
         """The topic an event type goes to: ``OUTBOX_TOPICS``, then ``OUTBOX_DEFAULT_TOPIC``."""
