@@ -358,10 +358,10 @@ class MetricsServer:
     def __init__(self, port: int, address: str = "0.0.0.0") -> None:
         if prometheus_client is None:
             raise MetricsUnavailable("--metrics-port")
-        enable()
         self._server, self._thread = prometheus_client.start_http_server(
             port, address, registry=prometheus_client.REGISTRY
         )
+        enable()
         self.port = self._server.server_port
         logger.info("outbox metrics: serving http://%s:%d/metrics", address, self.port)
 
