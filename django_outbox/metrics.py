@@ -59,8 +59,8 @@ _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}(?=:|$)")
 class MetricsUnavailable(ImproperlyConfiguredOutbox):
     """Metrics were asked for, and prometheus-client is not installed."""
 
-    def __init__(self, what: str = "Prometheus metrics") -> None:
-        super().__init__(f"{what} need prometheus-client: {INSTALL}")
+    def __init__(self, what: str = "Prometheus metrics need") -> None:
+        super().__init__(f"{what} prometheus-client: {INSTALL}")
 
 
 class _Metrics:
@@ -357,7 +357,7 @@ class MetricsServer:
 
     def __init__(self, port: int, address: str = "0.0.0.0") -> None:
         if prometheus_client is None:
-            raise MetricsUnavailable("--metrics-port")
+            raise MetricsUnavailable("--metrics-port needs")
         self._server, self._thread = prometheus_client.start_http_server(
             port, address, registry=prometheus_client.REGISTRY
         )

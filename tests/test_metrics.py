@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import time
 
 import pytest
@@ -201,7 +202,7 @@ def test_without_prometheus_client(monkeypatch, client, settings):
     response = client.get("/outbox/metrics")
     assert response.status_code == 503
     assert b"prometheus-client" in response.content
-    with pytest.raises(CommandError, match=r"--metrics-port need prometheus-client: pip install"):
+    with pytest.raises(CommandError, match=r"--metrics-port needs prometheus-client: pip install"):
         call_command("outbox_relay", "--burst", "--metrics-port", "9999")
     settings.OUTBOX_METRICS = True
     assert [m.id for m in checks.check_metrics()] == ["django_outbox.W020"]
@@ -257,3 +258,45 @@ def test_a_port_in_use_is_a_clear_error():
 def test_the_port_must_be_a_port():
     with pytest.raises(CommandError, match=r"a port number, 1 to 65535"):
         call_command("outbox_relay", "--burst", "--metrics-port", "70000")
+
+
+MULTIPROCESS_WORKER = """
+import django, os, sys
+sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "testproject")]
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+django.setup()
+from django_outbox import metrics, signals
+from django_outbox.claiming import ClaimedRow
+from django_outbox.delivery import Sender
+metrics.enable()
+rows = [ClaimedRow(i, "t", "t", "k", "{}", 0, 20, None) for i in range(3)]
+signals.send(signals.event_published, Sender, alias="default", rows=rows)
+metrics._on.backlog.labels("default", "ready").set(int(sys.argv[1]))
+"""
+
+
+def test_the_view_adds_up_every_process_in_multiprocess_mode(client, tmp_path, monkeypatch):
+    """What gunicorn's workers (and workers sharing PROMETHEUS_MULTIPROC_DIR) do."""
+    import subprocess
+    import sys
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .relay_support import REPO_ROOT
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for ready in ("5", "9"):  # two processes, one after the other
+        subprocess.run(
+            [sys.executable, "-c", MULTIPROCESS_WORKER, ready], env=env, cwd=REPO_ROOT, check=True
+        )
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    response = client.get("/outbox/metrics")
+    assert response.status_code == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
+    assert samples[("django_outbox_published_total", ())] == 6
+    ready = ("django_outbox_backlog_rows", (("database", "default"), ("state", "ready")))
+    assert samples[ready] == 9  # the most recent value

@@ -80,8 +80,10 @@ def test_a_relay_serves_its_counts_over_http(relay_settings, kafka_bootstrap):
     )  # fmt: skip
     try:
         wait_for(
-            lambda: OutboxMessage.objects.published().count() == 25
-            and OutboxMessage.objects.dead().count() == 1,
+            lambda: (
+                OutboxMessage.objects.published().count() == 25
+                and OutboxMessage.objects.dead().count() == 1
+            ),
             90,
             "the relay to deliver the rows",
         )
@@ -123,8 +125,10 @@ def test_a_consumer_serves_its_counts_over_http(settings, kafka_bootstrap, kafka
     try:
         samples = scrape_when(
             port,
-            lambda s: get(s, "django_outbox_consumed_total") >= 7
-            and get(s, "django_outbox_rejected_total", reason="missing_headers") >= 1,
+            lambda s: (
+                get(s, "django_outbox_consumed_total") >= 7
+                and get(s, "django_outbox_rejected_total", reason="missing_headers") >= 1
+            ),
             90,
             "the consumer to handle the records",
         )
