@@ -382,14 +382,18 @@ class MetricsServer:
         self._server, self._thread = prometheus_client.start_http_server(
             port, address, registry=prometheus_client.REGISTRY
         )
-        enable()
         self.port = self._server.server_port
         logger.info("outbox metrics: serving http://%s:%d/metrics", address, self.port)
+        self._turned_on = not enabled()
+        enable()
 
     def close(self) -> None:
+        """Stop serving; metrics go off again if this server turned them on."""
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        if self._turned_on:
+            disable()
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

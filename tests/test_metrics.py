@@ -300,3 +300,24 @@ def test_the_view_adds_up_every_process_in_multiprocess_mode(client, tmp_path, m
     assert samples[("django_outbox_published_total", ())] == 6
     ready = ("django_outbox_backlog_rows", (("database", "default"), ("state", "ready")))
     assert samples[ready] == 9  # the most recent value
+
+
+@pytest.mark.kafka
+@pytest.mark.django_db(transaction=True)
+def test_a_command_turns_metrics_off_again_at_exit(relay_settings):
+    from .relay_support import closed_port
+
+    call_command(
+        "outbox_relay", "--burst", "--metrics-port", str(closed_port()),
+        "--metrics-address", "127.0.0.1",
+    )  # fmt: skip
+    assert not metrics.enabled()
+    metrics.enable()  # on already (OUTBOX_METRICS): it stays on
+    try:
+        call_command(
+            "outbox_relay", "--burst", "--metrics-port", str(closed_port()),
+            "--metrics-address", "127.0.0.1",
+        )  # fmt: skip
+        assert metrics.enabled()
+    finally:
+        metrics.disable()

@@ -113,7 +113,7 @@ class WorkerCommand(BaseCommand):
         shutdown = Shutdown()
         try:
             with command_logging(self.stdout, options["verbosity"]), shutdown:
-                with self.metrics(options):
+                with self.serving_metrics(options):
                     if heartbeat is not None:
                         heartbeat()
                     self.work(shutdown, heartbeat, **options)
@@ -122,7 +122,7 @@ class WorkerCommand(BaseCommand):
                 heartbeat.remove()
 
     @contextmanager
-    def metrics(self, options: dict[str, Any]) -> Iterator[None]:
+    def serving_metrics(self, options: dict[str, Any]) -> Iterator[None]:
         """The metrics server (``--metrics-port``) and backlog refresher of the run."""
         server = refresher = None
         port = options.get("metrics_port")
