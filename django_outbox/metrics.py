@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 
 from . import signals
 from .conf import outbox_settings
@@ -150,6 +151,10 @@ def enabled() -> bool:
     return _on is not None
 
 
+def _uid(receiver: Any) -> str:
+    return f"django_outbox.metrics.{receiver.__name__}"
+
+
 def enable() -> None:
     """Turn metrics on in this process (idempotent); ``MetricsUnavailable`` without the package."""
     global _created, _on
@@ -159,7 +164,7 @@ def enable() -> None:
         if _created is None:
             _created = _Metrics()
         for signal, receiver in RECEIVERS:
-            signal.connect(receiver, weak=False, dispatch_uid=f"django_outbox.metrics.{signal}")
+            signal.connect(receiver, weak=False, dispatch_uid=_uid(receiver))
         _on = _created
 
 
@@ -173,8 +178,8 @@ def disable() -> None:
     """Turn metrics off again: the receivers are disconnected, values are kept."""
     global _on
     with _lock:
-        for signal, _receiver in RECEIVERS:
-            signal.disconnect(dispatch_uid=f"django_outbox.metrics.{signal}")
+        for signal, receiver in RECEIVERS:
+            signal.disconnect(dispatch_uid=_uid(receiver))
         _on = None
 
 
@@ -396,6 +401,7 @@ class MetricsServer:
             disable()
 
 
+@never_cache
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """``/metrics`` of a web process (see docs/observability.rst to mount and protect it)."""
     if prometheus_client is None:

@@ -101,18 +101,19 @@ def test_consumer_outcomes_are_counted(metrics_on):
 
 def test_nothing_listens_while_metrics_are_off():
     assert not metrics.enabled()
-    assert not signals.event_published.has_listeners(Sender)
-    assert not signals.event_consumed.has_listeners(Consumer)
+    connected = [signal for signal, _ in metrics.RECEIVERS]
+    receivers = [len(signal.receivers) for signal in connected]
     before = value("django_outbox_handler_duration_seconds_count", event_type="t.off")
     with metrics.handler_timer("t.off"):
         pass
     assert value("django_outbox_handler_duration_seconds_count", event_type="t.off") == before
     metrics.enable()
+    metrics.enable()  # idempotent: one receiver per signal
     try:
-        assert signals.event_published.has_listeners(Sender)
+        assert [len(signal.receivers) for signal in connected] == [n + 1 for n in receivers]
     finally:
         metrics.disable()
-    assert not signals.event_published.has_listeners(Sender)
+    assert [len(signal.receivers) for signal in connected] == receivers
 
 
 def test_handler_and_batch_durations_are_timed(metrics_on):
