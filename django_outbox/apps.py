@@ -14,9 +14,11 @@ class OutboxConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks as outbox_checks
+        from . import metrics
         from .registry import registry
 
         for check in outbox_checks.ALL:
             checks.register(check, outbox_checks.TAG)
         # Like admin.py for the admin: every installed app's events.py registers its handlers.
         autodiscover_modules("events", register_to=registry)
+        metrics.enable_from_settings()

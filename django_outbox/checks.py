@@ -280,6 +280,42 @@ def check_cloudevents(**kwargs: Any) -> Messages:
     return messages
 
 
+def check_metrics(**kwargs: Any) -> Messages:
+    """W020: metrics asked for without prometheus-client; E020/E021: bad numbers."""
+    from .metrics import INSTALL, available
+
+    messages: Messages = []
+    if outbox_settings.raw("METRICS") and not available():
+        messages.append(
+            Warning(
+                "OUTBOX_METRICS is on, but prometheus-client is not installed: no metrics.",
+                hint=f"{INSTALL}, or set OUTBOX_METRICS = False.",
+                id="django_outbox.W020",
+            )
+        )
+    interval = outbox_settings.raw("METRICS_INTERVAL")
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        messages.append(
+            Error(
+                f"OUTBOX_METRICS_INTERVAL is {interval!r}.",
+                hint="Use a number of seconds > 0 (default "
+                f"{DEFAULTS['METRICS_INTERVAL']}) between two refreshes of the backlog gauges.",
+                id="django_outbox.E020",
+            )
+        )
+    keys = outbox_settings.raw("ORDERING_KEYS")
+    if isinstance(keys, bool) or not isinstance(keys, int) or keys < 0:
+        messages.append(
+            Error(
+                f"OUTBOX_ORDERING_KEYS is {keys!r}.",
+                hint="Use a whole number >= 0: keys per partition the ordering detector "
+                f"remembers (default {DEFAULTS['ORDERING_KEYS']}; 0 turns it off).",
+                id="django_outbox.E021",
+            )
+        )
+    return messages
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
@@ -288,4 +324,5 @@ ALL: Sequence[Callable[..., Messages]] = (
     check_client_options,
     check_time_zone,
     check_cloudevents,
+    check_metrics,
 )

@@ -14,9 +14,10 @@ holders never share a lease value.
 from __future__ import annotations
 
 import datetime
+import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -40,6 +41,8 @@ class ClaimedRow(NamedTuple):
     payload: str
     retry_count: int
     max_retry: int
+    #: When the row was written (None on legacy rows without it): commit -> ack latency.
+    created_at: datetime.datetime | None
 
 
 COLUMNS = ClaimedRow._fields
@@ -52,6 +55,8 @@ class Claim:
     alias: str
     lease: datetime.datetime
     rows: list[ClaimedRow]
+    #: ``time.monotonic()`` at the claim (the relay's batch duration is measured from it).
+    claimed_at: float = field(default_factory=time.monotonic, compare=False)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "UNKNOWN_EVENT_POLICY": "skip",  # or "retry" / "dead"
     "CLOUDEVENTS": False,  # add the CloudEvents binary-mode headers (cloudevents.py)
     "CLOUDEVENTS_SOURCE": None,  # ce_source; None means "/django-outbox/<database alias>"
+    "METRICS": False,  # Prometheus metrics in every process (docs/observability.rst)
+    "METRICS_INTERVAL": 15.0,  # seconds between two refreshes of the backlog gauges
+    "ORDERING_KEYS": 1000,  # keys per partition the ordering detector remembers; 0: off
 }
 
 
@@ -149,6 +152,18 @@ class OutboxSettings:
     def cloudevents_source(self) -> str | None:
         value = self._get("CLOUDEVENTS_SOURCE")
         return str(value) if value else None
+
+    @property
+    def metrics(self) -> bool:
+        return bool(self._get("METRICS"))
+
+    @property
+    def metrics_interval(self) -> float:
+        return float(self._get("METRICS_INTERVAL"))
+
+    @property
+    def ordering_keys(self) -> int:
+        return int(self._get("ORDERING_KEYS"))
 
     def topic_for(self, event_type: str) -> str | None:
         """The topic an event type goes to: ``OUTBOX_TOPICS``, then ``OUTBOX_DEFAULT_TOPIC``."""

@@ -34,7 +34,7 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from . import kafka, signals, tracing
+from . import kafka, metrics, signals, tracing
 from .claiming import Claim, Failure, record_failed, record_published, release
 
 logger = logging.getLogger(__name__)
@@ -289,6 +289,7 @@ def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> No
     for attempt in range(1, attempts + 1):
         try:
             _write(settled)
+            metrics.batch_recorded(settled.claim)
             return
         except Exception:
             if attempt == attempts:

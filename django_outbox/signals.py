@@ -3,13 +3,14 @@
 Relay side, one send per batch and outcome (``sender`` is ``delivery.Sender``), after the
 write-back; ``alias`` is the database, ``rows`` the claimed rows
 (``claiming.ClaimedRow``: ``id``, ``event_type``, ``topic``, ``message_key``,
-``payload``, ``retry_count``, ``max_retry``):
+``payload``, ``retry_count``, ``max_retry``, ``created_at``):
 
 ``event_published(alias, rows)``
     Kafka acknowledged these rows; they are ``published``.
 ``event_failed(alias, rows, errors)``
-    Not delivered, to be tried again (``errors``: one text per row). Also sent while
-    Kafka is unreachable, when no attempt is counted.
+    Not delivered, to be tried again (``errors``: one text per row, starting with the
+    exception's type: ``"KafkaTimeoutError: ..."``). Also sent while Kafka is
+    unreachable, when no attempt is counted.
 ``event_dead(alias, rows, errors)``
     These rows are ``dead``: poison, or out of retries on a definite answer.
 
@@ -19,7 +20,8 @@ treat these as at-least-once notifications, keyed by the outbox id.
 
 Consumer side, one send per record (``sender`` is the ``Consumer`` class), after its
 chunk's transaction committed; ``group`` is the consumer group, ``record`` the
-``consumer.records.Delivery`` (topic, partition, offset, key, value, headers):
+``consumer.records.Delivery`` (topic, partition, offset, key, value, headers,
+timestamp), ``reason`` the ``RejectionReason`` of a rejected record (empty otherwise):
 
 ``event_consumed(group, record)``
     The handler ran and its effects committed.
@@ -27,9 +29,9 @@ chunk's transaction committed; ``group`` is the consumer group, ``record`` the
     The handler raised; the event will be delivered again.
 ``event_dead(group, record, error)``
     The handler raised and the row ran out of retries.
-``record_rejected(group, record, error)``
-    A record nobody can handle (malformed, or an inbox event that kept failing): it is
-    stored as a ``RejectedRecord``.
+``record_rejected(group, record, error, reason)``
+    A record nobody can handle (malformed, without headers, of an unknown event type,
+    or an inbox event that kept failing): it is stored as a ``RejectedRecord``.
 
 Receivers run in the worker's thread: keep them short, and never raise (an exception
 is logged and ignored: the outcome is written already).

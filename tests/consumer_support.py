@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -18,6 +21,8 @@ from django_outbox.kafka import build_consumer, record_headers
 from django_outbox.models import OutboxMessage
 from django_outbox.registry import registry
 from testproject.chat.models import Conversation
+
+from .relay_support import REPO_ROOT, database_url
 
 #: Group membership that starts and ends quickly on the test broker.
 FAST_GROUP = {
@@ -106,6 +111,30 @@ def foreign_record(
     event = Event(event_type=event_type, data=data, key=key)
     headers = [("event_id", str(event.event_id).encode()), ("event_type", event_type.encode())]
     return key.encode(), event.to_bytes(), headers
+
+
+def consumer_process(
+    bootstrap: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``manage.py outbox_consume`` on the test database, in tests/consumer_subprocess.py."""
+    environment = dict(os.environ)
+    environment.update(
+        {
+            "DATABASE_URL": database_url("default"),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+    )
+    environment.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "consumer_subprocess.py"), *args],
+        env=environment,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def consume(topic: str, group: str, **options: Any) -> Consumer:

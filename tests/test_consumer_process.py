@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -18,13 +15,14 @@ from .consumer_support import (
     COUNTER,
     committed_offsets,
     consume,
+    consumer_process,
     count_handler,
     registered,
     send_rows,
     unique_group,
 )
 from .kafka_fixtures import create_topic, delete_topic, unique_topic_name
-from .relay_support import REPO_ROOT, database_url, read_until, wait_for
+from .relay_support import read_until, wait_for
 
 SLOW = "test.slow"
 
@@ -36,27 +34,6 @@ def outbox_config(settings, kafka_bootstrap, kafka_topic):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
     settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
     settings.OUTBOX_WAKE_RELAY = False
-
-
-def consumer_process(bootstrap, *args, env=None):
-    environment = dict(os.environ)
-    environment.update(
-        {
-            "DATABASE_URL": database_url("default"),
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-    )
-    environment.pop("DJANGO_SETTINGS_MODULE", None)
-    return subprocess.Popen(
-        [sys.executable, str(REPO_ROOT / "tests" / "consumer_subprocess.py"), *args],
-        env=environment,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def count(conversation):

@@ -99,3 +99,18 @@ def test_the_consumer_signals_consumed_and_rejected_records(
         consume(kafka_topic, group)
     outcomes = [(name, kw["group"], kw["record"].offset) for name, _, kw in received]
     assert sorted(outcomes) == [("event_consumed", group, 0), ("record_rejected", group, 1)]
+    (rejected,) = [kw for name, _, kw in received if name == "record_rejected"]
+    assert rejected["reason"] == "missing_headers"
+    assert rejected["record"].timestamp > 0  # the Kafka timestamp, ms
+
+
+def test_an_unknown_event_type_is_signalled_as_rejected(
+    settings, kafka_bootstrap, kafka_topic, received
+):
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+    send_raw(kafka_bootstrap, kafka_topic, [foreign_record("test.nobody", {})])
+    with registered(COUNTER, count_handler):
+        consume(kafka_topic, unique_group())
+    assert [(name, kw["reason"]) for name, _, kw in received] == [
+        ("record_rejected", "unknown_event_type")
+    ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from django.db import connections, transaction
 from django.db.transaction import TransactionManagementError
 
-from .. import tracing
+from .. import metrics, tracing
 from ..conf import outbox_settings
 from ..envelope import Event
 from ..exceptions import UnknownEventType
@@ -61,6 +61,8 @@ class Outcome(str, enum.Enum):
 class Result:
     outcome: Outcome
     error: str = ""
+    #: Why a record was kept as rejected (a ``RejectionReason``); empty otherwise.
+    reason: str = ""
 
 
 class HandlerBroke(Exception):
@@ -74,7 +76,7 @@ class HandlerBroke(Exception):
 def _run(handler: Handler, event: Event, alias: str) -> Exception | None:
     """Call the handler; return what it raised, or None when it succeeded."""
     try:
-        with tracing.handling(handler, event):
+        with tracing.handling(handler, event), metrics.handler_timer(event.event_type):
             handler(event)
     except Exception as exc:
         return exc
@@ -260,7 +262,7 @@ class Handling:
             event=event if isinstance(event, Event) else None,
             attempts=attempts,
         )
-        return Result(Outcome.FAILED, error)
+        return Result(Outcome.FAILED, error, RejectionReason.HANDLER_FAILED)
 
     def reject(
         self,
@@ -352,7 +354,7 @@ class Handling:
     ) -> Result:
         self.reject(delivery, rejected.reason, rejected.error)
         self.rows.malformed(delivery, row, rejected.error)
-        return Result(Outcome.REJECTED, rejected.error)
+        return Result(Outcome.REJECTED, rejected.error, rejected.reason)
 
     def _unknown_type(
         self, delivery: Delivery, event: Event, row: OutboxMessage | None, error: str
@@ -360,4 +362,4 @@ class Handling:
         """Apply ``OUTBOX_UNKNOWN_EVENT_POLICY``; never spends a row's retry budget."""
         self.reject(delivery, RejectionReason.UNKNOWN_EVENT_TYPE, error, event=event)
         self.rows.unknown_type(row, error)
-        return Result(Outcome.SKIPPED, error)
+        return Result(Outcome.SKIPPED, error, RejectionReason.UNKNOWN_EVENT_TYPE)

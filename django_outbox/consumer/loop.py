@@ -48,6 +48,7 @@ from ..shutdown import Shutdown
 from .broker import BrokerWatch
 from .database import DATABASE_ERRORS, databases_answer, drop_connections
 from .handling import Handling, Outcome, Result
+from .ordering_detector import OrderingDetector
 from .records import Delivery
 
 logger = logging.getLogger("django_outbox.consumer")
@@ -77,6 +78,8 @@ class ConsumerStats:
     records: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     commits: int = 0
+    #: Records of a key handled after a later record of that key (``OrderingDetector``).
+    ordering_violations: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def add(self, result: Result) -> None:
@@ -165,6 +168,7 @@ class Consumer:
         self._idle = True
         self._positions: dict[Any, int] = {}  # next offset after the last recorded outcome
         self._broker = BrokerWatch(broker_probe_interval, client_stall_timeout)
+        self.ordering = OrderingDetector(outbox_settings.ordering_keys)
         self._last_refresh = self._unassigned_since = time.monotonic()
 
     def stop(self) -> None:
@@ -330,7 +334,7 @@ class Consumer:
 
     def _store_rejected(self, delivery: Delivery, reason: str, error: str) -> Result:
         self.handling.reject(delivery, reason, error)
-        return Result(Outcome.REJECTED, error)
+        return Result(Outcome.REJECTED, error, reason)
 
     def _recycle_connections(self, idle: bool) -> None:
         """``close_old_connections()``, but keep ``CONN_MAX_AGE = 0`` connections while busy.
@@ -379,10 +383,14 @@ class Consumer:
         tp = kafka.TopicPartition(delivery.topic, delivery.partition)
         self._uncommitted[tp] = self._positions[tp] = delivery.offset + 1
         logger.debug("record %s: %s", delivery, result.outcome.value)
-        signal = OUTCOME_SIGNALS.get(result.outcome)
-        if signal is not None:
+        self.stats.ordering_violations += self.ordering.check(delivery, result.outcome)
+        # An unknown event type is skipped, and its record kept as rejected: reason set.
+        signal = OUTCOME_SIGNALS.get(result.outcome, result.reason and signals.record_rejected)
+        if signal:
             extra = {} if signal is signals.event_consumed else {"error": result.error}
-            signals.send(signal, Consumer, group=self.group, record=delivery, **extra)
+            signals.send(
+                signal, Consumer, group=self.group, record=delivery, reason=result.reason, **extra
+            )
 
     def _handle_chunk(self, chunk: list[Delivery]) -> list[Result | None]:
         """``handle_batch``, again while the database fails; all None if stopped meanwhile."""
@@ -577,12 +585,18 @@ class Consumer:
             except Exception:  # lag is informative only; a rebalance may be under way
                 lag = None
         logger.info(
-            "outbox consumer%s: %d records (%s), %.1f/s, lag %s",
+            "outbox consumer%s: %d records (%s), %.1f/s, lag %s, %d ordering violation(s)",
             " stopped" if final else "",
             self.stats.records,
             ", ".join(f"{n} {k}" for k, n in sorted(self.stats.outcomes.items())) or "none",
             rate,
             "unknown" if lag is None else lag,
-            extra={"records": self.stats.records, "rate": rate, "lag": lag},
+            self.stats.ordering_violations,
+            extra={
+                "records": self.stats.records,
+                "rate": rate,
+                "lag": lag,
+                "ordering_violations": self.stats.ordering_violations,
+            },
         )
         self._last_progress = (now, self.stats.records)

@@ -38,6 +38,8 @@ class Delivery:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes | None]] = ()
+    #: The record's Kafka timestamp, ms since the epoch (the producer's send time).
+    timestamp: int | None = None
 
     @classmethod
     def from_record(cls, record: Any) -> Delivery:
@@ -48,6 +50,7 @@ class Delivery:
             key=record.key,
             value=record.value,
             headers=tuple(record.headers or ()),
+            timestamp=record.timestamp,
         )
 
     def header(self, name: str) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import connections
 
+from django_outbox import metrics
 from django_outbox.conf import outbox_settings
 from django_outbox.health import HealthFile
 from django_outbox.shutdown import Shutdown
@@ -43,6 +44,7 @@ positive_int = _number(int, lambda v: v >= 1, "at least 1")
 non_negative_int = _number(int, lambda v: v >= 0, "non-negative")
 positive_float = _number(float, lambda v: v > 0, "positive")
 non_negative_float = _number(float, lambda v: v >= 0, "non-negative")
+port_number = _number(int, lambda v: 1 <= v <= 65535, "a port number, 1 to 65535")
 
 
 def add_database_argument(parser: CommandParser, verb: str = "Database alias") -> None:
@@ -71,9 +73,14 @@ class WorkerCommand(BaseCommand):
     It parses ``--health-file``, maps ``--verbosity`` to the level of the
     ``django_outbox`` loggers (a handler on stdout only when the project configured
     none), installs the SIGTERM/SIGINT handlers of one ``Shutdown`` for the run and
-    restores the previous ones after it. Subclasses add their arguments in
-    ``add_worker_arguments`` and build and run their worker in ``work``.
+    restores the previous ones after it. ``--metrics-port`` serves Prometheus metrics
+    for the run (``metrics.MetricsServer``); a worker with ``refreshes_backlog`` also
+    refreshes the backlog gauges of its databases while metrics are on. Subclasses add
+    their arguments in ``add_worker_arguments`` and build and run their worker in ``work``.
     """
+
+    #: Whether this worker keeps the backlog gauges fresh (the relay does).
+    refreshes_backlog = False
 
     def add_arguments(self, parser: CommandParser) -> None:
         self.add_worker_arguments(parser)
@@ -84,6 +91,19 @@ class WorkerCommand(BaseCommand):
             help="Touch PATH on every loop turn (at most once a second), for a liveness probe "
             "that checks its age; removed on exit.",
         )
+        parser.add_argument(
+            "--metrics-port",
+            type=port_number,
+            metavar="PORT",
+            help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics "
+            "(needs prometheus-client: pip install 'django-outbox[prometheus]').",
+        )
+        parser.add_argument(
+            "--metrics-address",
+            default="0.0.0.0",
+            metavar="ADDRESS",
+            help="Address the metrics server listens on (default 0.0.0.0).",
+        )
 
     def add_worker_arguments(self, parser: CommandParser) -> None:
         pass
@@ -93,12 +113,36 @@ class WorkerCommand(BaseCommand):
         shutdown = Shutdown()
         try:
             with command_logging(self.stdout, options["verbosity"]), shutdown:
-                if heartbeat is not None:
-                    heartbeat()
-                self.work(shutdown, heartbeat, **options)
+                with self.serving_metrics(options):
+                    if heartbeat is not None:
+                        heartbeat()
+                    self.work(shutdown, heartbeat, **options)
         finally:
             if heartbeat is not None:
                 heartbeat.remove()
+
+    @contextmanager
+    def serving_metrics(self, options: dict[str, Any]) -> Iterator[None]:
+        """The metrics server (``--metrics-port``) and backlog refresher of the run."""
+        server = refresher = None
+        port = options.get("metrics_port")
+        if port is not None:
+            try:
+                server = metrics.MetricsServer(port, options.get("metrics_address") or "0.0.0.0")
+            except metrics.MetricsUnavailable as exc:
+                raise CommandError(str(exc)) from None
+            except OSError as exc:
+                raise CommandError(f"cannot serve metrics on port {port}: {exc}") from None
+        if self.refreshes_backlog and metrics.enabled():
+            interval = outbox_settings.metrics_interval
+            refresher = metrics.BacklogRefresher(database_aliases(options), interval).start()
+        try:
+            yield
+        finally:
+            if refresher is not None:
+                refresher.stop()
+            if server is not None:
+                server.close()
 
     def work(self, shutdown: Shutdown, heartbeat: HealthFile | None, **options: Any) -> None:
         raise NotImplementedError

@@ -24,6 +24,7 @@ class Command(WorkerCommand):
         "Deliver pending outbox rows to Kafka. SIGTERM/SIGINT finish the batch in hand "
         "and exit; a second signal exits at once."
     )
+    refreshes_backlog = True
 
     def add_worker_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
