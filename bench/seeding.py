@@ -107,7 +107,8 @@ MYSQL = dict(
                  AS eid,
              NOW(3) - INTERVAL ROUND(({rows} - i) * {spacing} * 1000) * 1000 MICROSECOND
                  AS created
-      FROM (SELECT seq AS i, {kind} AS kind FROM seq_1_to_{rows}) AS k) AS s""",
+      FROM (SELECT i, {kind} AS kind FROM (SELECT seq AS i FROM seq_1_to_{rows}) AS n) AS k
+      ) AS s""",
 )
 
 # Django stores SQLite datetimes as text, "YYYY-MM-DD HH:MM:SS.ffffff" (no fraction
@@ -190,7 +191,9 @@ def seeded(using: str, rows: int, live: int | None) -> bool:
     return table.exclude(status__in=[Status.CONSUMED, Status.DEAD]).count() == live
 
 
-def seed(rows: int, reseed: bool = False, *, live: int | None = None, using: str = "default") -> None:
+def seed(
+    rows: int, reseed: bool = False, *, live: int | None = None, using: str = "default"
+) -> None:
     """Migrate database ``using`` and fill its outbox with ``rows`` rows (see the module)."""
     from django.core.management import call_command
     from django.db import connections

@@ -131,7 +131,7 @@ def run(options: argparse.Namespace) -> None:
         (job, alias): [] for job in jobs for alias in sizes
     }
     queries: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for job, call in jobs.items():  # warm-up: caches, plans
+    for call in jobs.values():  # warm-up: caches, plans
         for alias in sizes:
             call(alias)
     for _ in range(options.runs):
@@ -195,7 +195,8 @@ def print_plans(connection: Any, queries: dict[tuple[str, str], list[dict[str, A
                     print(f"           (no plan: {exc})")
                     continue
                 for row in cursor.fetchall():
-                    print("           " + " | ".join(str(part) for part in row if part is not None))
+                    plan = " | ".join(str(part) for part in row if part is not None)
+                    print(f"           {plan[:200]}")
 
 
 if __name__ == "__main__":

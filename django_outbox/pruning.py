@@ -15,16 +15,17 @@ every ``DELETE`` checks the whole condition again.
 from __future__ import annotations
 
 import datetime
+from typing import TypeVar
 
 from django.db import models
+
+Rows = TypeVar("Rows", bound=models.QuerySet)
 
 #: Rows deleted per statement: keeps locks and undo logs small.
 PRUNE_CHUNK = 5_000
 
 
-def created_before(
-    queryset: models.QuerySet, field: str, moment: datetime.datetime
-) -> models.QuerySet:
+def created_before(queryset: Rows, field: str, moment: datetime.datetime) -> Rows:
     """``queryset`` narrowed to the ids below the first row created at or after ``moment``.
 
     ``field`` is the model's creation time; rows without one count as old.

@@ -68,17 +68,17 @@ def count_statuses(rows: OutboxMessageQuerySet) -> tuple[dict[str, int], bool]:
     A status the Go side wrote that this app does not know would be missed here: the
     consumed estimate, the table's minus the known statuses, then holds those rows.
     """
-    counted = {
-        status: rows.filter(status=status).count()
+    counted: dict[str, int] = {
+        status.value: rows.filter(status=status).count()
         for status in (Status.PENDING, Status.PUBLISHED, Status.DEAD)
     }
     consumed = counting.capped_count(rows.filter(status=Status.CONSUMED), counting.COUNT_CAP)
     if consumed <= counting.COUNT_CAP:
-        return {**counted, Status.CONSUMED: consumed}, True
+        return {**counted, Status.CONSUMED.value: consumed}, True
     estimate = counting.table_estimate(rows.db)
     if estimate is not None:
         consumed = max(estimate - sum(counted.values()), consumed)
-    return {**counted, Status.CONSUMED: consumed}, False
+    return {**counted, Status.CONSUMED.value: consumed}, False
 
 
 @dataclass

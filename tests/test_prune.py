@@ -7,6 +7,8 @@ import io
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_outbox.models import OutboxMessage, Status
@@ -17,9 +19,10 @@ pytestmark = pytest.mark.django_db(databases=["default", "other"])
 
 
 def age(rows, status, days, using="default"):
+    """Rows created and last changed ``days`` ago."""
     when = timezone.now() - datetime.timedelta(days=days)
     OutboxMessage.objects.using(using).filter(pk__in=[r.pk for r in rows]).update(
-        status=status, updated_at=when
+        status=status, created_at=when, updated_at=when
     )
 
 
@@ -109,3 +112,52 @@ def test_bad_arguments_are_refused():
         prune("--days", "-1")
     with pytest.raises(CommandError, match="unknown database alias"):
         prune("--days", "1", "--database", "nowhere")
+
+
+def test_the_walk_stops_at_the_first_row_created_after_the_cutoff():
+    """Rows are created in id order: prune reads no id past the first young row.
+
+    The young rows here claim an old last change (which real rows cannot: updated_at
+    follows created_at), so only the bound keeps them, and the queries show that the
+    walk, and not the rechecked condition, stopped there.
+    """
+    old = make_rows(4, "t")
+    age(old, Status.CONSUMED, 10)
+    young = make_rows(5, "t")
+    when = timezone.now() - datetime.timedelta(days=10)
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in young]).update(
+        status=Status.CONSUMED, updated_at=when
+    )
+    cutoff = timezone.now() - datetime.timedelta(days=5)
+    assert OutboxMessage.objects.prunable(cutoff).count() == 4
+    with CaptureQueriesContext(connections["default"]) as captured:
+        assert OutboxMessage.objects.prune(cutoff, chunk=2) == 4
+    assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {r.pk for r in young}
+    first_young = min(r.pk for r in young)
+    lists = [q["sql"] for q in captured.captured_queries if "LIMIT 2" in q["sql"]]
+    assert len(lists) == 3  # two full chunks, then one short one; no empty listing after it
+    assert all(f"< {first_young}" in sql for sql in lists), lists
+
+
+@pytest.mark.parametrize("moment", [0, 1, 7, 12, 13])
+def test_created_before_finds_the_first_young_row(moment):
+    """The binary search over ids, also across gaps, for every position of the cutoff."""
+    from django_outbox.pruning import created_before
+
+    rows = make_rows(13, "t")
+    start = timezone.now() - datetime.timedelta(days=100)
+    for index, row in enumerate(rows):
+        OutboxMessage.objects.filter(pk=row.pk).update(
+            created_at=start + datetime.timedelta(days=index)
+        )
+    OutboxMessage.objects.filter(pk__in=[rows[3].pk, rows[4].pk, rows[8].pk]).delete()
+    cutoff = start + datetime.timedelta(days=moment, hours=-1)
+    expected = {r.pk for r in rows[:moment]} - {rows[3].pk, rows[4].pk, rows[8].pk}
+    found = created_before(OutboxMessage.objects.all(), "created_at", cutoff)
+    assert set(found.values_list("pk", flat=True)) == expected
+
+
+def test_created_before_on_an_empty_table():
+    from django_outbox.pruning import created_before
+
+    assert not created_before(OutboxMessage.objects.all(), "created_at", timezone.now()).exists()
