@@ -148,13 +148,22 @@ def number(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
-HEADER = ("database", "figure", "value", "baseline", "ratio min / median / max", "target", "met")
+HEADER = (
+    "database",
+    "figure",
+    "value",
+    "baseline",
+    "ratio min / median / max",
+    "target",
+    "met",
+    "note",
+)
 
 
 def cells(row: Row) -> tuple[str, ...]:
     database = DATABASE_NAMES.get(row.database, row.database)
     if row.error:
-        return (database, f"{row.bench}: error", row.error, "", "", "", "")
+        return (database, f"{row.bench}: error", "-", "-", "-", "-", "-", row.error)
     ratio = "-"
     if row.ratios:
         ratio = f"{min(row.ratios):.2f} / {row.ratio:.2f} / {max(row.ratios):.2f}x"
@@ -170,13 +179,21 @@ def cells(row: Row) -> tuple[str, ...]:
         ratio,
         target,
         met,
+        "",
     )
+
+
+def widths_of(lines: list[tuple[str, ...]]) -> list[int]:
+    """Column widths; the last column (notes) may run past its border, as RST allows."""
+    widths = [max(len(line[column]) for line in lines) for column in range(len(HEADER))]
+    widths[-1] = len(HEADER[-1])
+    return widths
 
 
 def text_table(rows: list[Row]) -> str:
     """The table as the terminal shows it."""
     lines = [HEADER, *(cells(row) for row in rows)]
-    widths = [max(len(line[column]) for line in lines) for column in range(len(HEADER))]
+    widths = widths_of(lines)
     out = []
     for index, line in enumerate(lines):
         out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
@@ -188,7 +205,7 @@ def text_table(rows: list[Row]) -> str:
 def rst_table(rows: list[Row]) -> str:
     """The table as an RST simple table."""
     lines = [HEADER, *(cells(row) for row in rows)]
-    widths = [max(len(line[column]) for line in lines) for column in range(len(HEADER))]
+    widths = widths_of(lines)
     rule = "  ".join("=" * width for width in widths)
 
     def line(parts: tuple[str, ...]) -> str:
@@ -277,9 +294,11 @@ def charts(outcomes: list[Outcome], directory: Path) -> list[Path]:
                 if row.target is not None:
                     axis.plot([row.target] * 2, [position - 0.4, position + 0.4], "k-", lw=2)
             axis.set_title(DATABASE_NAMES.get(database, database))
-            axis.set_xlabel("ratio (black: target)")
+            axis.set_xlabel("ratio; black: target, bars: median, min-max")
             axis.grid(True, axis="x", alpha=0.3)
-        axes[0][0].set_yticks(range(len(figures)), figures, fontsize="small")
+        bounds = {row.figure: row for row in rows}
+        labels = [f"{name} ({'>=' if bounds[name].higher_is_better else '<='})" for name in figures]
+        axes[0][0].set_yticks(range(len(figures)), labels, fontsize="small")
         axes[0][0].invert_yaxis()
         figure.tight_layout()
         path = directory / "bench-ratios.png"

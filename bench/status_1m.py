@@ -54,6 +54,14 @@ class Rollback(Exception):
     pass
 
 
+def short(rows: int) -> str:
+    """``1_000_000`` -> ``"1M"``, ``10_000`` -> ``"10k"``."""
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if rows >= size and rows % size == 0:
+            return f"{rows // size}{suffix}"
+    return f"{rows:,}"
+
+
 def small_url(url: str) -> str:
     base, _, name = url.rpartition("/")
     stem, dot, suffix = name.partition(".")
@@ -156,7 +164,7 @@ def run(options: argparse.Namespace) -> None:
     figures = []
     for job in jobs:
         figure = results.Figure(
-            name=f"{job} at 1M vs 10k",
+            name=f"{job} at {short(options.rows)} vs {short(options.small_rows)}",
             unit="ms",
             higher_is_better=False,
             baseline_name=f"{job} at {options.small_rows:,} rows",
