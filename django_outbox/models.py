@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .fields import MillisecondDateTimeField, ShortTextField, clip_error, truncate_to_millis
-from .pruning import created_before, delete_in_chunks
+from .pruning import count_in_chunks, delete_in_chunks
 
 if TYPE_CHECKING:
     from .claiming import Claim
@@ -129,14 +129,19 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         ``pending``; one short statement per chunk keeps locks small on a busy table,
         and each re-checks the condition.
         """
-        return delete_in_chunks(self.prunable(cutoff, statuses), chunk)
+        rows = self.finished_before(cutoff, statuses)
+        return delete_in_chunks(rows, chunk, created=("created_at", cutoff))
 
-    def prunable(
-        self, cutoff: datetime.datetime, statuses: tuple[str, ...] = (Status.CONSUMED,)
-    ) -> OutboxMessageQuerySet:
-        """``finished_before``, among the rows created before ``cutoff`` (pruning.py: the
-        ids past them are not read, so the cost follows the old rows, not the table)."""
-        return created_before(self.finished_before(cutoff, statuses), "created_at", cutoff)
+    def count_prunable(
+        self,
+        cutoff: datetime.datetime,
+        statuses: tuple[str, ...] = (Status.CONSUMED,),
+        chunk: int | None = None,
+    ) -> int:
+        """How many rows ``prune`` would delete now, read as it reads them: the rows past
+        the last one created before ``cutoff`` are not read (pruning.py)."""
+        rows = self.finished_before(cutoff, statuses)
+        return count_in_chunks(rows, chunk, created=("created_at", cutoff))
 
     # ------------------------------------------------------------------------------
     # State changes. Every change of a row's status, retry budget or lease is one of

@@ -114,50 +114,53 @@ def test_bad_arguments_are_refused():
         prune("--days", "1", "--database", "nowhere")
 
 
-def test_the_walk_stops_at_the_first_row_created_after_the_cutoff():
-    """Rows are created in id order: prune reads no id past the first young row.
+def test_the_walk_stops_at_the_first_window_of_young_rows():
+    """Rows are created in id order: prune reads nothing past a window of young rows.
 
-    The young rows here claim an old last change (which real rows cannot: updated_at
-    follows created_at), so only the bound keeps them, and the queries show that the
-    walk, and not the rechecked condition, stopped there.
+    The rows after that window claim an old last change although they are young
+    (which real rows cannot: updated_at follows created_at), so only the stop keeps
+    them.
     """
     old = make_rows(4, "t")
     age(old, Status.CONSUMED, 10)
-    young = make_rows(5, "t")
+    young = make_rows(2, "t")
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in young]).update(status=Status.CONSUMED)
+    beyond = make_rows(4, "t")
     when = timezone.now() - datetime.timedelta(days=10)
-    OutboxMessage.objects.filter(pk__in=[r.pk for r in young]).update(
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in beyond]).update(
         status=Status.CONSUMED, updated_at=when
     )
     cutoff = timezone.now() - datetime.timedelta(days=5)
-    assert OutboxMessage.objects.prunable(cutoff).count() == 4
+    assert OutboxMessage.objects.count_prunable(cutoff, chunk=2) == 4
     with CaptureQueriesContext(connections["default"]) as captured:
         assert OutboxMessage.objects.prune(cutoff, chunk=2) == 4
-    assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {r.pk for r in young}
-    first_young = min(r.pk for r in young)
-    lists = [q["sql"] for q in captured.captured_queries if "LIMIT 2" in q["sql"]]
-    assert len(lists) == 3  # two full chunks, then one short one; no empty listing after it
-    assert all(f"< {first_young}" in sql for sql in lists), lists
+    assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {r.pk for r in young + beyond}
+    # The first id, two windows of old rows (listed, deleted), then the young window
+    # (listed: none; any row there? any old one?): the walk ends there.
+    assert len(captured) == 8, [q["sql"] for q in captured.captured_queries]
 
 
-@pytest.mark.parametrize("moment", [0, 1, 7, 12, 13])
-def test_created_before_finds_the_first_young_row(moment):
-    """The binary search over ids, also across gaps, for every position of the cutoff."""
-    from django_outbox.pruning import created_before
+def test_a_young_row_among_old_ones_does_not_stop_the_walk():
+    """Creation times out of id order (clocks apart) only stop it by a whole window."""
+    rows = make_rows(6, "t")
+    age(rows, Status.CONSUMED, 10)
+    OutboxMessage.objects.filter(pk=rows[1].pk).update(
+        created_at=timezone.now() + datetime.timedelta(days=365)
+    )
+    cutoff = timezone.now() - datetime.timedelta(days=5)
+    assert OutboxMessage.objects.prune(cutoff, chunk=2) == 6
 
-    rows = make_rows(13, "t")
-    start = timezone.now() - datetime.timedelta(days=100)
-    for index, row in enumerate(rows):
-        OutboxMessage.objects.filter(pk=row.pk).update(
-            created_at=start + datetime.timedelta(days=index)
+
+def test_gaps_in_the_ids_are_jumped():
+    rows = make_rows(12, "t")
+    age(rows, Status.CONSUMED, 10)
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in rows[2:9]]).delete()
+    cutoff = timezone.now() - datetime.timedelta(days=5)
+    assert (
+        OutboxMessage.objects.count_prunable(
+            cutoff,
         )
-    OutboxMessage.objects.filter(pk__in=[rows[3].pk, rows[4].pk, rows[8].pk]).delete()
-    cutoff = start + datetime.timedelta(days=moment, hours=-1)
-    expected = {r.pk for r in rows[:moment]} - {rows[3].pk, rows[4].pk, rows[8].pk}
-    found = created_before(OutboxMessage.objects.all(), "created_at", cutoff)
-    assert set(found.values_list("pk", flat=True)) == expected
-
-
-def test_created_before_on_an_empty_table():
-    from django_outbox.pruning import created_before
-
-    assert not created_before(OutboxMessage.objects.all(), "created_at", timezone.now()).exists()
+        == 5
+    )
+    assert OutboxMessage.objects.prune(cutoff, chunk=2) == 5
+    assert not OutboxMessage.objects.exists()
