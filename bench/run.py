@@ -75,7 +75,7 @@ BENCHES = {
         "publish_bench.py", True, ["--transactions", "200", "--repeat", "3", "--latency", "0"]
     ),
     "claim": Bench("claim_1m.py", False, ["--rows", "100000", "--repeat", "3"]),
-    "status": Bench("status_1m.py", False, ["--rows", "100000", "--runs", "3"]),
+    "status": Bench("status_1m.py", False, ["--rows", "100000", "--runs", "7"]),
 }
 
 
