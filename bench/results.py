@@ -17,7 +17,7 @@ bound. ``series`` (optional) are the points of a chart.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,15 @@ def read(path: str | Path) -> tuple[str, str, list[Figure], list[Series]]:
     follow the contract.
     """
     document = json.loads(Path(path).read_text())
-    figures = [Figure(**figure) for figure in document["figures"]]
+    # Keys a script adds for its own readers (a batch size, a note) are left out.
+    figures = [Figure(**_known(Figure, figure)) for figure in document["figures"]]
     for figure in figures:
         if len(figure.values) != len(figure.baseline_values):
             raise ValueError(f"{figure.name}: values and baseline_values differ in length")
-    series = [Series(**one) for one in document.get("series", [])]
+    series = [Series(**_known(Series, one)) for one in document.get("series") or []]
     return document["bench"], document["database"], figures, series
+
+
+def _known(kind: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {one.name for one in fields(kind)}
+    return {key: value for key, value in values.items() if key in names}

@@ -12,9 +12,9 @@ a temporary directory; PostgreSQL and MariaDB: the server of ``--postgresql-url`
 ``--mysql-url`` with a database of the bench's own, ``<name>_<bench>``) and
 ``--json PATH``; it writes its figures as bench/results.py describes. A script that
 fails, or writes no JSON, becomes an error row with the last line of its error
-output; its whole output is in ``--out``. ``--quick`` passes small sizes (see
-``BENCHES``: relay and consumer take ``--rows`` and ``--repeat``), for a smoke run
-of a few minutes.
+output; its whole output is in ``--out``. ``--quick`` passes small sizes (the
+scripts' own options, see ``BENCHES``), for a smoke run of a few minutes; a full
+run passes the relay bench ``--sweep`` (the batch sizes of its chart).
 
 The table: per database and figure, the value and its baseline (medians over the
 repetitions, measured in the same run), the ratio value / baseline (min, median,
@@ -66,16 +66,23 @@ class Bench:
     kafka: bool
     #: Extra arguments of a ``--quick`` run (the script's own size options).
     quick: list[str] = field(default_factory=list)
+    #: Extra arguments of a full run.
+    full: list[str] = field(default_factory=list)
 
 
 BENCHES = {
-    "relay": Bench("relay_bench.py", True, ["--rows", "3000", "--repeat", "2"]),
-    "consumer": Bench("consumer_bench.py", True, ["--rows", "2000", "--repeat", "2"]),
-    "publish": Bench(
-        "publish_bench.py", True, ["--transactions", "200", "--repeat", "3", "--latency", "0"]
+    "relay": Bench(
+        "relay_bench.py",
+        True,
+        quick=["--rows", "3000", "--repeat", "2", "--sweep", "250,1000"],
+        full=["--sweep", "100,250,500,1000,2000"],
     ),
-    "claim": Bench("claim_1m.py", False, ["--rows", "100000", "--repeat", "3"]),
-    "status": Bench("status_1m.py", False, ["--rows", "100000", "--runs", "7"]),
+    "consumer": Bench("consumer_bench.py", True, quick=["--events", "2000", "--repeat", "2"]),
+    "publish": Bench(
+        "publish_bench.py", True, quick=["--transactions", "200", "--repeat", "3", "--latency", "0"]
+    ),
+    "claim": Bench("claim_1m.py", False, quick=["--rows", "100000", "--runs", "5"]),
+    "status": Bench("status_1m.py", False, quick=["--rows", "100000", "--runs", "7"]),
 }
 
 
@@ -519,7 +526,7 @@ def run_databases(
                 "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
                 "PYTHONUNBUFFERED": "1",
             }
-            command = [sys.executable, str(script), *(bench.quick if args.quick else [])]
+            command = [sys.executable, str(script), *(bench.quick if args.quick else bench.full)]
             print(f"{database} {name}: {shlex.join(command[1:])} ...", flush=True)
             outcome = run_bench(database, name, command, env, out, timeout)
             print(f"  {outcome.error or f'{len(outcome.figures)} figure(s)'}", flush=True)

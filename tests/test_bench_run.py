@@ -39,6 +39,7 @@ RELAY = {
             "values": [9000.0, 6000.0, 8000.0],
             "baseline_values": [10000.0, 10000.0, 10000.0],
             "target": 0.9,
+            "batch_size": 500,  # a key of the script's own: left out
         }
     ],
     "series": [
