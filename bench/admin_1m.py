@@ -6,10 +6,10 @@ Usage (the database is created if missing; use one of its own, never a test data
         python bench/admin_1m.py [--rows 1000000] [--runs 5] [--reseed]
     DATABASE_URL=mysql://outbox:outbox@127.0.0.1:3306/outbox_admin_1m python bench/admin_1m.py
 
-Seeding runs inside the server (PostgreSQL ``generate_series``, MariaDB's sequence
-engine ``seq_1_to_N``), then ANALYZE. The mix: 96 % consumed, 1 % published, 1 %
-dead, 2 % pending (ready, backing off, in flight), eight event types, three topics,
-keys mostly the event id, creation times spread over 30 days in id order.
+The rows are seeded inside the server by bench/seeding.py, in its admin's mix: 96 %
+consumed, 1 % published, 1 % dead, 2 % pending (ready, backing off, in flight), eight
+event types, three topics, keys mostly the event id, creation times spread over 30
+days in id order.
 
 Each page is requested ``--runs`` times through Django's test client as a logged-in
 superuser; the figures are wall-clock server times (request in, response rendered)
@@ -26,128 +26,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seeding import create_database, seed  # noqa: E402
 
 TYPES = [f"bench.type{n}" for n in range(8)]
-
-PG_SEED = """
-INSERT INTO agent_outbox_messages (biz_type, topic, message_key, payload, status, retry_count,
-    max_retry, next_retry_at, last_error, published_at, consumed_at, created_at, updated_at)
-SELECT 'bench.type' || (i % 8), 'bench.topic' || (i % 3),
-    CASE WHEN i % 10 = 0 THEN 'conversation-' || (i % 5000) ELSE eid END,
-    '{"event_id":"' || eid || '","event_type":"bench.type' || (i % 8)
-        || '","version":1,"occurred_at":"2026-11-01T00:00:00.000000Z","key":"k","headers":{},'
-        || '"data":{"text":"' || repeat('x', 120) || '"}}',
-    CASE WHEN i % 100 = 0 THEN 'dead' WHEN i % 100 = 1 THEN 'published'
-         WHEN i % 100 IN (2, 3) THEN 'pending' ELSE 'consumed' END,
-    CASE WHEN i % 100 = 0 THEN 20 ELSE 0 END, 20,
-    CASE WHEN i % 100 = 2 AND i % 200 < 100 THEN NULL
-         WHEN i % 100 = 2 THEN now() - interval '1 hour' + interval '0.123 second'
-         WHEN i % 100 = 3 AND i % 200 < 100 THEN date_trunc('second', now()) + interval '1 day'
-         WHEN i % 100 = 3 THEN now() + interval '1 day 0.123 second' END,
-    CASE WHEN i % 100 = 0 THEN 'broker unavailable' END,
-    CASE WHEN i % 100 NOT IN (0, 2, 3) THEN created END,
-    CASE WHEN i % 100 > 3 THEN created END,
-    created, created
-FROM (SELECT i, md5(i::text)::uuid::text AS eid,
-             now() - ({rows} - i) * interval '2592 millisecond' AS created
-      FROM generate_series(1, {rows}) AS i) AS s
-"""
-
-MYSQL_SEED = """
-INSERT INTO agent_outbox_messages (biz_type, topic, message_key, payload, status, retry_count,
-    max_retry, next_retry_at, last_error, published_at, consumed_at, created_at, updated_at)
-SELECT CONCAT('bench.type', i % 8), CONCAT('bench.topic', i % 3),
-    IF(i % 10 = 0, CONCAT('conversation-', i % 5000), eid),
-    CONCAT('{"event_id":"', eid, '","event_type":"bench.type', i % 8,
-        '","version":1,"occurred_at":"2026-11-01T00:00:00.000000Z","key":"k","headers":{},',
-        '"data":{"text":"', REPEAT('x', 120), '"}}'),
-    CASE WHEN i % 100 = 0 THEN 'dead' WHEN i % 100 = 1 THEN 'published'
-         WHEN i % 100 IN (2, 3) THEN 'pending' ELSE 'consumed' END,
-    IF(i % 100 = 0, 20, 0), 20,
-    CASE WHEN i % 100 = 2 AND i % 200 < 100 THEN NULL
-         WHEN i % 100 = 2 THEN NOW(3) - INTERVAL 1 HOUR + INTERVAL 123000 MICROSECOND
-         WHEN i % 100 = 3 AND i % 200 < 100 THEN CAST(NOW() AS DATETIME) + INTERVAL 1 DAY
-         WHEN i % 100 = 3 THEN NOW(3) + INTERVAL 1 DAY + INTERVAL 123000 MICROSECOND END,
-    IF(i % 100 = 0, 'broker unavailable', NULL),
-    IF(i % 100 NOT IN (0, 2, 3), created, NULL),
-    IF(i % 100 > 3, created, NULL),
-    created, created
-FROM (SELECT seq AS i,
-             LOWER(CONCAT_WS('-', SUBSTR(MD5(seq), 1, 8), SUBSTR(MD5(seq), 9, 4),
-                   SUBSTR(MD5(seq), 13, 4), SUBSTR(MD5(seq), 17, 4), SUBSTR(MD5(seq), 21, 12)))
-                 AS eid,
-             NOW(3) - INTERVAL (({rows} - seq) * 2592000) MICROSECOND AS created
-      FROM seq_1_to_{rows}) AS s
-"""
-
-
-def create_database(url: str) -> None:
-    """Create the bench database if the server lacks it (Django cannot connect otherwise)."""
-    parts = urlparse(url)
-    name = parts.path.lstrip("/")
-    if parts.scheme.startswith("postgres"):
-        import psycopg
-
-        with psycopg.connect(
-            host=parts.hostname,
-            port=parts.port or 5432,
-            user=parts.username,
-            password=parts.password,
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-                conn.execute(f'CREATE DATABASE "{name}"')
-    elif parts.scheme.startswith("mysql"):
-        import MySQLdb
-
-        conn = MySQLdb.connect(
-            host=parts.hostname,
-            port=parts.port or 3306,
-            user=parts.username,
-            password=parts.password,
-        )
-        conn.cursor().execute(
-            f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 "
-            "COLLATE utf8mb4_unicode_ci"
-        )
-        conn.close()
-    else:
-        sys.exit("DATABASE_URL must point at PostgreSQL or MariaDB; the bench is about them.")
-
-
-def seed(rows: int, reseed: bool) -> None:
-    from django.core.management import call_command
-    from django.db import connection
-
-    from django_outbox.models import OutboxMessage
-
-    call_command("migrate", "django_outbox", verbosity=0)
-    call_command("migrate", verbosity=0)
-    have = OutboxMessage.objects.count()
-    if have == rows and not reseed:
-        print(f"{have:,} rows already there")
-        return
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        table = OutboxMessage._meta.db_table
-        if connection.vendor == "postgresql":
-            cursor.execute(f"TRUNCATE TABLE {table} RESTART IDENTITY")
-        else:
-            cursor.execute(f"TRUNCATE TABLE {table}")
-        sql = PG_SEED if connection.vendor == "postgresql" else MYSQL_SEED
-        cursor.execute(sql.replace("{rows}", str(int(rows))))
-        if connection.vendor == "postgresql":
-            cursor.execute(f"VACUUM ANALYZE {OutboxMessage._meta.db_table}")
-        else:
-            cursor.execute(f"ANALYZE TABLE {OutboxMessage._meta.db_table}")
-            cursor.fetchall()
-    print(f"seeded {rows:,} rows in {time.perf_counter() - started:.1f} s")
 
 
 def measure(label: str, runs: int, call: Any) -> None:

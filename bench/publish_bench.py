@@ -5,7 +5,8 @@ Usage (a broker from ``scripts/kafka-local start``; the database from DATABASE_U
 SQLite when unset; a throw-away test database is created and dropped)::
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 DATABASE_URL=postgres://... \\
-        python bench/publish_bench.py [--transactions 1000] [--repeat 5] [--latency 300]
+        python bench/publish_bench.py [--transactions 1000] [--repeat 5] [--latency 300] \\
+        [--json PATH]
 
 1. *Cost*: the mean wall time of one ``with transaction.atomic(): ...`` holding one
    event, against a bare ``INSERT`` of the same row (the baseline, measured in the
@@ -18,7 +19,9 @@ SQLite when unset; a throw-away test database is created and dropped)::
    handler is ``consumed_at - created_at`` of each row (both written by the
    database clock's client, at millisecond precision). Prints p50, p90, p99, max.
 
-Prints figures; asserts nothing about speed.
+Prints figures; asserts nothing about speed. ``--json PATH`` writes the two cost
+figures (bench/results.py; per round, against the bare ``INSERT`` of the same round;
+lower is better, target 1.2x, the delivery-core issue's) for bench/run.py.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1000, help="payload bytes per event")
     parser.add_argument("--latency", type=int, default=300, help="events (0: skip)")
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between events")
+    parser.add_argument("--json", help="write the cost figures to this file (bench/results.py)")
     args = parser.parse_args()
 
     import django
@@ -121,11 +125,33 @@ def main() -> None:
         for name, values in results.items():
             ratio = statistics.median(values) / base
             print(f"{name:40} {spread(values)}  {ratio:5.2f}x")
+        if args.json:
+            write_json(args.json, connection.vendor, results)
 
         if args.latency:
             latency(args, settings, bootstrap, database_url("default"))
     finally:
         teardown_databases(old_config, verbosity=0)
+
+
+def write_json(path: str, vendor: str, measured: dict[str, list[float]]) -> None:
+    import results
+
+    baseline = measured["bare INSERT (baseline)"]
+    figures = [
+        results.Figure(
+            name=f"{name} vs bare INSERT",
+            unit="µs",
+            higher_is_better=False,
+            baseline_name="bare INSERT",
+            values=values,
+            baseline_values=baseline,
+            target=1.2,
+        )
+        for name, values in measured.items()
+        if values is not baseline
+    ]
+    results.write(path, "publish", vendor, figures)
 
 
 def latency(args, settings, bootstrap: str, url: str) -> None:

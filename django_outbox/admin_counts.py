@@ -2,7 +2,7 @@
 
 Nothing here reads the whole table: counts stop at ``COUNT_CAP`` (an index range
 scan of at most that many entries), and the total of an unfiltered table comes
-from the database's own row estimate.
+from the database's own row estimate (both in ``counting.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from django.core.paginator import Paginator
-from django.db import connections
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.formats import number_format
@@ -20,43 +19,9 @@ from django.utils.functional import cached_property
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from .models import OutboxMessage, OutboxMessageQuerySet, Status
+from .counting import COUNT_CAP, capped_count, table_estimate
+from .models import OutboxMessageQuerySet, Status
 from .status import oldest_due
-
-#: Counts above this are shown as "more than 10,000".
-COUNT_CAP = 10_000
-
-
-def capped_count(queryset: QuerySet, cap: int = COUNT_CAP) -> int:
-    """``min(queryset.count(), cap + 1)``, reading at most ``cap + 1`` rows."""
-    return queryset.order_by()[: cap + 1].count()
-
-
-def table_estimate(using: str, table: str = OutboxMessage._meta.db_table) -> int | None:
-    """The database's own estimate of a table's row count, or ``None`` if it has none.
-
-    PostgreSQL: ``pg_class.reltuples`` (kept by VACUUM/ANALYZE, -1 before the first).
-    MySQL/MariaDB: ``information_schema.TABLES.TABLE_ROWS`` (InnoDB samples it; it
-    may be off by tens of percent). SQLite keeps no estimate.
-    """
-    connection = connections[using]
-    if connection.vendor == "postgresql":
-        sql = "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)"
-        params = [connection.ops.quote_name(table)]
-    elif connection.vendor == "mysql":
-        sql = (
-            "SELECT TABLE_ROWS FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s"
-        )
-        params = [table]
-    else:
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None or row[0] is None or row[0] < 0:
-        return None
-    return int(row[0])
 
 
 class OutboxPaginator(Paginator):

@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .fields import MillisecondDateTimeField, ShortTextField, clip_error, truncate_to_millis
-from .pruning import delete_in_chunks
+from .pruning import count_in_chunks, delete_in_chunks
 
 if TYPE_CHECKING:
     from .claiming import Claim
@@ -129,7 +129,19 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         ``pending``; one short statement per chunk keeps locks small on a busy table,
         and each re-checks the condition.
         """
-        return delete_in_chunks(self.finished_before(cutoff, statuses), chunk)
+        rows = self.finished_before(cutoff, statuses)
+        return delete_in_chunks(rows, chunk, created=("created_at", cutoff))
+
+    def count_prunable(
+        self,
+        cutoff: datetime.datetime,
+        statuses: tuple[str, ...] = (Status.CONSUMED,),
+        chunk: int | None = None,
+    ) -> int:
+        """How many rows ``prune`` would delete now, read as it reads them: the rows past
+        the last one created before ``cutoff`` are not read (pruning.py)."""
+        rows = self.finished_before(cutoff, statuses)
+        return count_in_chunks(rows, chunk, created=("created_at", cutoff))
 
     # ------------------------------------------------------------------------------
     # State changes. Every change of a row's status, retry budget or lease is one of

@@ -7,6 +7,8 @@ import io
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_outbox.models import OutboxMessage, Status
@@ -17,9 +19,10 @@ pytestmark = pytest.mark.django_db(databases=["default", "other"])
 
 
 def age(rows, status, days, using="default"):
+    """Rows created and last changed ``days`` ago."""
     when = timezone.now() - datetime.timedelta(days=days)
     OutboxMessage.objects.using(using).filter(pk__in=[r.pk for r in rows]).update(
-        status=status, updated_at=when
+        status=status, created_at=when, updated_at=when
     )
 
 
@@ -109,3 +112,55 @@ def test_bad_arguments_are_refused():
         prune("--days", "-1")
     with pytest.raises(CommandError, match="unknown database alias"):
         prune("--days", "1", "--database", "nowhere")
+
+
+def test_the_walk_stops_at_the_first_window_of_young_rows():
+    """Rows are created in id order: prune reads nothing past a window of young rows.
+
+    The rows after that window claim an old last change although they are young
+    (which real rows cannot: updated_at follows created_at), so only the stop keeps
+    them.
+    """
+    old = make_rows(4, "t")
+    age(old, Status.CONSUMED, 10)
+    young = make_rows(2, "t")
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in young]).update(status=Status.CONSUMED)
+    beyond = make_rows(4, "t")
+    when = timezone.now() - datetime.timedelta(days=10)
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in beyond]).update(
+        status=Status.CONSUMED, updated_at=when
+    )
+    cutoff = timezone.now() - datetime.timedelta(days=5)
+    assert OutboxMessage.objects.count_prunable(cutoff, chunk=2) == 4
+    with CaptureQueriesContext(connections["default"]) as captured:
+        assert OutboxMessage.objects.prune(cutoff, chunk=2) == 4
+    assert set(OutboxMessage.objects.values_list("pk", flat=True)) == {r.pk for r in young + beyond}
+    # The first id, two windows of old rows (listed, deleted), then the young window
+    # (listed: none; any row there? any old one?): the walk ends there.
+    assert len(captured) == 8, [q["sql"] for q in captured.captured_queries]
+
+
+def test_a_young_row_among_old_ones_does_not_stop_the_walk():
+    """Creation times out of id order (clocks apart) only stop it by a whole window."""
+    rows = make_rows(6, "t")
+    age(rows, Status.CONSUMED, 10)
+    OutboxMessage.objects.filter(pk=rows[1].pk).update(
+        created_at=timezone.now() + datetime.timedelta(days=365)
+    )
+    cutoff = timezone.now() - datetime.timedelta(days=5)
+    assert OutboxMessage.objects.prune(cutoff, chunk=2) == 6
+
+
+def test_gaps_in_the_ids_are_jumped():
+    rows = make_rows(12, "t")
+    age(rows, Status.CONSUMED, 10)
+    OutboxMessage.objects.filter(pk__in=[r.pk for r in rows[2:9]]).delete()
+    cutoff = timezone.now() - datetime.timedelta(days=5)
+    assert (
+        OutboxMessage.objects.count_prunable(
+            cutoff,
+        )
+        == 5
+    )
+    assert OutboxMessage.objects.prune(cutoff, chunk=2) == 5
+    assert not OutboxMessage.objects.exists()

@@ -150,11 +150,44 @@ def test_every_query_can_use_the_index(rows, vendor):
         pytest.skip("the plan check uses PostgreSQL's enable_seqscan")
     connection = connections["default"]
     with CaptureQueriesContext(connection) as captured:
+        database_status("default")
         database_status("default", by_type=True)
-    assert len(captured) >= 8
+    assert len(captured) >= 16
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         for query in captured.captured_queries:
             cursor.execute(f"EXPLAIN {query['sql']}")
             plan = "\n".join(line for (line,) in cursor.fetchall())
             assert "Seq Scan" not in plan, f"{query['sql']}\n{plan}"
+
+
+def test_consumed_rows_past_the_cap_come_from_the_table_estimate(rows, monkeypatch):
+    """Flat cost: past COUNT_CAP consumed rows, the database's own estimate, minus the rest."""
+    from django_outbox import counting
+
+    for _ in range(3):
+        make(Status.CONSUMED)
+    monkeypatch.setattr(counting, "COUNT_CAP", 2)
+    monkeypatch.setattr(counting, "table_estimate", lambda using: 1_000)
+    db = database_status("default")
+    assert db.statuses == {"pending": 5, "published": 2, "consumed": 991, "dead": 2}
+    assert db.consumed_exact is False and db.total == 1_000
+    text = status()
+    assert "about 1,000 row(s)" in text and "consumed           ~991" in text
+    assert json.loads(status("--json"))["databases"][0]["consumed_exact"] is False
+    # Without an estimate (SQLite keeps none): "more than the cap".
+    monkeypatch.setattr(counting, "table_estimate", lambda using: None)
+    assert "consumed            > 2" in status()
+    # --exact (and --by-type) count them all.
+    exact = database_status("default", exact=True)
+    assert exact.statuses["consumed"] == 4 and exact.consumed_exact is True
+    assert "consumed              4" in status("--exact")
+    assert database_status("default", by_type=True).statuses["consumed"] == 4
+
+
+def test_few_consumed_rows_are_counted_exactly(rows, monkeypatch):
+    from django_outbox import counting
+
+    monkeypatch.setattr(counting, "table_estimate", lambda using: pytest.fail("not needed"))
+    db = database_status("default")
+    assert db.statuses["consumed"] == 1 and db.consumed_exact is True

@@ -48,7 +48,7 @@ class Command(BaseCommand):
         for alias in aliases:
             rows = OutboxMessage.objects.using(alias)
             if options["dry_run"]:
-                count = rows.finished_before(cutoff, statuses).count()
+                count = rows.count_prunable(cutoff, statuses)
                 verb = "would delete"
             else:
                 count = rows.prune(cutoff, statuses)

@@ -30,6 +30,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         add_database_argument(parser)
         parser.add_argument("--by-type", action="store_true", help="Counts per event type too.")
+        parser.add_argument(
+            "--exact",
+            action="store_true",
+            help="Count consumed rows exactly (reads the whole index; by default they are "
+            "counted up to 10,000, then estimated). --by-type counts exactly too.",
+        )
         parser.add_argument("--json", action="store_true", help="One JSON document on stdout.")
         parser.add_argument(
             "--published-older-than",
@@ -57,6 +63,7 @@ class Command(BaseCommand):
             database_status(
                 alias,
                 by_type=options["by_type"],
+                exact=options["exact"],
                 published_older_than=options["published_older_than"],
             )
             for alias in aliases
