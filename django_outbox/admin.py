@@ -500,7 +500,9 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def _retry_group(self, request: HttpRequest, group: str) -> None:
         now = timezone.now()
-        rows = in_group(failed_rows(self.get_queryset(request), now), group)
+        rows = cast(
+            OutboxMessageQuerySet, in_group(failed_rows(self.get_queryset(request), now), group)
+        )
         changed = self._apply(
             request, rows.retryable(now), lambda q: q.retry_now(now), now, "retry"
         )
@@ -561,7 +563,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             by_message[_history_message(verb, row)].append(row)
         for message, logged in by_message.items():
             LogEntry.objects.log_actions(
-                user_id=request.user.pk,
+                user_id=cast(int, request.user.pk),
                 queryset=logged,
                 action_flag=CHANGE,
                 change_message=message,

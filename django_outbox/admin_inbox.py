@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
@@ -144,7 +144,7 @@ class RejectedRecordAdmin(ReadOnlyAdmin):
         for record in records:
             record.refresh_from_db(fields=["replay_outcome", "replay_note"])
         LogEntry.objects.log_actions(
-            user_id=request.user.pk,
+            user_id=cast(int, request.user.pk),
             queryset=records,
             action_flag=CHANGE,
             change_message=gettext("Replayed (%(how)s).")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime
 from collections.abc import Sequence
+from typing import Any
 
 from django.db import models
 from django.utils import timezone
@@ -158,10 +159,14 @@ def encode_headers(
     return encoded
 
 
-def decode_headers(encoded: Sequence[dict[str, str | None]]) -> list[tuple[str, bytes | None]]:
+def decode_headers(encoded: Sequence[Any]) -> list[tuple[str, bytes | None]]:
     """The Kafka headers ``encode_headers`` stored, as the record carried them."""
     headers: list[tuple[str, bytes | None]] = []
     for item in encoded:
+        if isinstance(item, (list, tuple)):  # ``[name, value]``, as tests and hand-made rows write
+            name, text = (str(item[0]), item[1]) if len(item) == 2 else ("", None)
+            headers.append((name, None if text is None else str(text).encode("utf-8")))
+            continue
         if item.get("name_base64") is not None:
             name = base64.b64decode(item["name_base64"] or "").decode("utf-8", "surrogateescape")
         else:
