@@ -25,7 +25,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -87,12 +87,12 @@ def _short_time(value: datetime.datetime | None) -> SafeString | str:
     if value is None:
         return "-"
     local = timezone.localtime(value)
-    short = "%H:%M:%S" if local.date() == timezone.localdate() else "%Y-%m-%d %H:%M"
+    if local.date() == timezone.localdate():
+        shown = format_html("{}", local.strftime("%H:%M:%S"))
+    else:  # the date above the time: the column stays as narrow as a time
+        shown = format_html("{}<br>{}", local.strftime("%Y-%m-%d"), local.strftime("%H:%M"))
     return format_html(
-        '<time datetime="{}" title="{}">{}</time>',
-        value.isoformat(),
-        long_time(value),
-        local.strftime(short),
+        '<time datetime="{}" title="{}">{}</time>', value.isoformat(), long_time(value), shown
     )
 
 
@@ -100,6 +100,12 @@ def _detail_time(value: datetime.datetime | None) -> SafeString | str:
     if value is None:
         return "-"
     return format_html('<time datetime="{}">{}</time>', value.isoformat(), long_time(value))
+
+
+def _breakable(name: str) -> SafeString:
+    """A dotted name that may wrap after its dots (``chat.<wbr>message.<wbr>created``)."""
+    parts = name.split(".")
+    return format_html_join(mark_safe(".<wbr>"), "{}", ((part,) for part in parts))
 
 
 def has_handler(event_type: str) -> bool:
@@ -152,8 +158,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     list_display = (
         "id",
-        "event_type",
-        "topic",
+        "type",
+        "topic_text",
         "key",
         "status_badge",
         "retries",
@@ -162,7 +168,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         "published",
         "consumed",
     )
-    list_display_links = ("id", "event_type")
+    list_display_links = ("id", "type")
     list_filter = (StateFilter, "status", EventTypeFilter, TopicFilter, HeldFilter, FailureFilter)
     search_fields = ("=message_key", "=event_type")  # shows the box; see get_search_results
     search_help_text = _(
@@ -172,6 +178,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     ordering = ("-id",)
     sortable_by = ("id",)  # the only order an index serves on every filter
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice reads the whole table
     paginator = OutboxPaginator
     list_per_page = 100
     actions = ("retry_now", "give_up", "redeliver", "release_key")
@@ -235,9 +242,14 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         known = obj.status in Status.values
         css = state.replace("_", "-") if state else (obj.status if known else "unknown")
         label = obj.get_status_display() if known else obj.status
+        title = label
         if state:
-            label = f"{label} · {STATE_LABELS[state]}"
-        badge = format_html('<span class="outbox-badge outbox-{}">{}</span>', css, label)
+            # The state says "pending" already; the tooltip has both.
+            title = f"{label} · {STATE_LABELS[state]}"
+            label = STATE_LABELS[state]
+        badge = format_html(
+            '<span class="outbox-badge outbox-{}" title="{}">{}</span>', css, title, label
+        )
         if obj.status != Status.CONSUMED and not has_handler(obj.event_type):
             badge = format_html(
                 '{} <span class="outbox-badge outbox-no-handler" title="{}">{}</span>',
@@ -247,11 +259,19 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             )
         return badge
 
+    @admin.display(description=_("event type"))
+    def type(self, obj: OutboxMessage) -> SafeString:
+        return _breakable(obj.event_type)
+
+    @admin.display(description=_("topic"))
+    def topic_text(self, obj: OutboxMessage) -> SafeString:
+        return _breakable(obj.topic)
+
     @admin.display(description=_("key"))
     def key(self, obj: OutboxMessage) -> SafeString:
         return format_html('<span class="outbox-key" title="{0}">{0}</span>', obj.message_key)
 
-    @admin.display(description=_("retries / max"))
+    @admin.display(description=_("retries"))
     def retries(self, obj: OutboxMessage) -> str:
         return f"{obj.retry_count} / {obj.max_retry}"
 
