@@ -246,7 +246,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         if state:
             # The state says "pending" already; the tooltip has both.
             title = f"{label} · {STATE_LABELS[state]}"
-            label = STATE_LABELS[state]
+            label = str(STATE_LABELS[state])
         badge = format_html(
             '<span class="outbox-badge outbox-{}" title="{}">{}</span>', css, title, label
         )

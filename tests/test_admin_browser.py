@@ -216,16 +216,6 @@ return {
 def assert_list_fits(browser: Any) -> None:
     """No horizontal scrollbar, on the page or the table; every badge whole, inside its cell."""
     layout = browser.execute_script(LAYOUT)
-    if os.environ.get("OUTBOX_SHOW_COLUMNS"):
-        print(
-            browser.execute_script(
-                "return [...document.querySelectorAll('#result_list thead th')].map(th => "
-                "[th.className, Math.round(th.getBoundingClientRect().width)]);"
-            ),
-            layout["areaLeft"],
-            layout["areaRight"],
-            layout["resultsScroll"],
-        )
     assert layout["viewport"] == WIDTH or layout["viewport"] >= WIDTH - 20  # a scrollbar's width
     assert layout["sidebarOpen"], "the navigation sidebar must be open"
     assert layout["pageWidth"] <= layout["viewport"], layout
