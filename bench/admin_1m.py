@@ -9,7 +9,9 @@ Usage (the database is created if missing; use one of its own, never a test data
 Seeding runs inside the server (PostgreSQL ``generate_series``, MariaDB's sequence
 engine ``seq_1_to_N``), then ANALYZE. The mix: 96 % consumed, 1 % published, 1 %
 dead, 2 % pending (ready, backing off, in flight), eight event types, three topics,
-keys mostly the event id, creation times spread over 30 days in id order.
+keys mostly the event id, creation times spread over 30 days in id order. Dead and
+backing-off rows carry one of 11 errors (four kinds, one a handler's traceback), which
+the failure groups (``admin_failures.py``) read.
 
 Each page is requested ``--runs`` times through Django's test client as a logged-in
 superuser; the figures are wall-clock server times (request in, response rendered)
@@ -49,7 +51,13 @@ SELECT 'bench.type' || (i % 8), 'bench.topic' || (i % 3),
          WHEN i % 100 = 2 THEN now() - interval '1 hour' + interval '0.123 second'
          WHEN i % 100 = 3 AND i % 200 < 100 THEN date_trunc('second', now()) + interval '1 day'
          WHEN i % 100 = 3 THEN now() + interval '1 day 0.123 second' END,
-    CASE WHEN i % 100 = 0 THEN 'broker unavailable' END,
+    CASE WHEN i % 100 = 0 THEN CASE (i / 100) % 4
+             WHEN 0 THEN 'KafkaConnectionError: broker unavailable'
+             WHEN 1 THEN E'KafkaTimeoutError: Batch for TopicPartition expired\nafter 30.0 s'
+             WHEN 2 THEN E'Traceback (most recent call last):\n  File "h.py", line 3, in on\n'
+                         || E'    raise ValueError(x)\nValueError: bad amount ' || ((i / 100) % 7)
+             ELSE 'MessageSizeTooLargeError: the record is too large' END
+         WHEN i % 100 = 3 AND i % 200 >= 100 THEN 'KafkaTimeoutError: no ack within 30.0s' END,
     CASE WHEN i % 100 NOT IN (0, 2, 3) THEN created END,
     CASE WHEN i % 100 > 3 THEN created END,
     created, created
@@ -73,7 +81,14 @@ SELECT CONCAT('bench.type', i % 8), CONCAT('bench.topic', i % 3),
          WHEN i % 100 = 2 THEN NOW(3) - INTERVAL 1 HOUR + INTERVAL 123000 MICROSECOND
          WHEN i % 100 = 3 AND i % 200 < 100 THEN CAST(NOW() AS DATETIME) + INTERVAL 1 DAY
          WHEN i % 100 = 3 THEN NOW(3) + INTERVAL 1 DAY + INTERVAL 123000 MICROSECOND END,
-    IF(i % 100 = 0, 'broker unavailable', NULL),
+    CASE WHEN i % 100 = 0 THEN CASE (i DIV 100) % 4
+             WHEN 0 THEN 'KafkaConnectionError: broker unavailable'
+             WHEN 1 THEN 'KafkaTimeoutError: Batch for TopicPartition expired\nafter 30.0 s'
+             WHEN 2 THEN CONCAT('Traceback (most recent call last):\n',
+                                '  File "h.py", line 3, in on\n    raise ValueError(x)\n',
+                                'ValueError: bad amount ', (i DIV 100) % 7)
+             ELSE 'MessageSizeTooLargeError: the record is too large' END
+         WHEN i % 100 = 3 AND i % 200 >= 100 THEN 'KafkaTimeoutError: no ack within 30.0s' END,
     IF(i % 100 NOT IN (0, 2, 3), created, NULL),
     IF(i % 100 > 3, created, NULL),
     created, created
@@ -189,6 +204,7 @@ def main() -> None:
 
     from django_outbox.admin import OutboxMessageAdmin
     from django_outbox.admin_counts import OutboxPaginator, summary
+    from django_outbox.admin_failures import group_failures
     from django_outbox.models import OutboxMessage
 
     seed(options.rows, options.reseed)
@@ -254,6 +270,28 @@ def main() -> None:
         "detail page",
         options.runs,
         page(reverse("admin:django_outbox_outboxmessage_change", args=[keyed.pk])),
+    )
+    failures = reverse("admin:django_outbox_outboxmessage_failures")
+    measure("failures by error (page)", options.runs, page(failures))
+    measure(
+        "group_failures() alone", options.runs, lambda: group_failures(OutboxMessage.objects.all())
+    )
+    measure(
+        "list, one failure group",
+        options.runs,
+        page(changelist, {"failure": "ValueError: bad amount 3"}),
+    )
+    measure(
+        "list, state=dead + failure group",
+        options.runs,
+        page(changelist, {"state": "dead", "failure": "KafkaConnectionError: broker unavailable"}),
+    )
+    dead_row = OutboxMessage.objects.dead().order_by("-pk").first()
+    assert dead_row is not None
+    measure(
+        "detail page of a dead row",
+        options.runs,
+        page(reverse("admin:django_outbox_outboxmessage_change", args=[dead_row.pk])),
     )
     measure("summary() alone", options.runs, lambda: summary(OutboxMessage.objects.all()))
     measure(

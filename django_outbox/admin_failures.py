@@ -26,6 +26,9 @@ from .models import OutboxMessageQuerySet, Status
 
 #: Failed rows grouped at most (the newest); the page says when there are more.
 GROUPED_ROWS = 10_000
+#: Failed rows the list's error filter groups for its choices (it is drawn on every list view
+#: of failed rows, the failures page only when asked for).
+FILTER_ROWS = 2_000
 #: Characters of a group's text at most.
 GROUP_CHARS = 200
 #: Characters read from each end of an error.
@@ -84,20 +87,22 @@ class Grouping:
 
 
 def group_failures(
-    queryset: OutboxMessageQuerySet, now: datetime.datetime | None = None
+    queryset: OutboxMessageQuerySet,
+    now: datetime.datetime | None = None,
+    limit: int = GROUPED_ROWS,
 ) -> Grouping:
-    """The failed rows of ``queryset`` by error group, largest group first."""
+    """The newest ``limit`` failed rows of ``queryset`` by error group, largest group first."""
     now = now or timezone.now()
     rows = (
         failed_rows(queryset, now)
         .order_by("-pk")
         .annotate(head=Left("last_error", EDGE_CHARS), tail=Right("last_error", EDGE_CHARS))
-        .values_list("status", "head", "tail")[: GROUPED_ROWS + 1]
+        .values_list("status", "head", "tail")[: limit + 1]
     )
     fetched = list(rows)
-    complete = len(fetched) <= GROUPED_ROWS
+    complete = len(fetched) <= limit
     counts: Counter[tuple[str, bool]] = Counter()
-    for status, head, tail in fetched[:GROUPED_ROWS]:
+    for status, head, tail in fetched[:limit]:
         counts[(error_group(head, tail), status == Status.DEAD)] += 1
     groups: dict[str, FailureGroup] = {}
     for (error, dead), count in counts.items():
@@ -107,15 +112,15 @@ def group_failures(
         else:
             group.backing_off += count
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.error))
-    return Grouping(ordered, min(len(fetched), GROUPED_ROWS), complete)
+    return Grouping(ordered, min(len(fetched), limit), complete)
 
 
 class FailureFilter(admin.SimpleListFilter):
     """Failed rows (dead, or backing off) of one error group.
 
     Its choices are the groups, listed only while the list shows failed rows
-    (``state=dead`` or ``state=backing_off``) or one group already: grouping reads
-    up to ``GROUPED_ROWS`` errors, which the plain list page does not pay for.
+    (``state=dead`` or ``state=backing_off``) or one group already, from the newest
+    ``FILTER_ROWS`` failed rows; the plain list page does not pay for it.
     """
 
     title = _("error")
@@ -126,7 +131,7 @@ class FailureFilter(admin.SimpleListFilter):
         chosen = self.value()
         if state not in ("dead", "backing_off") and chosen is None:
             return []
-        grouping = group_failures(model_admin.get_queryset(request))
+        grouping = group_failures(model_admin.get_queryset(request), limit=FILTER_ROWS)
         choices = [(g.error, f"{g.error} ({g.count})") for g in grouping.groups[:20]]
         if chosen is not None and chosen not in {value for value, _label in choices}:
             choices.append((str(chosen), str(chosen)))
