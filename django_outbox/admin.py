@@ -31,7 +31,7 @@ from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from .admin_counts import COUNT_CAP, OutboxPaginator, capped_count, summary
-from .admin_failures import FailureFilter, failed_rows, group_failures, in_group
+from .admin_failures import FailureFilter, group_failures
 from .admin_filters import EventTypeFilter, HeldFilter, StateFilter, TopicFilter
 from .attempts import FailedAttempt
 from .conf import outbox_settings
@@ -520,12 +520,10 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def _retry_group(self, request: HttpRequest, group: str) -> None:
         now = timezone.now()
-        rows = cast(
-            OutboxMessageQuerySet, in_group(failed_rows(self.get_queryset(request), now), group)
-        )
-        changed = self._apply(
-            request, rows.retryable(now), lambda q: q.retry_now(now), now, "retry"
-        )
+        rows = self.get_queryset(request)
+        ids = group_failures(rows, now).ids_of(group)
+        eligible = rows.retryable(now).filter(pk__in=ids)
+        changed = self._apply(request, eligible, lambda q: q.retry_now(now), now, "retry")
         if changed:
             self.message_user(
                 request,

@@ -1,22 +1,21 @@
 """Failures grouped by error, for the admin: which errors, how many rows, a filter per group.
 
 Only failed rows are grouped: ``dead`` ones and pending ones backing off after a
-failure (both read through the ``(status, next_retry_at, biz_type)`` index), the
-newest ``GROUPED_ROWS`` of them. A group is the error's type and first line: the
-first line of ``last_error``, or for a handler's traceback (the consumer stores
-the whole traceback) its last line, ``Type: message``. Only the first and last
-``EDGE_CHARS`` characters of each error are read.
+failure (their ids read from the ``(status, next_retry_at, biz_type)`` index, their
+errors then by primary key), the newest ``GROUPED_ROWS`` of them. A group is the
+error's type and first line: the first line of ``last_error``, or for a handler's
+traceback (the consumer stores the whole traceback) its last line, ``Type:
+message``. Only the first and last ``EDGE_CHARS`` characters of each error are read.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections import Counter
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.db.models.functions import Left, Right
 from django.http import HttpRequest
 from django.utils import timezone
@@ -31,6 +30,8 @@ GROUPED_ROWS = 10_000
 FILTER_ROWS = 2_000
 #: Characters of a group's text at most.
 GROUP_CHARS = 200
+#: Rows whose errors one query reads.
+FETCH_CHUNK = 500
 #: Characters read from each end of an error.
 EDGE_CHARS = 400
 TRACEBACK = "Traceback (most recent call last):"
@@ -50,29 +51,13 @@ def error_group(head: str | None, tail: str | None = None) -> str:
     return line[:GROUP_CHARS]
 
 
-def failed_rows(queryset: OutboxMessageQuerySet, now: datetime.datetime) -> OutboxMessageQuerySet:
-    """Dead rows and pending rows backing off after a failure."""
-    return queryset.dead() | queryset.backing_off(now)
-
-
-def in_group(queryset: QuerySet, group: str) -> QuerySet:
-    """The rows of ``queryset`` whose error falls in ``group`` (see ``error_group``)."""
-    if group == NO_ERROR:
-        return queryset.filter(Q(last_error__isnull=True) | Q(last_error=""))
-    first_line = Q(last_error=group) | Q(last_error__startswith=group + "\n")
-    last_line = Q(last_error__startswith=TRACEBACK) & Q(last_error__endswith="\n" + group)
-    if len(group) >= GROUP_CHARS:  # clipped: the line goes on
-        first_line = Q(last_error__startswith=group)
-        last_line = Q(last_error__startswith=TRACEBACK) & Q(last_error__contains="\n" + group)
-    # Stored errors are stripped of outer blanks; the condition still checks them again.
-    return queryset.filter(first_line | last_line)
-
-
 @dataclass
 class FailureGroup:
     error: str
     dead: int = 0
     backing_off: int = 0
+    #: The rows of the group, newest first.
+    ids: list[int] = field(default_factory=list, repr=False)
 
     @property
     def count(self) -> int:
@@ -85,34 +70,49 @@ class Grouping:
     rows: int
     complete: bool
 
+    def ids_of(self, error: str) -> list[int]:
+        """The rows of the group ``error`` (none when no such group)."""
+        return next((group.ids for group in self.groups if group.error == error), [])
+
 
 def group_failures(
     queryset: OutboxMessageQuerySet,
     now: datetime.datetime | None = None,
     limit: int = GROUPED_ROWS,
 ) -> Grouping:
-    """The newest ``limit`` failed rows of ``queryset`` by error group, largest group first."""
+    """The newest ``limit`` failed rows of ``queryset`` by error group, largest group first.
+
+    The list's filter and "retry all in this group" take their rows from here too, so
+    they always match the counts shown.
+    """
     now = now or timezone.now()
-    rows = (
-        failed_rows(queryset, now)
-        .order_by("-pk")
-        .annotate(head=Left("last_error", EDGE_CHARS), tail=Right("last_error", EDGE_CHARS))
-        .values_list("status", "head", "tail")[: limit + 1]
-    )
-    fetched = list(rows)
-    complete = len(fetched) <= limit
-    counts: Counter[tuple[str, bool]] = Counter()
-    for status, head, tail in fetched[:limit]:
-        counts[(error_group(head, tail), status == Status.DEAD)] += 1
+    # The newest ids of each kind from the index alone (it holds the primary key), then
+    # the errors of those rows by primary key: an ``ORDER BY id`` over both kinds at once
+    # walks the table backwards on MariaDB, reading the consumed rows too.
+    ids: set[int] = set()
+    for kind in (queryset.dead(), queryset.backing_off(now)):
+        ids.update(kind.order_by("-pk").values_list("pk", flat=True)[: limit + 1])
+    newest = sorted(ids, reverse=True)
+    complete = len(newest) <= limit
+    chosen = newest[:limit]
     groups: dict[str, FailureGroup] = {}
-    for (error, dead), count in counts.items():
-        group = groups.setdefault(error, FailureGroup(error))
-        if dead:
-            group.dead += count
-        else:
-            group.backing_off += count
+    for start in range(0, len(chosen), FETCH_CHUNK):
+        rows = (
+            queryset.filter(pk__in=chosen[start : start + FETCH_CHUNK])
+            .order_by("-pk")
+            .annotate(head=Left("last_error", EDGE_CHARS), tail=Right("last_error", EDGE_CHARS))
+            .values_list("pk", "status", "head", "tail")
+        )
+        for pk, status, head, tail in rows:
+            error = error_group(head, tail)
+            group = groups.setdefault(error, FailureGroup(error))
+            if status == Status.DEAD:
+                group.dead += 1
+            else:
+                group.backing_off += 1
+            group.ids.append(pk)
     ordered = sorted(groups.values(), key=lambda g: (-g.count, g.error))
-    return Grouping(ordered, min(len(fetched), limit), complete)
+    return Grouping(ordered, len(chosen), complete)
 
 
 class FailureFilter(admin.SimpleListFilter):
@@ -127,18 +127,25 @@ class FailureFilter(admin.SimpleListFilter):
     parameter_name = "failure"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        self._rows: OutboxMessageQuerySet = model_admin.get_queryset(request)
+        self._groupings: dict[int, Grouping] = {}
         state = request.GET.get("state")
         chosen = self.value()
         if state not in ("dead", "backing_off") and chosen is None:
             return []
-        grouping = group_failures(model_admin.get_queryset(request), limit=FILTER_ROWS)
+        grouping = self._grouping(GROUPED_ROWS if chosen is not None else FILTER_ROWS)
         choices = [(g.error, f"{g.error} ({g.count})") for g in grouping.groups[:20]]
         if chosen is not None and chosen not in {value for value, _label in choices}:
             choices.append((str(chosen), str(chosen)))
         return choices
 
+    def _grouping(self, limit: int) -> Grouping:
+        # Once per request: the choices and the rows of a chosen group share it.
+        if limit not in self._groupings:
+            self._groupings[limit] = group_failures(self._rows, limit=limit)
+        return self._groupings[limit]
+
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet | None:
         if self.value() is None:
             return None
-        failed = failed_rows(cast(OutboxMessageQuerySet, queryset), timezone.now())
-        return in_group(failed, str(self.value()))
+        return queryset.filter(pk__in=self._grouping(GROUPED_ROWS).ids_of(str(self.value())))

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_outbox import attempts as attempts_module
-from django_outbox.admin_failures import error_group, group_failures, in_group
+from django_outbox.admin_failures import error_group, group_failures
 from django_outbox.attempts import FailedAttempt
 from django_outbox.consumer import replay
 from django_outbox.envelope import Event
@@ -228,9 +228,10 @@ def test_groups_count_only_failed_rows(failures):
         ("KafkaTimeoutError: Batch for TopicPartition expired", 3, 1),
         ("ValueError: unknown currency 'XBT'", 2, 0),
     ]
-    rows = OutboxMessage.objects.all()
-    picked = in_group(rows.dead(), "ValueError: unknown currency 'XBT'")
-    assert {r.pk for r in picked} == {r.pk for r in failures["currency"]}
+    picked = grouping.ids_of("ValueError: unknown currency 'XBT'")
+    assert picked == sorted((r.pk for r in failures["currency"]), reverse=True)
+    assert grouping.ids_of("no such error") == []
+    assert group_failures(OutboxMessage.objects.all(), limit=3).rows == 3
 
 
 def test_failures_page_filter_and_retry_all_in_a_group(admin_client, failures):
