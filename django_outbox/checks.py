@@ -243,6 +243,24 @@ def check_time_zone(**kwargs: Any) -> Messages:
     ]
 
 
+def check_admin_static(**kwargs: Any) -> Messages:
+    from django.apps import apps
+
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    if apps.is_installed("django.contrib.staticfiles"):
+        return []
+    return [
+        Warning(
+            "The outbox admin takes its style sheet from the static file "
+            "django_outbox/admin.css, and django.contrib.staticfiles is not installed.",
+            hint="Add 'django.contrib.staticfiles' to INSTALLED_APPS (and run collectstatic), "
+            "or serve django_outbox/static/ at STATIC_URL yourself.",
+            id="django_outbox.W040",
+        )
+    ]
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
@@ -250,4 +268,5 @@ ALL: Sequence[Callable[..., Messages]] = (
     check_numbers,
     check_client_options,
     check_time_zone,
+    check_admin_static,
 )
