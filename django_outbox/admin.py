@@ -372,11 +372,11 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         return format_html(
             '<table class="outbox-attempts"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
             "<th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
-            _("attempt"),
+            _("#"),
             _("failed at"),
             _("source"),
             _("worker (host:pid)"),
-            _("made it dead"),
+            _("dead"),
             _("error"),
             rows,
         )
