@@ -38,6 +38,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def _long_time(value: Any) -> str:
+    from .admin import long_time  # admin.py imports this module at its end
+
+    return long_time(value)
+
+
 def outbox_row_of(record: RejectedRecord) -> tuple[str, int] | None:
     """``(alias, id)`` of the outbox row a rejected record came from, if it is here."""
     headers = dict(decode_headers(record.headers or []))
@@ -70,7 +76,14 @@ class RejectedRecordAdmin(ReadOnlyAdmin):
     list_filter = ("reason", "replay_outcome", "consumer_group", "topic")
     search_fields = ("=event_id", "=event_type")
     ordering = ("-id",)
-    readonly_fields = ("outbox_row", "replayed_at_text", "value_text", "headers_text")
+    readonly_fields = (
+        "outbox_row",
+        "created_text",
+        "updated_text",
+        "replayed_at_text",
+        "value_text",
+        "headers_text",
+    )
     exclude = ("value", "headers", "replayed_at")
     actions = ("rehandle", "resend")
 
@@ -116,11 +129,17 @@ class RejectedRecordAdmin(ReadOnlyAdmin):
             _("Search the outbox for this event id"),
         )
 
+    @admin.display(description=_("created at"))
+    def created_text(self, obj: RejectedRecord) -> str:
+        return _long_time(obj.created_at)
+
+    @admin.display(description=_("updated at"))
+    def updated_text(self, obj: RejectedRecord) -> str:
+        return _long_time(obj.updated_at)
+
     @admin.display(description=_("replayed at"))
     def replayed_at_text(self, obj: RejectedRecord) -> str:
-        from .admin import long_time
-
-        return long_time(obj.replayed_at) if obj.replayed_at else "-"
+        return _long_time(obj.replayed_at)
 
     @admin.display(description=_("value"))
     def value_text(self, obj: RejectedRecord) -> SafeString:

@@ -315,6 +315,8 @@ def test_links_between_a_row_and_its_rejected_copies(admin_client):
     assert [r.pk for r in filtered.context["cl"].result_list] == [record.pk]
     back = admin_client.get(record_url).content.decode()
     assert f'href="{detail_url(row.pk)}"' in back
+    local = timezone.localtime(record.created_at)
+    assert local.strftime("%Y-%m-%d %H:%M:%S.") in back  # times with seconds and zone
 
 
 # --------------------------------------------------------------------------- replays
