@@ -8,8 +8,9 @@ Usage (the database is created if missing; use one of its own, never a test data
 
 The rows are seeded inside the server by bench/seeding.py, in its admin's mix: 96 %
 consumed, 1 % published, 1 % dead, 2 % pending (ready, backing off, in flight), eight
-event types, three topics, keys mostly the event id, creation times spread over 30
-days in id order.
+event types, three topics, keys mostly the event id, creation times spread over 30 days
+in id order. Dead and backing-off rows carry one of 11 errors (four kinds, one a
+handler's traceback), which the failure groups (``admin_failures.py``) read.
 
 Each page is requested ``--runs`` times through Django's test client as a logged-in
 superuser; the figures are wall-clock server times (request in, response rendered)
@@ -72,6 +73,7 @@ def main() -> None:
 
     from django_outbox.admin import OutboxMessageAdmin
     from django_outbox.admin_counts import OutboxPaginator, summary
+    from django_outbox.admin_failures import group_failures
     from django_outbox.models import OutboxMessage
 
     seed(options.rows, options.reseed)
@@ -137,6 +139,28 @@ def main() -> None:
         "detail page",
         options.runs,
         page(reverse("admin:django_outbox_outboxmessage_change", args=[keyed.pk])),
+    )
+    failures = reverse("admin:django_outbox_outboxmessage_failures")
+    measure("failures by error (page)", options.runs, page(failures))
+    measure(
+        "group_failures() alone", options.runs, lambda: group_failures(OutboxMessage.objects.all())
+    )
+    measure(
+        "list, one failure group",
+        options.runs,
+        page(changelist, {"failure": "ValueError: bad amount 3"}),
+    )
+    measure(
+        "list, state=dead + failure group",
+        options.runs,
+        page(changelist, {"state": "dead", "failure": "KafkaConnectionError: broker unavailable"}),
+    )
+    dead_row = OutboxMessage.objects.dead().order_by("-pk").first()
+    assert dead_row is not None
+    measure(
+        "detail page of a dead row",
+        options.runs,
+        page(reverse("admin:django_outbox_outboxmessage_change", args=[dead_row.pk])),
     )
     measure("summary() alone", options.runs, lambda: summary(OutboxMessage.objects.all()))
     measure(

@@ -53,7 +53,9 @@ def kind_sql(rows: int, live: int | None) -> str:
 
 
 # What the kind of a row means for each column; {now}, {created} and the rest are
-# filled in per database below.
+# filled in per database below. Dead and backing-off rows carry one of 11 errors (four
+# kinds, one a handler's traceback in seven variants), which the admin's failure groups
+# (admin_failures.py) read; {group} spreads them over dead rows of both mixes.
 COLUMNS = """
     {type_prefix}, {topic_prefix},
     CASE WHEN i % 10 = 0 THEN {conversation_key} ELSE eid END,
@@ -64,11 +66,22 @@ COLUMNS = """
     CASE WHEN kind = 'retry_due' THEN {hour_ago}
          WHEN kind = 'in_flight' THEN {lease}
          WHEN kind = 'backing_off' THEN {day_later} END,
-    CASE WHEN kind = 'dead' THEN 'broker unavailable' END,
+    CASE WHEN kind = 'dead' THEN CASE ({group}) % 4
+             WHEN 0 THEN 'KafkaConnectionError: broker unavailable'
+             WHEN 1 THEN 'KafkaTimeoutError: Batch for TopicPartition expired
+after 30.0 s'
+             WHEN 2 THEN {traceback}
+             ELSE 'MessageSizeTooLargeError: the record is too large' END
+         WHEN kind = 'backing_off' THEN 'KafkaTimeoutError: no ack within 30.0s' END,
     CASE WHEN kind IN ('published', 'consumed') THEN created END,
     CASE WHEN kind = 'consumed' THEN created END,
     created, created
 """
+
+TRACEBACK = """'Traceback (most recent call last):
+  File "h.py", line 3, in on
+    raise ValueError(x)
+ValueError: bad amount '"""
 
 INSERT = """
 INSERT INTO agent_outbox_messages (biz_type, topic, message_key, payload, status, retry_count,
@@ -79,6 +92,8 @@ POSTGRESQL = dict(
     type_prefix="'bench.type' || (i % 8)",
     topic_prefix="'bench.topic' || (i % 3)",
     conversation_key="'conversation-' || (i % 5000)",
+    group="i / 100 + i",
+    traceback=TRACEBACK + " || ((i / 100) % 7)",
     payload="""'{"event_id":"' || eid || '","event_type":"bench.type' || (i % 8)
         || '","version":1,"occurred_at":"2026-11-01T00:00:00.000000Z","key":"k","headers":{},'
         || '"data":{"text":"' || repeat('x', 120) || '"}}'""",
@@ -95,6 +110,8 @@ MYSQL = dict(
     type_prefix="CONCAT('bench.type', i % 8)",
     topic_prefix="CONCAT('bench.topic', i % 3)",
     conversation_key="CONCAT('conversation-', i % 5000)",
+    group="i DIV 100 + i",
+    traceback="CONCAT(" + TRACEBACK + ", (i DIV 100) % 7)",
     payload="""CONCAT('{"event_id":"', eid, '","event_type":"bench.type', i % 8,
         '","version":1,"occurred_at":"2026-11-01T00:00:00.000000Z","key":"k","headers":{},',
         '"data":{"text":"', REPEAT('x', 120), '"}}')""",
@@ -119,6 +136,8 @@ SQLITE = dict(
     type_prefix="'bench.type' || (i % 8)",
     topic_prefix="'bench.topic' || (i % 3)",
     conversation_key="'conversation-' || (i % 5000)",
+    group="i / 100 + i",
+    traceback=TRACEBACK + " || ((i / 100) % 7)",
     payload="""'{"event_id":"' || eid || '","event_type":"bench.type' || (i % 8)
         || '","version":1,"occurred_at":"2026-11-01T00:00:00.000000Z","key":"k","headers":{},'
         || '"data":{"text":"' || replace(printf('%120s', ''), ' ', 'x') || '"}}'""",

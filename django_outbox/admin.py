@@ -1,9 +1,9 @@
-"""The outbox in the Django admin: read-only rows, a summary, and three actions.
+"""The outbox in the Django admin: read-only rows, a summary, actions, failures by error.
 
 Rows are never edited by hand and never deleted here: the table is shared with
 the Go service, and a row is the only trace of an event. Operators act through
-actions, each a single conditional ``UPDATE`` that leaves a note in
-``last_error`` saying who did what and when.
+actions, each a single conditional ``UPDATE`` per chunk of rows, recorded in
+Django's own history (``LogEntry``: "History" on a row's page, "Recent actions").
 """
 
 from __future__ import annotations
@@ -11,32 +11,43 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import CharField, F, Q, QuerySet, TextField, Value
-from django.db.models.functions import Cast, Coalesce, Concat, Left
-from django.http import HttpRequest, HttpResponse
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 
 from .admin_counts import COUNT_CAP, OutboxPaginator, capped_count, summary
+from .admin_failures import FailureFilter, group_failures
 from .admin_filters import EventTypeFilter, HeldFilter, StateFilter, TopicFilter
+from .attempts import FailedAttempt
 from .conf import outbox_settings
-from .fields import TEXT_MAX_CHARS
-from .models import OutboxMessage, OutboxMessageQuerySet, Status
+from .fields import truncate_to_millis
+from .inbox import RejectedRecord
+from .models import FINAL_STATUSES, OutboxMessage, OutboxMessageQuerySet, Status
 from .ordering import release_keys
+from .registry import registry
 
 #: A search materialises at most this many matching ids, so that the list and its
 #: count become primary-key lookups instead of repeating the search's table scan.
 SEARCH_IDS = 1_000
+#: Rows changed (and logged) per statement by an action.
+ACTION_CHUNK = 500
+#: Failed attempts and rejected copies shown on a row's page at most.
+HISTORY_ROWS = 50
 
 STATE_LABELS = {
     "ready": _("ready"),
@@ -61,45 +72,61 @@ def pending_state(message: OutboxMessage, now: datetime.datetime) -> str | None:
     return "backing_off"
 
 
+def long_time(value: datetime.datetime | None) -> str:
+    """A moment with milliseconds and zone (current time zone): 2026-12-01 23:05:09.120 UTC."""
+    if value is None:
+        return "-"
+    local = timezone.localtime(value)
+    zone = local.strftime("%Z") or local.strftime("%z")
+    return local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + f" {zone}"
+
+
 def _short_time(value: datetime.datetime | None) -> SafeString | str:
     # Four time columns in Django's long format push the list off the screen:
     # today's times show the time of day only, the full moment is in the tooltip.
     if value is None:
         return "-"
     local = timezone.localtime(value)
-    short = "%H:%M:%S" if local.date() == timezone.localdate() else "%Y-%m-%d %H:%M"
+    if local.date() == timezone.localdate():
+        shown = format_html("{}", local.strftime("%H:%M:%S"))
+    else:  # the date above the time: the column stays as narrow as a time
+        shown = format_html("{}<br>{}", local.strftime("%Y-%m-%d"), local.strftime("%H:%M"))
     return format_html(
-        '<time datetime="{}" title="{}">{}</time>',
-        value.isoformat(),
-        local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + local.strftime(" %Z"),
-        local.strftime(short),
+        '<time datetime="{}" title="{}">{}</time>', value.isoformat(), long_time(value), shown
     )
 
 
-def _note(action: str, request: HttpRequest, now: datetime.datetime) -> str:
-    return f"[{now:%Y-%m-%d %H:%M:%S} UTC] {action} by {request.user.get_username()} (was "
+def _detail_time(value: datetime.datetime | None) -> SafeString | str:
+    if value is None:
+        return "-"
+    return format_html('<time datetime="{}">{}</time>', value.isoformat(), long_time(value))
 
 
-def _with_note(note: str) -> Left:
-    """``last_error`` with ``note`` (then the old status and retry count) prepended, clipped.
+def _breakable(name: str) -> SafeString:
+    """A dotted name that may wrap after its dots (``chat.<wbr>message.<wbr>created``)."""
+    parts = name.split(".")
+    return format_html_join(mark_safe(".<wbr>"), "{}", ((part,) for part in parts))
 
-    Put it first in ``update()``: MySQL evaluates ``SET`` assignments left to right,
-    each seeing the columns already assigned.
-    """
-    return Left(
-        Concat(
-            Value(note),
-            F("status"),
-            Value(", "),
-            Cast("retry_count", output_field=CharField()),
-            Value("/"),
-            Cast("max_retry", output_field=CharField()),
-            Value(" retries)\n"),
-            Coalesce("last_error", Value(""), output_field=TextField()),
-            output_field=TextField(),
-        ),
-        TEXT_MAX_CHARS,
-    )
+
+def has_handler(event_type: str) -> bool:
+    """True when this project registered a handler for ``event_type``."""
+    return event_type in registry
+
+
+def event_id_of(obj: OutboxMessage) -> str | None:
+    try:
+        return str(uuid.UUID(str(json.loads(obj.payload)["event_id"])))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def rejected_copies(obj: OutboxMessage) -> QuerySet[RejectedRecord]:
+    """The rejected records of a row's event (by event id: indexed)."""
+    event_id = event_id_of(obj)
+    records = RejectedRecord.objects.using(outbox_settings.database)
+    if event_id is None:
+        return records.none()
+    return records.filter(event_id=event_id).order_by("-id")
 
 
 # Pairs share a line on the detail page.
@@ -107,10 +134,17 @@ _MAIN_FIELDS = (
     ("id", "status_badge"),
     ("event_type", "event_id"),
     ("topic", "message_key"),
-    ("retries", "next_retry_at"),
+    ("retries", "next_retry_text"),
+    ("handler_text",),
 )
-_TIME_FIELDS = (("created_at", "published_at"), ("consumed_at", "updated_at"))
+_TIME_FIELDS = (("created_text", "published_text"), ("consumed_text", "updated_text"))
 _ALL_FIELDS = [name for pair in _MAIN_FIELDS + _TIME_FIELDS for name in pair]
+#: Columns an action reads to say in the history what a row was.
+_LOGGED = ("pk", "event_type", "status", "retry_count", "max_retry")
+
+
+class OutboxMedia:
+    css = {"all": ("django_outbox/admin.css",)}
 
 
 @admin.register(OutboxMessage)
@@ -119,14 +153,14 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     The actions ask for their own permission through ``has_<action>_permission``;
     the codenames are class attributes so a project can map them to permissions of
-    its own.
+    its own. Every change an action makes is in Django's ``LogEntry`` history.
     """
 
     list_display = (
         "id",
-        "event_type",
-        "topic",
-        "message_key",
+        "type",
+        "topic_text",
+        "key",
         "status_badge",
         "retries",
         "next_retry",
@@ -134,8 +168,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         "published",
         "consumed",
     )
-    list_display_links = ("id", "event_type")
-    list_filter = (StateFilter, "status", EventTypeFilter, TopicFilter, HeldFilter)
+    list_display_links = ("id", "type")
+    list_filter = (StateFilter, "status", EventTypeFilter, TopicFilter, HeldFilter, FailureFilter)
     search_fields = ("=message_key", "=event_type")  # shows the box; see get_search_results
     search_help_text = _(
         "Exact message key or event type, an event id (UUID), or #id. "
@@ -144,6 +178,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     ordering = ("-id",)
     sortable_by = ("id",)  # the only order an index serves on every filter
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice reads the whole table
     paginator = OutboxPaginator
     list_per_page = 100
     actions = ("retry_now", "give_up", "redeliver", "release_key")
@@ -151,8 +186,11 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         (None, {"fields": _MAIN_FIELDS}),
         (_("Timeline"), {"fields": _TIME_FIELDS}),
         (_("Last error"), {"fields": ("last_error_text",)}),
+        (_("Failed attempts"), {"fields": ("attempts_table",)}),
+        (_("Rejected copies"), {"fields": ("rejected_text",)}),
         (_("Envelope"), {"fields": ("envelope",)}),
     )
+    Media = OutboxMedia
 
     #: Permission codenames (app label ``django_outbox``) each action needs.
     retry_permission = "retry_outboxmessage"
@@ -194,7 +232,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         return self._has(request, self.redeliver_permission)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [*_ALL_FIELDS, "last_error_text", "envelope"]
+        return [*_ALL_FIELDS, "last_error_text", "attempts_table", "rejected_text", "envelope"]
 
     # -- columns ----------------------------------------------------------------
 
@@ -204,17 +242,46 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         known = obj.status in Status.values
         css = state.replace("_", "-") if state else (obj.status if known else "unknown")
         label = obj.get_status_display() if known else obj.status
+        title = label
         if state:
-            label = f"{label} · {STATE_LABELS[state]}"
-        return format_html('<span class="outbox-badge outbox-{}">{}</span>', css, label)
+            # The state says "pending" already; the tooltip has both.
+            title = f"{label} · {STATE_LABELS[state]}"
+            label = str(STATE_LABELS[state])
+        badge = format_html(
+            '<span class="outbox-badge outbox-{}" title="{}">{}</span>', css, title, label
+        )
+        if obj.status != Status.CONSUMED and not has_handler(obj.event_type):
+            badge = format_html(
+                '{} <span class="outbox-badge outbox-no-handler" title="{}">{}</span>',
+                badge,
+                _("No handler is registered for this event type in this project."),
+                _("no handler"),
+            )
+        return badge
 
-    @admin.display(description=_("retries / max"))
+    @admin.display(description=_("event type"))
+    def type(self, obj: OutboxMessage) -> SafeString:
+        return _breakable(obj.event_type)
+
+    @admin.display(description=_("topic"))
+    def topic_text(self, obj: OutboxMessage) -> SafeString:
+        return _breakable(obj.topic)
+
+    @admin.display(description=_("key"))
+    def key(self, obj: OutboxMessage) -> SafeString:
+        return format_html('<span class="outbox-key" title="{0}">{0}</span>', obj.message_key)
+
+    @admin.display(description=_("retries"))
     def retries(self, obj: OutboxMessage) -> str:
         return f"{obj.retry_count} / {obj.max_retry}"
 
+    def _next_retry_at(self, obj: OutboxMessage) -> datetime.datetime | None:
+        # A final row has no next attempt, whatever the column still holds.
+        return None if obj.status in FINAL_STATUSES else obj.next_retry_at
+
     @admin.display(description=_("next retry"))
     def next_retry(self, obj: OutboxMessage) -> SafeString | str:
-        return _short_time(obj.next_retry_at)
+        return _short_time(self._next_retry_at(obj))
 
     @admin.display(description=_("created"))
     def created(self, obj: OutboxMessage) -> SafeString | str:
@@ -227,6 +294,44 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     @admin.display(description=_("consumed"))
     def consumed(self, obj: OutboxMessage) -> SafeString | str:
         return _short_time(obj.consumed_at)
+
+    # -- detail -----------------------------------------------------------------
+
+    @admin.display(description=_("next retry at"))
+    def next_retry_text(self, obj: OutboxMessage) -> SafeString | str:
+        return _detail_time(self._next_retry_at(obj))
+
+    @admin.display(description=_("created at"))
+    def created_text(self, obj: OutboxMessage) -> SafeString | str:
+        return _detail_time(obj.created_at)
+
+    @admin.display(description=_("published at"))
+    def published_text(self, obj: OutboxMessage) -> SafeString | str:
+        return _detail_time(obj.published_at)
+
+    @admin.display(description=_("consumed at"))
+    def consumed_text(self, obj: OutboxMessage) -> SafeString | str:
+        return _detail_time(obj.consumed_at)
+
+    @admin.display(description=_("updated at"))
+    def updated_text(self, obj: OutboxMessage) -> SafeString | str:
+        return _detail_time(obj.updated_at)
+
+    @admin.display(description=_("handler"))
+    def handler_text(self, obj: OutboxMessage) -> SafeString | str:
+        if has_handler(obj.event_type):
+            return str(_("registered in this project"))
+        if obj.status == Status.CONSUMED:
+            return str(_("none registered in this project (another service consumed it)"))
+        return format_html(
+            '<span class="outbox-warning">{}</span>',
+            _(
+                "No handler is registered for this event type in this project: no consumer "
+                "here will mark it consumed (OUTBOX_UNKNOWN_EVENT_POLICY decides what it does "
+                "with the record). Register one, or prune published rows of this type "
+                "(outbox_prune --published)."
+            ),
+        )
 
     @admin.display(description=_("event id"))
     def event_id(self, obj: OutboxMessage) -> str:
@@ -241,6 +346,70 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         if not obj.last_error:
             return "-"
         return format_html('<pre class="outbox-pre">{}</pre>', obj.last_error)
+
+    @admin.display(description=_("failed attempts"))
+    def attempts_table(self, obj: OutboxMessage) -> SafeString | str:
+        alias = obj._state.db or outbox_settings.database
+        attempts = list(FailedAttempt.objects.using(alias).of(obj.pk)[:HISTORY_ROWS])
+        if not attempts:
+            return str(_("None recorded."))
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            '<td><pre class="outbox-pre outbox-short">{}</pre></td></tr>',
+            (
+                (
+                    a.attempt,
+                    _detail_time(a.failed_at),
+                    a.get_source_display(),
+                    a.worker,
+                    gettext("yes") if a.dead else "",
+                    a.error,
+                )
+                for a in attempts
+            ),
+        )
+        return format_html(
+            '<table class="outbox-attempts"><thead><tr><th>{}</th><th>{}</th><th>{}</th>'
+            "<th>{}</th><th>{}</th><th>{}</th></tr></thead><tbody>{}</tbody></table>",
+            _("#"),
+            _("failed at"),
+            _("source"),
+            _("worker (host:pid)"),
+            _("dead"),
+            _("error"),
+            rows,
+        )
+
+    @admin.display(description=_("rejected copies"))
+    def rejected_text(self, obj: OutboxMessage) -> SafeString | str:
+        records = list(rejected_copies(obj)[:HISTORY_ROWS])
+        if not records:
+            return str(_("None: no consumer group rejected a record of this event."))
+        listing = reverse(f"{self.admin_site.name}:django_outbox_rejectedrecord_changelist")
+        items = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> — {} ({})</li>',
+            (
+                (
+                    reverse(
+                        f"{self.admin_site.name}:django_outbox_rejectedrecord_change",
+                        args=[r.pk],
+                    ),
+                    str(r),
+                    r.get_reason_display(),
+                    r.consumer_group,
+                )
+                for r in records
+            ),
+        )
+        return format_html(
+            '<ul class="outbox-rejected">{}</ul><a href="{}?{}">{}</a>',
+            items,
+            listing,
+            urlencode({"event_id": event_id_of(obj) or ""}),
+            _("All rejected records of this event"),
+        )
 
     @admin.display(description=_("envelope"))
     def envelope(self, obj: OutboxMessage) -> SafeString:
@@ -290,7 +459,20 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             return queryset.filter(condition)
         return queryset.filter(pk__in=ids)
 
-    # -- list page --------------------------------------------------------------
+    # -- pages ------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        failures = path(
+            "failures/",
+            self.admin_site.admin_view(self.failures_view),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_failures",
+        )
+        return [failures, *super().get_urls()]
+
+    def _url(self, name: str) -> str:
+        return reverse(
+            f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_{name}"
+        )
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -301,26 +483,109 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         }
         if self.has_view_or_change_permission(request):
             extra_context["outbox_summary"] = summary(self.get_queryset(request))
-            extra_context["outbox_list_url"] = reverse(
-                f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_changelist"
-            )
+            extra_context["outbox_list_url"] = self._url("changelist")
+            extra_context["outbox_failures_url"] = self._url("failures")
         return super().changelist_view(request, extra_context)
+
+    def failures_view(self, request: HttpRequest) -> HttpResponse:
+        """Failed rows grouped by error, each with its count, filter and "retry all"."""
+        if not self.has_view_or_change_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        may_retry = self.has_retry_permission(request)
+        if request.method == "POST":
+            if not may_retry:
+                from django.core.exceptions import PermissionDenied
+
+                raise PermissionDenied
+            self._retry_group(request, request.POST.get("group", ""))
+            return HttpResponseRedirect(self._url("failures"))
+        grouping = group_failures(self.get_queryset(request))
+        listing = self._url("changelist")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Failures by error"),
+            "opts": self.opts,
+            "grouping": grouping,
+            "groups": [
+                (group, f"{listing}?{urlencode({'failure': group.error})}")
+                for group in grouping.groups
+            ],
+            "may_retry": may_retry,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/django_outbox/outboxmessage/failures.html", context)
+
+    def _retry_group(self, request: HttpRequest, group: str) -> None:
+        now = timezone.now()
+        rows = self.get_queryset(request)
+        ids = group_failures(rows, now).ids_of(group)
+        eligible = rows.retryable(now).filter(pk__in=ids)
+        changed = self._apply(request, eligible, lambda q: q.retry_now(now), now, "retry")
+        if changed:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d message of the group %(group)s will be retried now.",
+                    "%(count)d messages of the group %(group)s will be retried now.",
+                    changed,
+                )
+                % {"count": changed, "group": f"“{group}”"},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                gettext("No message of the group %(group)s was retried.") % {"group": f"“{group}”"},
+                messages.WARNING,
+            )
 
     # -- actions ----------------------------------------------------------------
 
-    def _report(
+    def _apply(
         self,
         request: HttpRequest,
-        changed: int,
-        done: tuple[str, str],
-        nothing: str,
-    ) -> None:
-        if changed:
-            self.message_user(
-                request, ngettext(done[0], done[1], changed) % {"count": changed}, messages.SUCCESS
+        eligible: OutboxMessageQuerySet,
+        transition: Callable[[OutboxMessageQuerySet], int],
+        now: datetime.datetime,
+        verb: str,
+    ) -> int:
+        """Run ``transition`` on the rows of ``eligible``, a chunk at a time, and log each row.
+
+        ``transition`` checks its conditions again in its ``UPDATE``: a row that changed
+        since it was read (a relay claimed it) is left alone and not logged.
+        """
+        found = list(eligible.order_by("pk").only(*_LOGGED))
+        rows = self.get_queryset(request)
+        changed = 0
+        for start in range(0, len(found), ACTION_CHUNK):
+            chunk = found[start : start + ACTION_CHUNK]
+            ids = [row.pk for row in chunk]
+            count = transition(rows.filter(pk__in=ids))
+            if count < len(chunk):
+                written = set(
+                    rows.filter(pk__in=ids, updated_at=truncate_to_millis(now)).values_list(
+                        "pk", flat=True
+                    )
+                )
+                chunk = [row for row in chunk if row.pk in written]
+            changed += count
+            self._log(request, chunk, verb)
+        return changed
+
+    def _log(self, request: HttpRequest, chunk: Sequence[OutboxMessage], verb: str) -> None:
+        by_message: dict[str, list[OutboxMessage]] = defaultdict(list)
+        for row in chunk:
+            by_message[_history_message(verb, row)].append(row)
+        for message, logged in by_message.items():
+            LogEntry.objects.log_actions(
+                user_id=cast(int, request.user.pk),
+                queryset=logged,
+                action_flag=CHANGE,
+                change_message=message,
             )
-        else:
-            self.message_user(request, nothing, messages.WARNING)
 
     @admin.action(
         permissions=["retry"], description=_("Retry now (dead or pending, not in flight)")
@@ -331,21 +596,29 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         Rows a relay holds (in flight) and published or consumed rows are left alone.
         """
         now = timezone.now()
-        changed = queryset.retry_now(now, _with_note(_note("retry requested", request, now)))
-        self._report(
-            request,
-            changed,
-            (
-                "%(count)d outbox message will be retried now.",
-                "%(count)d outbox messages will be retried now.",
-            ),
-            str(
-                _(
+        changed = self._apply(
+            request, queryset.retryable(now), lambda q: q.retry_now(now), now, "retry"
+        )
+        if changed:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d outbox message will be retried now.",
+                    "%(count)d outbox messages will be retried now.",
+                    changed,
+                )
+                % {"count": changed},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                gettext(
                     "No message was retried: only dead messages and pending ones that no "
                     "relay holds (not in flight) can be retried."
-                )
-            ),
-        )
+                ),
+                messages.WARNING,
+            )
 
     @admin.action(
         permissions=["release_key"],
@@ -353,33 +626,59 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     )
     def release_key(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
         """Dead rows stop holding their key in strict order (``OUTBOX_STRICT_ORDER``)."""
+        before = set(queryset.dead().values_list("pk", flat=True))
         changed = release_keys(queryset, queryset.db, str(request.user))
-        self._report(
-            request,
-            changed,
-            (
-                "%(count)d dead message no longer holds its key.",
-                "%(count)d dead messages no longer hold their keys.",
-            ),
-            str(_("No key was released: only dead messages not released before can be.")),
-        )
+        if changed:
+            from .ordering import ReleasedRow
+
+            released = ReleasedRow.objects.using(queryset.db).filter(
+                database=queryset.db, outbox_id__in=before, released_by=str(request.user)[:150]
+            )
+            ids = set(released.values_list("outbox_id", flat=True))
+            self._log(request, list(queryset.filter(pk__in=ids).only(*_LOGGED)), "release_key")
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d dead message no longer holds its key.",
+                    "%(count)d dead messages no longer hold their keys.",
+                    changed,
+                )
+                % {"count": changed},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                gettext("No key was released: only dead messages not released before can be."),
+                messages.WARNING,
+            )
 
     @admin.action(permissions=["give_up"], description=_("Give up (mark dead)"))
     def give_up(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
         """Pending rows that no relay holds become dead; in-flight rows are left alone."""
         now = timezone.now()
-        changed = queryset.give_up_now(now, _with_note(_note("given up", request, now)))
-        self._report(
-            request,
-            changed,
-            ("%(count)d outbox message is now dead.", "%(count)d outbox messages are now dead."),
-            str(
-                _(
+        eligible = queryset.due(now) | queryset.backing_off(now)
+        changed = self._apply(request, eligible, lambda q: q.give_up_now(now), now, "give_up")
+        if changed:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d outbox message is now dead.",
+                    "%(count)d outbox messages are now dead.",
+                    changed,
+                )
+                % {"count": changed},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                gettext(
                     "No message was given up: only pending messages that no relay holds "
                     "(not in flight) can be given up."
-                )
-            ),
-        )
+                ),
+                messages.WARNING,
+            )
 
     @admin.action(
         permissions=["redeliver"],
@@ -409,19 +708,38 @@ class OutboxMessageAdmin(admin.ModelAdmin):
                 request, "admin/django_outbox/outboxmessage/redeliver_confirmation.html", context
             )
         now = timezone.now()
-        changed = queryset.deliver_again(
-            now, _with_note(_note("delivery requested again", request, now))
-        )
-        self._report(
-            request,
-            changed,
-            (
-                "%(count)d outbox message will be delivered again; its handler will run again.",
-                "%(count)d outbox messages will be delivered again; their handlers will run again.",
-            ),
-            str(_("No message was delivered again: only published or consumed ones can be.")),
-        )
+        changed = self._apply(request, targets, lambda q: q.deliver_again(now), now, "redeliver")
+        if changed:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d outbox message will be delivered again; its handler will run again.",
+                    "%(count)d outbox messages will be delivered again; their handlers will run "
+                    "again.",
+                    changed,
+                )
+                % {"count": changed},
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                gettext("No message was delivered again: only published or consumed ones can be."),
+                messages.WARNING,
+            )
         return None
+
+
+def _history_message(verb: str, row: OutboxMessage) -> str:
+    """What an action did to ``row``, for its history (``LogEntry.change_message``)."""
+    was = {"status": row.status, "retries": row.retry_count, "max": row.max_retry}
+    if verb == "retry":
+        return gettext("Retry requested (was %(status)s, %(retries)d/%(max)d retries).") % was
+    if verb == "give_up":
+        return gettext("Given up (was %(status)s, %(retries)d/%(max)d retries).") % was
+    if verb == "redeliver":
+        return gettext("Delivery requested again (was %(status)s).") % was
+    return gettext("Key released (strict order).")
 
 
 from . import admin_inbox  # noqa: E402,F401  (the consumer's tables)

@@ -316,6 +316,24 @@ def check_metrics(**kwargs: Any) -> Messages:
     return messages
 
 
+def check_admin_static(**kwargs: Any) -> Messages:
+    from django.apps import apps
+
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    if apps.is_installed("django.contrib.staticfiles"):
+        return []
+    return [
+        Warning(
+            "The outbox admin takes its style sheet from the static file "
+            "django_outbox/admin.css, and django.contrib.staticfiles is not installed.",
+            hint="Add 'django.contrib.staticfiles' to INSTALLED_APPS (and run collectstatic), "
+            "or serve django_outbox/static/ at STATIC_URL yourself.",
+            id="django_outbox.W040",
+        )
+    ]
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
@@ -325,4 +343,5 @@ ALL: Sequence[Callable[..., Messages]] = (
     check_time_zone,
     check_cloudevents,
     check_metrics,
+    check_admin_static,
 )

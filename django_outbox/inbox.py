@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime
 from collections.abc import Sequence
+from typing import Any
 
 from django.db import models
 from django.utils import timezone
@@ -158,8 +159,36 @@ def encode_headers(
     return encoded
 
 
+def decode_headers(encoded: Sequence[Any]) -> list[tuple[str, bytes | None]]:
+    """The Kafka headers ``encode_headers`` stored, as the record carried them."""
+    headers: list[tuple[str, bytes | None]] = []
+    for item in encoded:
+        if isinstance(item, (list, tuple)):  # ``[name, value]``, as tests and hand-made rows write
+            name, text = (str(item[0]), item[1]) if len(item) == 2 else ("", None)
+            headers.append((name, None if text is None else str(text).encode("utf-8")))
+            continue
+        if item.get("name_base64") is not None:
+            name = base64.b64decode(item["name_base64"] or "").decode("utf-8", "surrogateescape")
+        else:
+            name = item.get("name") or ""
+        if item.get("base64") is not None:
+            value: bytes | None = base64.b64decode(item["base64"] or "")
+        else:
+            text = item.get("value")
+            value = None if text is None else text.encode("utf-8")
+        headers.append((name, value))
+    return headers
+
+
 class RejectedQuerySet(_PrunableQuerySet):
     time_field = "created_at"
+
+
+class ReplayOutcome(models.TextChoices):
+    SENT = "sent", _("sent to its topic again")
+    HANDLED = "handled", _("handled")
+    DUPLICATE = "duplicate", _("handled before (duplicate)")
+    FAILED = "failed", _("failed again")
 
 
 class RejectedRecord(models.Model):
@@ -186,6 +215,12 @@ class RejectedRecord(models.Model):
     attempts = models.PositiveIntegerField(_("attempts"), default=1)
     created_at = MillisecondDateTimeField(_("created at"), auto_now_add=True)
     updated_at = MillisecondDateTimeField(_("updated at"), auto_now=True)
+    # Set by an operator's replay (consumer/replay.py); the last replay only.
+    replayed_at = MillisecondDateTimeField(_("replayed at"), null=True, blank=True)
+    replay_outcome = models.CharField(
+        _("replay outcome"), max_length=16, choices=ReplayOutcome.choices, blank=True, default=""
+    )
+    replay_note = models.TextField(_("replay note"), blank=True, default="")
 
     objects = RejectedQuerySet.as_manager()
 
@@ -193,6 +228,7 @@ class RejectedRecord(models.Model):
         db_table = "django_outbox_rejected_record"
         verbose_name = _("rejected record")
         verbose_name_plural = _("rejected records")
+        permissions = [("replay_rejectedrecord", _("Can replay rejected records"))]
         constraints = [
             # A record delivered again updates its entry instead of adding one.
             models.UniqueConstraint(

@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce, TruncSecond
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from . import attempts
 from .fields import MillisecondDateTimeField, ShortTextField, clip_error, truncate_to_millis
 from .pruning import count_in_chunks, delete_in_chunks
 
@@ -234,14 +235,17 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         now: datetime.datetime,
     ) -> int:
         """pending -> pending, due again at ``retry_at``: one failed attempt counted."""
-        return self._fenced_update(
-            lease,
-            ids,
-            retry_count=retry_count,
-            last_error=clip_error(error),
-            next_retry_at=retry_at,
-            updated_at=now,
-        )
+        with transaction.atomic(using=self.db, savepoint=False):
+            changed = self._fenced_update(
+                lease,
+                ids,
+                retry_count=retry_count,
+                last_error=clip_error(error),
+                next_retry_at=retry_at,
+                updated_at=now,
+            )
+            self._attempts_failed(ids, changed, retry_count, error, now, dead=False)
+        return changed
 
     def give_up(
         self,
@@ -253,14 +257,45 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         now: datetime.datetime,
     ) -> int:
         """pending -> dead: a definite answer that this row can never be delivered."""
-        return self._fenced_update(
-            lease,
-            ids,
-            status=Status.DEAD,
-            retry_count=retry_count,
-            last_error=clip_error(error),
-            next_retry_at=None,
-            updated_at=now,
+        with transaction.atomic(using=self.db, savepoint=False):
+            changed = self._fenced_update(
+                lease,
+                ids,
+                status=Status.DEAD,
+                retry_count=retry_count,
+                last_error=clip_error(error),
+                next_retry_at=None,
+                updated_at=now,
+            )
+            self._attempts_failed(ids, changed, retry_count, error, now, dead=True)
+        return changed
+
+    def _attempts_failed(
+        self,
+        ids: Sequence[int],
+        changed: int,
+        retry_count: int,
+        error: str,
+        now: datetime.datetime,
+        *,
+        dead: bool,
+    ) -> None:
+        """The relay's failed attempts, in the write-back's transaction (``attempts.py``)."""
+        if not changed:
+            return
+        if changed < len(ids):  # some leases were lost: only the rows written count
+            ids = list(
+                self.filter(
+                    pk__in=list(ids), retry_count=retry_count, updated_at=truncate_to_millis(now)
+                ).values_list("pk", flat=True)
+            )
+        attempts.record(
+            self.db,
+            [(pk, retry_count) for pk in ids],
+            error=error,
+            source=attempts.Source.RELAY,
+            now=now,
+            dead=dead,
         )
 
     def release(
@@ -305,28 +340,30 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         return claim(self.db, batch_size, lease_seconds, **options)
 
     # Operators' transitions (the admin's actions). Rows a relay holds are left alone.
-    # ``note`` is the new last_error: a string, or an expression that prepends to it.
+    # ``last_error`` stays what it was: who did what is in the admin's LogEntry history.
 
-    def retry_now(self, now: datetime.datetime, note: Any) -> int:
+    def retryable(self, now: datetime.datetime) -> OutboxMessageQuerySet:
+        """The rows ``retry_now`` changes: dead, due or backing-off pending."""
+        return self.dead() | self.due(now) | self.backing_off(now)
+
+    def retry_now(self, now: datetime.datetime) -> int:
         """dead, due or backing-off pending -> pending, due now, with a fresh retry budget."""
-        return (self.dead() | self.due(now) | self.backing_off(now)).update(
-            last_error=note,
+        return self.retryable(now).update(
             status=Status.PENDING,
             retry_count=0,
             next_retry_at=retry_time(now, 0),
             updated_at=now,
         )
 
-    def give_up_now(self, now: datetime.datetime, note: Any) -> int:
+    def give_up_now(self, now: datetime.datetime) -> int:
         """pending rows no relay holds -> dead."""
         return (self.due(now) | self.backing_off(now)).update(
-            last_error=note, status=Status.DEAD, next_retry_at=None, updated_at=now
+            status=Status.DEAD, next_retry_at=None, updated_at=now
         )
 
-    def deliver_again(self, now: datetime.datetime, note: Any) -> int:
+    def deliver_again(self, now: datetime.datetime) -> int:
         """published or consumed -> pending, due now: their handlers will run again."""
         return (self.published() | self.consumed()).update(
-            last_error=note,
             status=Status.PENDING,
             retry_count=0,
             next_retry_at=retry_time(now, 0),
@@ -384,16 +421,33 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         if changed:
             row.retry_count, row.last_error = retry_count, error
             row.status, row.next_retry_at = status, next_retry_at
+            attempts.record(
+                self.db,
+                [(row.pk, retry_count)],
+                error=error,
+                source=attempts.Source.CONSUMER,
+                now=now,
+                dead=dead,
+            )
         return dead
 
     def abandon(self, pk: int, error: str, now: datetime.datetime | None = None) -> int:
         """``dead`` with ``error``, if still handleable: no consumer will ever take it."""
-        return self.filter(pk=pk, status__in=self.handleable_statuses).update(
-            status=Status.DEAD,
-            next_retry_at=None,
-            last_error=error,
-            updated_at=now or timezone.now(),
+        now = now or timezone.now()
+        changed = self.filter(pk=pk, status__in=self.handleable_statuses).update(
+            status=Status.DEAD, next_retry_at=None, last_error=error, updated_at=now
         )
+        if changed:
+            spent = self.filter(pk=pk).values_list("retry_count", flat=True).first() or 0
+            attempts.record(
+                self.db,
+                [(pk, spent + 1)],
+                error=error,
+                source=attempts.Source.CONSUMER,
+                now=now,
+                dead=True,
+            )
+        return changed
 
     def send_again_later(self, pk: int, error: str, delay: float) -> int:
         """Back to the relay in ``delay`` seconds without spending a retry (no handler yet)."""
@@ -546,5 +600,6 @@ class OutboxMessage(models.Model):
         return Event.from_json(self.payload)
 
 
+from .attempts import FailedAttempt  # noqa: E402,F401
 from .inbox import InboxEntry, RejectedRecord  # noqa: E402,F401
 from .ordering import ReleasedRow  # noqa: E402,F401

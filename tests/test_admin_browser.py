@@ -1,4 +1,6 @@
-"""The admin in a real headless Chromium: log in, filter dead messages, retry them.
+"""The admin in a real headless Chromium, 1280 px wide with Django's navigation sidebar open:
+log in, filter dead messages and retry them, retry a failure group, replay a rejected record;
+the list never scrolls sideways and no status badge is cut.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium,
 /usr/bin/chromedriver); nothing is downloaded. Saves screenshots of the list and of a
@@ -21,11 +23,17 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from django_outbox import attempts
+from django_outbox.inbox import RejectedRecord, RejectionReason, encode_headers
+from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
+from tests.consumer_support import registered
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "img"
+#: The narrowest desktop the admin must fit, with the navigation sidebar open.
+WIDTH = 1280
 
 pytestmark = [
     pytest.mark.browser,
@@ -55,7 +63,7 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         "--disable-sync",
         "--no-first-run",
         f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1500,900",
+        f"--window-size={WIDTH},900",
         "--lang=en-US",
     ):
         options.add_argument(flag)
@@ -73,12 +81,12 @@ def screenshot(browser: Any, name: str, directory: Path) -> Path:
         "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight,"
         " document.getElementById('container').scrollHeight)"
     )
-    browser.set_window_size(1500, min(max(height, 600), 2400))
+    browser.set_window_size(WIDTH, min(max(height, 600), 2400))
     path = directory / name
     assert browser.save_screenshot(str(path)), f"Chromium saved no {name}"
     if os.environ.get("OUTBOX_UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(path, DOCS_IMAGES / name)
-    browser.set_window_size(1500, 900)
+    browser.set_window_size(WIDTH, 900)
     assert path.stat().st_size > 10_000  # a rendered page, not an empty canvas
     return path
 
@@ -146,6 +154,8 @@ def seed() -> list[OutboxMessage]:
     ]
     for n, (event_type, topic, status, extra) in enumerate(samples):
         key = f"conversation-{40 + n}" if event_type.startswith("chat") else f"customer-{7 + n}"
+        if n == 0:
+            key = str(uuid.uuid4())  # the default key, the event id: the widest
         _event_id, payload = envelope(event_type, key, {"text": f"hello #{n}", "author": "ada"})
         if status in (Status.PUBLISHED, Status.CONSUMED):
             extra = {**extra, "published_at": now - datetime.timedelta(seconds=5)}
@@ -161,28 +171,79 @@ def seed() -> list[OutboxMessage]:
                 **extra,
             )
         )
+    # The oldest row is from three days ago: its times show the date too.
+    old = now - datetime.timedelta(days=3)
+    OutboxMessage.objects.filter(pk=made[0].pk).update(
+        created_at=old, published_at=old, consumed_at=old, updated_at=old
+    )
+    made[0].refresh_from_db()
     return made
+
+
+def log_in(browser: Any, live_server: Any, next_path: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    User.objects.create_superuser("admin", "admin@example.com", "correct horse")
+    browser.get(f"{live_server.url}/admin/login/?next={next_path}")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys("correct horse")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+
+#: Every status badge of the list, with its cell's and the table area's rectangles.
+LAYOUT = """
+const results = document.querySelector('#changelist .results');
+const area = results.getBoundingClientRect();
+const badges = [...document.querySelectorAll('#result_list .outbox-badge')].map(badge => {
+  const cell = badge.closest('td').getBoundingClientRect();
+  const own = badge.getBoundingClientRect();
+  return {text: badge.textContent, left: own.left, right: own.right, top: own.top,
+          bottom: own.bottom, cellLeft: cell.left, cellRight: cell.right, cellTop: cell.top,
+          cellBottom: cell.bottom};
+});
+return {
+  sidebarOpen: document.querySelector('.main').classList.contains('shifted')
+      && document.getElementById('nav-sidebar').getBoundingClientRect().width > 100,
+  viewport: document.documentElement.clientWidth,
+  pageWidth: document.documentElement.scrollWidth,
+  resultsScroll: results.scrollWidth, resultsClient: results.clientWidth,
+  areaLeft: area.left, areaRight: area.right,
+  badges: badges,
+};
+"""
+
+
+def assert_list_fits(browser: Any) -> None:
+    """No horizontal scrollbar, on the page or the table; every badge whole, inside its cell."""
+    layout = browser.execute_script(LAYOUT)
+    assert layout["viewport"] == WIDTH or layout["viewport"] >= WIDTH - 20  # a scrollbar's width
+    assert layout["sidebarOpen"], "the navigation sidebar must be open"
+    assert layout["pageWidth"] <= layout["viewport"], layout
+    assert layout["resultsScroll"] <= layout["resultsClient"], layout
+    assert layout["badges"], "no status badge on the page"
+    for badge in layout["badges"]:
+        assert badge["left"] >= badge["cellLeft"] - 0.5, badge
+        assert badge["right"] <= badge["cellRight"] + 0.5, badge
+        assert badge["top"] >= badge["cellTop"] - 0.5, badge
+        assert badge["bottom"] <= badge["cellBottom"] + 0.5, badge
+        assert badge["right"] <= layout["areaRight"] + 0.5, badge
 
 
 def test_filter_dead_and_retry_them(live_server, browser, transactional_db, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    User.objects.create_superuser("admin", "admin@example.com", "correct horse")
     rows = seed()
     dead = [row for row in rows if row.status == Status.DEAD]
-
-    browser.get(f"{live_server.url}/admin/login/?next=/admin/django_outbox/outboxmessage/")
-    browser.find_element(By.NAME, "username").send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys("correct horse")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    log_in(browser, live_server, "/admin/django_outbox/outboxmessage/")
     browser.find_element(By.ID, "outbox-summary")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == len(rows)
-    browser.find_element(By.ID, "toggle-nav-sidebar").click()  # more room for the columns
+    assert_list_fits(browser)
     screenshot(browser, "admin-list.png", tmp_path)
 
     browser.find_element(By.CSS_SELECTOR, '#changelist-filter a[href="?state=dead"]').click()
     assert "state=dead" in browser.current_url
+    assert_list_fits(browser)
     listed = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
     assert len(listed) == len(dead)
     browser.find_element(By.ID, "action-toggle").click()
@@ -194,11 +255,105 @@ def test_filter_dead_and_retry_them(live_server, browser, transactional_db, tmp_
     assert not OutboxMessage.objects.dead().exists()
     assert OutboxMessage.objects.due().filter(pk__in=[row.pk for row in dead]).count() == 2
 
-    browser.get(f"{live_server.url}/admin/django_outbox/outboxmessage/{dead[0].pk}/change/")
-    envelope_text = browser.find_element(By.CSS_SELECTOR, ".field-envelope pre").text
-    assert json.loads(envelope_text)["key"] == dead[0].message_key
-    assert (
-        "retry requested by admin (was dead, 20/20 retries)"
-        in browser.find_element(By.CSS_SELECTOR, ".field-last_error_text pre").text
+    browser.get(f"{live_server.url}/admin/django_outbox/outboxmessage/{dead[0].pk}/history/")
+    assert "Retry requested (was dead, 20/20 retries)." in browser.page_source
+
+
+def test_detail_page_with_its_failed_attempts(live_server, browser, transactional_db, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    rows = seed()
+    dead = next(
+        row
+        for row in rows
+        if row.event_type == "billing.invoice.paid" and row.status == Status.DEAD
     )
+    started = timezone.now() - datetime.timedelta(minutes=30)
+    for number in range(1, 4):
+        attempts.record(
+            "default",
+            [(dead.pk, number)],
+            error=dead.last_error or "",
+            source=attempts.Source.CONSUMER,
+            now=started + datetime.timedelta(minutes=10 * number),
+            dead=number == 3,
+        )
+    log_in(browser, live_server, f"/admin/django_outbox/outboxmessage/{dead.pk}/change/")
+    envelope_text = browser.find_element(By.CSS_SELECTOR, ".field-envelope pre").text
+    assert json.loads(envelope_text)["key"] == dead.message_key
+    table = browser.find_elements(By.CSS_SELECTOR, "table.outbox-attempts tbody tr")
+    assert len(table) == 3
+    assert attempts.worker_name() in table[0].text
+    created = browser.find_element(By.CSS_SELECTOR, ".fieldBox.field-created_text .readonly").text
+    assert created.endswith(" UTC") and created.count(":") == 2  # seconds and zone
+    next_retry = ".fieldBox.field-next_retry_text .readonly"
+    assert browser.find_element(By.CSS_SELECTOR, next_retry).text == "-"  # dead: no next retry
     screenshot(browser, "admin-detail.png", tmp_path)
+
+
+def test_retry_a_failure_group(live_server, browser, transactional_db, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    rows = seed()
+    timeout_rows = [row for row in rows if (row.last_error or "").startswith("KafkaTimeoutError")]
+    log_in(browser, live_server, "/admin/django_outbox/outboxmessage/failures/")
+    groups = browser.find_elements(By.CSS_SELECTOR, "#outbox-failure-groups tbody tr")
+    assert [g.find_element(By.TAG_NAME, "code").text for g in groups] == [
+        "KafkaTimeoutError: Batch for TopicPartition(topic='chat.messages', partition=2) "
+        "containing 1 record(s) expired",
+        "KafkaTimeoutError: Failed to update metadata after 2.0 secs.",
+        "handler billing.events.on_invoice_paid failed: ValueError: unknown currency 'XBT'",
+    ]
+    screenshot(browser, "admin-failures.png", tmp_path)
+    groups[0].find_element(By.TAG_NAME, "a").click()  # the filter of that group
+    assert "failure=" in browser.current_url
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 1
+    assert_list_fits(browser)
+
+    browser.back()
+    browser.find_elements(By.CSS_SELECTOR, "input.outbox-retry-group")[1].click()
+    message = browser.find_element(By.CSS_SELECTOR, ".messagelist .success")
+    assert message.text.startswith("1 message of the group")
+    metadata = next(r for r in timeout_rows if "metadata" in (r.last_error or ""))
+    fresh = OutboxMessage.objects.get(pk=metadata.pk)
+    assert (fresh.status, fresh.retry_count) == (Status.PENDING, 0)
+    assert OutboxMessage.objects.dead().count() == 2  # the other groups are left alone
+
+
+def test_replay_a_rejected_record_through_its_handler(
+    live_server, browser, transactional_db, tmp_path, settings
+):
+    from selenium.webdriver.common.by import By
+
+    row = seed()[2]  # published, user.signed_up: no handler when it was consumed
+    settings.OUTBOX_CONSUMER_GROUP = "browser-group"
+    record = RejectedRecord.objects.create(
+        consumer_group="browser-group",
+        reason=RejectionReason.UNKNOWN_EVENT_TYPE,
+        error="no handler registered for event type 'user.signed_up'",
+        topic=row.topic,
+        partition=1,
+        offset=1234,
+        key=row.message_key,
+        value=row.payload,
+        headers=encode_headers(record_headers(row, "default", {})),
+        event_id=row.event.event_id,
+        event_type=row.event_type,
+    )
+    handled: list[Any] = []
+    log_in(browser, live_server, f"/admin/django_outbox/outboxmessage/{row.pk}/change/")
+    assert (
+        "No handler is registered"
+        in browser.find_element(By.CSS_SELECTOR, ".field-handler_text").text
+    )
+    browser.find_element(By.CSS_SELECTOR, ".field-rejected_text li a").click()
+    assert f"/rejectedrecord/{record.pk}/" in browser.current_url
+    screenshot(browser, "admin-rejected.png", tmp_path)
+    with registered("user.signed_up", handled.append):
+        browser.find_element(By.CSS_SELECTOR, "button[value=rehandle]").click()
+        message = browser.find_element(By.CSS_SELECTOR, ".messagelist .success")
+    assert message.text == "1 rejected record was replayed."
+    assert [event.event_id for event in handled] == [row.event.event_id]
+    record.refresh_from_db()
+    assert record.replay_outcome == "handled"
+    assert OutboxMessage.objects.get(pk=row.pk).status == Status.CONSUMED

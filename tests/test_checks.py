@@ -105,3 +105,11 @@ def test_topic_for_prefers_the_map(settings):
     assert outbox_settings.topic_for("c.d") == "general"
     settings.OUTBOX_DEFAULT_TOPIC = None
     assert outbox_settings.topic_for("c.d") is None
+
+
+def test_admin_without_staticfiles_is_a_warning(settings):
+    settings.INSTALLED_APPS = [
+        a for a in settings.INSTALLED_APPS if a != "django.contrib.staticfiles"
+    ]
+    [message] = [m for m in run_checks(tags=["django_outbox"]) if m.id == "django_outbox.W040"]
+    assert "django_outbox/admin.css" in message.msg and "staticfiles" in message.hint

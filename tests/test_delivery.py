@@ -285,7 +285,7 @@ def test_in_flight_does_not_depend_on_the_time_zone(relay_settings, zone):
         assert OutboxMessage.objects.in_flight(now).count() == 2
         assert OutboxMessage.objects.backing_off(now).count() == 0
         # The admin's actions leave rows a relay holds alone.
-        assert OutboxMessage.objects.give_up_now(now, "given up") == 1
+        assert OutboxMessage.objects.give_up_now(now) == 1
     assert set(OutboxMessage.objects.in_flight().values_list("pk", flat=True)) == {
         row.id for row in batch.rows
     }

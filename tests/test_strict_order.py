@@ -64,7 +64,7 @@ def test_a_dead_row_holds_its_key_until_released_or_retried(settings):
     assert claimed_ids() == [a2.pk]
     # Retrying the dead row instead: it goes first again.
     OutboxMessage.objects.filter(pk=a2.pk).update(status=Status.DEAD, next_retry_at=None)
-    assert OutboxMessage.objects.filter(pk=a2.pk).retry_now(timezone.now(), "retried") == 1
+    assert OutboxMessage.objects.filter(pk=a2.pk).retry_now(timezone.now()) == 1
     OutboxMessage.objects.filter(pk=a2.pk).update(next_retry_at=None)
     assert claimed_ids() == [a2.pk]
     assert a3.pk not in claimed_ids()

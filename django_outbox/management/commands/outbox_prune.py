@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from django_outbox.attempts import FailedAttempt
 from django_outbox.management.worker import add_database_argument, database_aliases
 from django_outbox.models import OutboxMessage, Status
 
@@ -15,7 +16,8 @@ from django_outbox.models import OutboxMessage, Status
 class Command(BaseCommand):
     help = (
         "Delete consumed (and, with --dead, dead; with --published, published) outbox rows "
-        "whose last change is older than --days. Pending rows are never touched."
+        "whose last change is older than --days, and the failed attempts older than that. "
+        "Pending rows are never touched."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -56,3 +58,10 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{alias}: {verb} {count} {'/'.join(statuses)} row(s) older than {days:g} days"
             )
+            # The history of failed attempts goes with its rows (see attempts.py).
+            attempts = FailedAttempt.objects.using(alias)
+            if options["dry_run"]:
+                count = attempts.filter(failed_at__lt=cutoff).count()
+            else:
+                count = attempts.prune(cutoff)
+            self.stdout.write(f"{alias}: {verb} {count} failed attempt(s) older than {days:g} days")
