@@ -243,6 +243,27 @@ def check_time_zone(**kwargs: Any) -> Messages:
     ]
 
 
+def check_handlers(**kwargs: Any) -> Messages:
+    """Handlers whose argument's annotation disagrees with ``batch=`` (W060, W061)."""
+    from .registry import registry
+
+    messages: Messages = []
+    for event_type, registration in registry.registrations():
+        problem = registration.mismatch()
+        if problem is None:
+            continue
+        fix = "drop batch=True" if registration.batch else "add batch=True to @handler(...)"
+        messages.append(
+            Warning(
+                f"the handler of {event_type!r} ({registration.name}): {problem}.",
+                hint=f"Fix the annotation, or {fix} (see docs/consumer.rst, 'Batch handlers').",
+                obj=registration.name,
+                id="django_outbox.W060" if registration.batch else "django_outbox.W061",
+            )
+        )
+    return messages
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
@@ -250,4 +271,5 @@ ALL: Sequence[Callable[..., Messages]] = (
     check_numbers,
     check_client_options,
     check_time_zone,
+    check_handlers,
 )

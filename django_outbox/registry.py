@@ -15,6 +15,7 @@ them: the events of its type in one chunk of records, handled in one transaction
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,6 +48,33 @@ class Registration:
     @property
     def name(self) -> str:
         return _qualified_name(self.func)
+
+    def mismatch(self) -> str | None:
+        """What the annotation of the handler's argument says against its kind, if anything.
+
+        ``events: list[Event]`` on a per-event handler, ``event: Event`` on a batch one:
+        most likely a forgotten (or stray) ``batch=True``.
+        """
+        try:
+            parameter = next(iter(inspect.signature(self.func).parameters.values()))
+        except (StopIteration, TypeError, ValueError):
+            return None
+        annotation = parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            return None
+        spelled = (
+            annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+        )
+        spelled = spelled.replace(" ", "")
+        many = re.fullmatch(
+            r"(?:\w+\.)*(?:list|List|Sequence|Iterable|tuple)\[.*Event.*\]", spelled
+        )
+        one = re.fullmatch(r"(?:\w+\.)*Event", spelled)
+        if self.batch and one:
+            return f"its argument is annotated {spelled} but, as a batch handler, it gets a list"
+        if not self.batch and many:
+            return f"its argument is annotated {spelled} but it gets one event (no batch=True)"
+        return None
 
 
 def _check_callable(event_type: str, func: Any, batch: bool) -> None:
@@ -121,6 +149,10 @@ class HandlerRegistry:
 
     def event_types(self) -> list[str]:
         return sorted(self._registry)
+
+    def registrations(self) -> list[tuple[str, Registration]]:
+        """``(event type, registration)`` pairs, by event type."""
+        return sorted(self._registry.items(), key=lambda item: item[0])
 
 
 registry = HandlerRegistry()
