@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--profile", choices=["no-op", "insert", "batch"], action="append")
     parser.add_argument("--sweep", action="store_true", help="rates against --batch-size")
     parser.add_argument(
+        "--poll-records", type=int, help="records asked of one poll (default: the consumer's)"
+    )
+    parser.add_argument(
         "--only", choices=["no-op", "insert", "batch"], action="append", help="figures to measure"
     )
     args = parser.parse_args()
@@ -112,6 +115,10 @@ def main() -> None:
     from django_outbox.registry import HandlerRegistry
     from testproject.chat.models import ChatHistory, Conversation
 
+    if args.poll_records:
+        from django_outbox.consumer import loop
+
+        loop.POLL_RECORDS = args.poll_records
     ensure_database(connection)
     call_command("migrate", verbosity=0)
     batch_size = args.batch_size or DEFAULT_BATCH_SIZE
@@ -207,7 +214,7 @@ def main() -> None:
                 batch_size=size,
                 handlers=handlers(kind),
             )
-            profiler = cProfile.Profile() if profile else None
+            profiler = cProfile.Profile(time.thread_time) if profile else None
             if profiler:
                 profiler.enable()
             cpu = time.process_time()

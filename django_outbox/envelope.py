@@ -152,6 +152,7 @@ class Event:
         except RecursionError:
             raise MalformedEvent("event envelope is nested too deeply to parse") from None
         # Only a text that holds a surrogate escape pays for the walk over the document.
+        maybe: object
         if isinstance(raw, str):
             maybe = _MAYBE_SURROGATE.search(raw)
         else:  # a byte search first: far faster than the pattern over the whole value

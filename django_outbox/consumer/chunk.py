@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING
 
 from ..envelope import Event
 from ..exceptions import UnknownEventType
-from ..models import OutboxMessage
 from ..registry import Registration
 from .inbox import Duplicate
-from .local import LocalFailure
+from .local import LocalFailure, LockedRow
 from .records import Delivery, Rejected
 
 if TYPE_CHECKING:
@@ -51,7 +50,7 @@ class Item:
     index: int
     delivery: Delivery
     event: Event
-    row: OutboxMessage | None
+    row: LockedRow | None
 
     @property
     def partition(self) -> Partition:
@@ -100,8 +99,8 @@ class ChunkPass:
     def walk(
         self,
         parsed: Sequence[Event | Rejected],
-        named: Sequence[OutboxMessage | None],
-        owned: Sequence[OutboxMessage | None],
+        named: Sequence[LockedRow | None],
+        owned: Sequence[LockedRow | None],
         handled: set[uuid.UUID],
         stop: Callable[[], bool],
     ) -> None:
@@ -125,7 +124,7 @@ class ChunkPass:
                 self.results[index] = handling.unknown_type(delivery, event, row, str(exc))
                 continue
             if row is not None:
-                alias = row._state.db or ""
+                alias = row.alias
                 copy_key: object = (alias, row.pk)
                 if copy_key not in first_copy:
                     status = handling.rows.not_handleable(delivery, event, alias, row)
@@ -215,7 +214,7 @@ class ChunkPass:
 
     def _failed(self, item: Item, failure: Exception) -> None:
         if item.row is not None:
-            alias = item.row._state.db or ""
+            alias = item.row.alias
             self.failures.setdefault(alias, []).append(
                 LocalFailure(item.index, item.delivery, item.event, item.row.pk, failure)
             )

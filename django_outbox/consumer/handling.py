@@ -38,13 +38,12 @@ from django.db.transaction import TransactionManagementError
 from ..conf import outbox_settings
 from ..envelope import Event
 from ..inbox import RejectedRecord, RejectionReason
-from ..models import OutboxMessage
 from ..registry import HandlerRegistry, Registration, registry
 from . import records, rejects
 from .chunk import ChunkPass, Fallback, Unit
 from .database import DATABASE_ERRORS
 from .inbox import Duplicate, Inbox
-from .local import LocalFailure, LocalRows, describe_failure, holds
+from .local import LocalFailure, LocalRows, LockedRow, describe_failure, holds
 from .records import Delivery, Rejected
 
 logger = logging.getLogger("django_outbox.consumer")
@@ -338,13 +337,13 @@ class Handling:
         )
         return Result(Outcome.RETRY_IN_PLACE, describe_failure(failure))
 
-    def rejected(self, delivery: Delivery, rejected: Rejected, row: OutboxMessage | None) -> Result:
+    def rejected(self, delivery: Delivery, rejected: Rejected, row: LockedRow | None) -> Result:
         self.reject(delivery, rejected.reason, rejected.error)
         self.rows.malformed(delivery, row, rejected.error)
         return Result(Outcome.REJECTED, rejected.error)
 
     def unknown_type(
-        self, delivery: Delivery, event: Event, row: OutboxMessage | None, error: str
+        self, delivery: Delivery, event: Event, row: LockedRow | None, error: str
     ) -> Result:
         """Apply ``OUTBOX_UNKNOWN_EVENT_POLICY``; never spends a row's retry budget."""
         self.reject(delivery, RejectionReason.UNKNOWN_EVENT_TYPE, error, event=event)
