@@ -334,6 +334,27 @@ def check_admin_static(**kwargs: Any) -> Messages:
     ]
 
 
+def check_handlers(**kwargs: Any) -> Messages:
+    """Handlers whose argument's annotation disagrees with ``batch=`` (W060, W061)."""
+    from .registry import registry
+
+    messages: Messages = []
+    for event_type, registration in registry.registrations():
+        problem = registration.mismatch()
+        if problem is None:
+            continue
+        fix = "drop batch=True" if registration.batch else "add batch=True to @handler(...)"
+        messages.append(
+            Warning(
+                f"the handler of {event_type!r} ({registration.name}): {problem}.",
+                hint=f"Fix the annotation, or {fix} (see docs/consumer.rst, 'Batch handlers').",
+                obj=registration.name,
+                id="django_outbox.W060" if registration.batch else "django_outbox.W061",
+            )
+        )
+    return messages
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
@@ -344,4 +365,5 @@ ALL: Sequence[Callable[..., Messages]] = (
     check_cloudevents,
     check_metrics,
     check_admin_static,
+    check_handlers,
 )

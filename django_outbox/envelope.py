@@ -62,6 +62,7 @@ _HEX = "[0-9a-fA-F]"
 _DASHED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
 #: The spellings of a UUID that Go's ``uuid.Parse`` (github.com/google/uuid) reads.
 _UUID_SPELLING = re.compile(rf"(?:(?i:urn:uuid:)?{_DASHED}|\{{{_DASHED}\}}|{_HEX}{{32}})")
+_DASHED_SPELLING = re.compile(_DASHED)
 #: A JSON text that might hold a surrogate: one as an escape, or (a ``str``) as is.
 _MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 #: ... and in bytes, which ``json.loads`` decodes with ``surrogatepass``: an escape, or a
@@ -83,6 +84,8 @@ def _format_time(value: datetime.datetime) -> str:
 
 def parse_event_id(value: Any) -> uuid.UUID:
     """A UUID in any spelling ``uuid.Parse`` reads; ``ValueError`` otherwise."""
+    if isinstance(value, str) and _DASHED_SPELLING.fullmatch(value):
+        return uuid.UUID(value)  # the spelling of this app and most others, read fastest
     if not isinstance(value, str) or not _UUID_SPELLING.fullmatch(value):
         raise ValueError(f"not a UUID spelling: {value!r}")
     return uuid.UUID(hex=re.sub(r"(?i)^urn:uuid:|[{}-]", "", value))
@@ -149,11 +152,11 @@ class Event:
         except RecursionError:
             raise MalformedEvent("event envelope is nested too deeply to parse") from None
         # Only a text that holds a surrogate escape pays for the walk over the document.
-        maybe = (
-            _MAYBE_SURROGATE.search(raw)
-            if isinstance(raw, str)
-            else _MAYBE_SURROGATE_BYTES.search(raw)
-        )
+        maybe: object
+        if isinstance(raw, str):
+            maybe = _MAYBE_SURROGATE.search(raw)
+        else:  # a byte search first: far faster than the pattern over the whole value
+            maybe = (b"\\u" in raw or b"\xed" in raw) and _MAYBE_SURROGATE_BYTES.search(raw)
         if maybe and _has_lone_surrogate(document):
             raise MalformedEvent(
                 "event envelope holds a lone UTF-16 surrogate (\\ud800-\\udfff not in a pair)"

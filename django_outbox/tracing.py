@@ -9,9 +9,10 @@ the Go service and any other reader see it as plain strings. Three kinds of span
   moment Kafka's answer for that row was known. Per row, not per batch: a batch span
   would start a trace of its own, and the request's trace would not show the relay at
   all. Rows without a trace context cost a scan of their headers, nothing more.
-- ``process <event_type>`` (CONSUMER), one per event the consumer hands to a handler, a
+- ``process <event_type>`` (CONSUMER), one per call of a handler: for one event a
   child of the publishing span (read from the envelope, so that a record replayed from
-  the rejected table continues its trace too);
+  the rejected table continues its trace too); for a batch handler's list one span
+  linked to each event's publishing span;
 - the handler's own span (INTERNAL), a child of that, current while the handler runs:
   its spans, and events it publishes, join the trace.
 
@@ -47,6 +48,8 @@ TRACESTATE = "tracestate"
 _CARRIED = frozenset({TRACEPARENT, TRACESTATE})
 #: Names of the instrumentation scope (``otel.scope.name``) and of our own attributes.
 SCOPE = "django_outbox"
+#: Links of a batch handler's ``process`` span: the SDK keeps 128 by default.
+MAX_LINKS = 128
 
 _NULL: AbstractContextManager[Any] = contextlib.nullcontext()
 if trace is not None:
@@ -174,38 +177,61 @@ def _text(value: Any) -> str:
 
 
 def consuming(
-    event: Event, alias: str, ok: tuple[type[BaseException], ...] = ()
+    events: Sequence[Event], alias: str, ok: tuple[type[BaseException], ...] = ()
 ) -> AbstractContextManager[Any]:
-    """The ``process`` span of ``event`` (handled on database ``alias``), current inside.
+    """The ``process`` span of ``events`` (handled on database ``alias``), current inside.
 
-    An exception leaving the block marks the span as failed, except those in ``ok``.
+    One event: a child of its publishing span. A batch handler's list: one span for the
+    call, linked to each event's publishing span (a span has one parent; links are how
+    OpenTelemetry names a batch's many origins). An exception leaving the block marks
+    the span as failed, except those in ``ok``.
     """
     otel_tracer = tracer()
-    if otel_tracer is None:
+    if otel_tracer is None or not events:
         return _NULL
+    first = events[0]
     try:
-        span = otel_tracer.start_span(
-            f"process {event.event_type}",
-            context=_parent(event.headers),
-            kind=trace.SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "process",
-                "messaging.message.id": str(event.event_id),
-                "django_outbox.event_type": event.event_type,
-                "django_outbox.database": alias,
-            },
-        )
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "process",
+            "django_outbox.event_type": first.event_type,
+            "django_outbox.database": alias,
+        }
+        if len(events) == 1:
+            attributes["messaging.message.id"] = str(first.event_id)
+            span = otel_tracer.start_span(
+                f"process {first.event_type}",
+                context=_parent(first.headers),
+                kind=trace.SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+        else:
+            attributes["messaging.batch.message_count"] = len(events)
+            span = otel_tracer.start_span(
+                f"process {first.event_type}",
+                kind=trace.SpanKind.CONSUMER,
+                attributes=attributes,
+                links=_links(events),
+            )
     except Exception:  # a span is never worth an event
         logger.debug("outbox: starting a consumer span failed", exc_info=True)
         return _NULL
     return _current(span, ok)
 
 
-def handling(handler: Any, event: Event) -> AbstractContextManager[Any]:
+def _links(events: Sequence[Event]) -> list[Any]:
+    links = []
+    for event in events[:MAX_LINKS]:
+        context = _parent(event.headers)
+        if context is not None:
+            links.append(trace.Link(trace.get_current_span(context).get_span_context()))
+    return links
+
+
+def handling(handler: Any, events: Sequence[Event]) -> AbstractContextManager[Any]:
     """The span a handler runs in, a child of the current (``process``) span."""
     otel_tracer = tracer()
-    if otel_tracer is None:
+    if otel_tracer is None or not events:
         return _NULL
     name = getattr(handler, "__qualname__", None) or type(handler).__qualname__
     module = getattr(handler, "__module__", None) or ""
@@ -214,7 +240,7 @@ def handling(handler: Any, event: Event) -> AbstractContextManager[Any]:
             str(name),
             attributes={
                 "code.function.name": f"{module}.{name}" if module else str(name),
-                "django_outbox.event_type": event.event_type,
+                "django_outbox.event_type": events[0].event_type,
             },
         )
     except Exception:  # a span is never worth an event

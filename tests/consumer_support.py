@@ -47,8 +47,8 @@ def broken_handler(event: Event) -> None:
 
 
 @contextmanager
-def registered(event_type: str, func: Any) -> Iterator[None]:
-    registry.register(event_type, func)
+def registered(event_type: str, func: Any, *, batch: bool = False) -> Iterator[None]:
+    registry.register(event_type, func, batch=batch)
     try:
         yield
     finally:

@@ -113,3 +113,33 @@ def test_admin_without_staticfiles_is_a_warning(settings):
     ]
     [message] = [m for m in run_checks(tags=["django_outbox"]) if m.id == "django_outbox.W040"]
     assert "django_outbox/admin.css" in message.msg and "staticfiles" in message.hint
+
+
+def test_a_handler_annotated_against_its_kind_is_a_warning():
+    from django_outbox.envelope import Event
+    from django_outbox.registry import registry
+
+    def many(events: list[Event]) -> None:
+        pass
+
+    def one(event: Event) -> None:
+        pass
+
+    def fine(events: list[Event]) -> None:
+        pass
+
+    registry.register("check.many", many)
+    registry.register("check.one", one, batch=True)
+    registry.register("check.fine", fine, batch=True)
+    try:
+        messages = {
+            m.id: m for m in run_checks() if m.id in ("django_outbox.W060", "django_outbox.W061")
+        }
+    finally:
+        for event_type in ("check.many", "check.one", "check.fine"):
+            registry.unregister(event_type)
+    assert set(messages) == {"django_outbox.W060", "django_outbox.W061"}
+    assert "check.one" in messages["django_outbox.W060"].msg
+    assert "drop batch=True" in messages["django_outbox.W060"].hint
+    assert "check.many" in messages["django_outbox.W061"].msg
+    assert "add batch=True" in messages["django_outbox.W061"].hint

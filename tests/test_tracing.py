@@ -189,8 +189,8 @@ def test_without_a_tracer_provider_nothing_is_traced_or_added():
     with trace.get_tracer("tests").start_as_current_span("request"):
         row = publish_event(EVENT, {}, topic="t")
     assert row.event.headers == {}
-    assert tracing.consuming(row.event, "default") is tracing._NULL
-    assert tracing.handling(print, row.event) is tracing._NULL
+    assert tracing.consuming([row.event], "default") is tracing._NULL
+    assert tracing.handling(print, [row.event]) is tracing._NULL
     tracing.record_sends(None, None, 0.0)  # type: ignore[arg-type]  # returns before reading
 
 
@@ -206,8 +206,8 @@ assert tracing.trace is None and tracing.tracer() is None
 headers = {"a": "b"}
 assert tracing.with_trace_context(headers) is headers
 event = Event("t", {}, "k")
-assert tracing.consuming(event, "default") is tracing._NULL
-assert tracing.handling(print, event) is tracing._NULL
+assert tracing.consuming([event], "default") is tracing._NULL
+assert tracing.handling(print, [event]) is tracing._NULL
 tracing.record_sends(None, None, 0.0)
 print("ok")
 """

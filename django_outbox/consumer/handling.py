@@ -1,26 +1,31 @@
 """Once-only handling of Kafka records, and the bookkeeping of every outcome.
 
 ``Handling.handle_batch`` is the one place where the once-only rules are applied
-(``handle`` is a chunk of one record). For a chunk, in one transaction per database:
+(``handle`` is a chunk of one record); ``_run`` is the one place that calls a
+user's handler. For a chunk, in one transaction per database:
 
-- each record is parsed (``records.parse``, never raising); a record that cannot
-  be used is kept as a ``RejectedRecord`` (``rejects.py``);
+- each record is parsed once (``records.parse``, never raising); a record that
+  cannot be used is kept as a ``RejectedRecord`` (``rejects.py``);
 - the local rows the records name are locked in one query per database
-  (``local.py``); an event whose row is here is handled on that row: the handler
-  runs in a savepoint, the row becomes ``consumed`` with the chunk's commit;
-- any other event goes through the inbox (``inbox.py``);
+  (``local.py``); an event whose row is here is handled on that row, and the rows
+  whose handler succeeded become ``consumed`` in one ``UPDATE``, with the chunk;
+- any other event goes through the inbox (``inbox.py``): its entry is inserted
+  in the same transaction as the handler's writes;
+- handlers run without savepoints, batch handlers on their lists; if one raises,
+  the chunk is rolled back and walked again with a savepoint per handler, so that
+  the failing event is rolled back alone (``chunk.py``);
 - failed local rows are counted after the commit, in one short transaction.
 
 Only the handler's writes to *that same database* are once-only: a handler that
 also writes elsewhere (another database, an HTTP call) must make those effects
-idempotent itself. Database errors (``OperationalError``/``InterfaceError``)
-propagate to the caller, which retries the same record (or chunk).
+idempotent itself; it may also run twice when a chunk is walked again.
+Database errors (``OperationalError``/``InterfaceError``) propagate to the
+caller, which retries the same record (or chunk).
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,14 +38,13 @@ from django.db.transaction import TransactionManagementError
 from .. import metrics, tracing
 from ..conf import outbox_settings
 from ..envelope import Event
-from ..exceptions import UnknownEventType
 from ..inbox import RejectedRecord, RejectionReason
-from ..models import OutboxMessage
-from ..registry import Handler, HandlerRegistry, registry
+from ..registry import HandlerRegistry, Registration, registry
 from . import records, rejects
+from .chunk import ChunkPass, Fallback, Unit
 from .database import DATABASE_ERRORS
 from .inbox import Duplicate, Inbox
-from .local import LocalFailure, LocalRows, describe_failure, holds
+from .local import LocalFailure, LocalRows, LockedRow, describe_failure, holds
 from .records import Delivery, Rejected
 
 logger = logging.getLogger("django_outbox.consumer")
@@ -73,18 +77,28 @@ class HandlerBroke(Exception):
         self.failure = failure
 
 
-def _run(handler: Handler, event: Event, alias: str) -> Exception | None:
-    """Call the handler; return what it raised, or None when it succeeded."""
+def _run(registration: Registration, events: list[Event], alias: str) -> Exception | None:
+    """Call the user's handler: the only place that does. What it raised, or None.
+
+    A batch handler gets ``events`` (a list of its own), any other the one event.
+    """
     try:
-        with tracing.handling(handler, event), metrics.handler_timer(event.event_type):
-            handler(event)
+        with (
+            tracing.consuming(events, alias),
+            tracing.handling(registration.func, events),
+            metrics.handler_timer(events[0].event_type),
+        ):
+            if registration.batch:
+                registration.func(list(events))
+            else:
+                registration.func(events[0])
     except Exception as exc:
         return exc
     if transaction.get_rollback(using=alias):
         # It caught a database error without a savepoint: nothing it wrote can commit.
         return TransactionManagementError(
-            f"the handler of {event.event_type!r} swallowed a database error and left the "
-            "transaction unusable; let the error propagate, or wrap the failing query in "
+            f"the handler of {events[0].event_type!r} swallowed a database error and left "
+            "the transaction unusable; let the error propagate, or wrap the failing query in "
             "transaction.atomic()"
         )
     return None
@@ -120,8 +134,9 @@ class Handling:
         """
         ran: list[Event] = []
         try:
+            # On its own is after a failure, most often: a savepoint from the start.
             result = self.handle_batch(
-                [delivery], database_errors_fail=database_errors_fail, ran=ran
+                [delivery], database_errors_fail=database_errors_fail, ran=ran, savepoints=True
             )[0]
         except Exception as exc:
             if not ran or (isinstance(exc, DATABASE_ERRORS) and not database_errors_fail):
@@ -138,6 +153,7 @@ class Handling:
         stop: Callable[[], bool] = lambda: False,
         database_errors_fail: bool = False,
         ran: list[Event] | None = None,
+        savepoints: bool = False,
     ) -> list[Result | None]:
         """Handle a chunk of records, once each, in one transaction per database.
 
@@ -146,19 +162,55 @@ class Handling:
         (the caller retries that event in place, then hands the rest in again, so a
         partition keeps its order), or after ``stop()`` turned true.
 
+        The handlers run without savepoints first; if one raises, the chunk is
+        rolled back and handled again with a savepoint per handler (``chunk.py``);
+        ``savepoints`` skips the first pass.
         A handler's database error propagates and rolls the whole chunk back; so does
         anything that breaks the chunk's transaction (``HandlerBroke``). The caller
         retries the chunk, or handles its records one by one with ``handle``.
         """
-        results: list[Result | None] = [None] * len(deliveries)
         parsed = [records.parse(delivery) for delivery in deliveries]
         references = self.rows.references(deliveries, parsed)
         to_lock: dict[str, set[int]] = defaultdict(set)
         for reference in references:
             if reference is not None:
                 to_lock[reference[0]].add(reference[1])
-        failures: dict[str, list[LocalFailure]] = defaultdict(list)
-        run = functools.partial(self._run_in_savepoint, database_errors_fail, ran)
+        try:
+            done = self._pass(
+                deliveries, parsed, references, to_lock, savepoints, stop, database_errors_fail, ran
+            )
+        except Fallback as fallback:
+            logger.debug(
+                "a handler failed (%s); the chunk %s..%s is handled again, a savepoint each",
+                fallback.__cause__,
+                deliveries[0],
+                deliveries[-1],
+            )
+            done = self._pass(
+                deliveries, parsed, references, to_lock, True, stop, database_errors_fail, ran
+            )
+        # Committed. A crash before the failures are counted only makes the failed
+        # records come again (their offsets are not committed yet).
+        for alias, items in done.failures.items():
+            counted = self.rows.record_failures(alias, items)
+            for item, (outcome, error) in zip(items, counted, strict=True):
+                done.results[item.index] = Result(Outcome(outcome), error)
+        done.resolve_copies()
+        return done.results
+
+    def _pass(
+        self,
+        deliveries: Sequence[Delivery],
+        parsed: list[Event | Rejected],
+        references: list[tuple[str, int] | None],
+        to_lock: dict[str, set[int]],
+        careful: bool,
+        stop: Callable[[], bool],
+        database_errors_fail: bool = False,
+        ran: list[Event] | None = None,
+    ) -> ChunkPass:
+        """One pass over the chunk, committed (or rolled back by ``Fallback``)."""
+        done = ChunkPass(self, deliveries, careful, database_errors_fail, ran)
         with ExitStack() as transactions:
             # Always in the same order, so two consumers cannot wait on each other.
             for alias in sorted({self.inbox_database, *to_lock}):
@@ -169,88 +221,27 @@ class Handling:
                 for reference in references
             ]
             owned = [
-                row if row is not None and isinstance(event, Event) and holds(row, event) else None
-                for row, event in zip(named, parsed, strict=True)
+                row
+                if row is not None and isinstance(event, Event) and holds(row, event, delivery)
+                else None
+                for row, event, delivery in zip(named, parsed, deliveries, strict=True)
             ]
-            inboxed = self.inbox.handled(
+            handled = self.inbox.handled(
                 [
                     event.event_id
                     for event, row in zip(parsed, owned, strict=True)
                     if row is None and isinstance(event, Event)
                 ]
             )
-            blocked: set[tuple[str, int]] = set()  # partitions with an inbox retry in hand
-            seen: dict[tuple[str, int], Outcome] = {}  # local rows handled in this chunk
-            consumed: dict[str, list[int]] = defaultdict(list)
-            for index, delivery in enumerate(deliveries):
-                event, row = parsed[index], owned[index]
-                if stop():
-                    break
-                if (delivery.topic, delivery.partition) in blocked:
-                    continue
-                if isinstance(event, Rejected):
-                    results[index] = self._rejected(delivery, event, named[index])
-                    continue
+            done.walk(parsed, named, owned, handled, stop)
+            if done.inboxed:
                 try:
-                    handler = self.handlers.get(event.event_type)
-                except UnknownEventType as exc:
-                    results[index] = self._unknown_type(delivery, event, row, str(exc))
-                    continue
-                if row is not None:
-                    alias = row._state.db or ""
-                    earlier = seen.get((alias, row.pk))
-                    if earlier is not None:
-                        # The same event twice in one chunk: the first copy decided.
-                        results[index] = (
-                            Result(Outcome.DUPLICATE)
-                            if earlier is Outcome.HANDLED
-                            else Result(Outcome.SKIPPED, "its handler failed earlier in the chunk")
-                        )
-                        continue
-                    status = self.rows.not_handleable(delivery, event, alias, row)
-                    if status is not None:
-                        error = "" if status == "duplicate" else f"row is {row.status}"
-                        results[index] = Result(Outcome(status), error)
-                        continue
-                    failure = run(alias, handler, event)
-                    if failure is None:
-                        seen[(alias, row.pk)] = Outcome.HANDLED
-                        consumed[alias].append(row.pk)
-                        results[index] = Result(Outcome.HANDLED)
-                    else:
-                        seen[(alias, row.pk)] = Outcome.RETRY
-                        failures[alias].append(
-                            LocalFailure(index, delivery, event, row.pk, failure)
-                        )
-                    continue
-                if event.event_id in inboxed:
-                    results[index] = Result(Outcome.DUPLICATE)
-                    continue
-                try:
-                    failure = run(
-                        self.inbox_database,
-                        handler,
-                        event,
-                        before=functools.partial(self.inbox.insert, delivery, event),
-                    )
-                except Duplicate:
-                    results[index] = Result(Outcome.DUPLICATE)
-                else:
-                    if failure is not None:
-                        results[index] = self._inbox_failed(delivery, event, failure)
-                        blocked.add((delivery.topic, delivery.partition))
-                        continue
-                    results[index] = Result(Outcome.HANDLED)
-                inboxed.add(event.event_id)
-            for alias, pks in consumed.items():
+                    self.inbox.insert_many((item.delivery, item.event) for item in done.inboxed)
+                except Duplicate as exc:
+                    raise Fallback() from exc  # handled meanwhile by another consumer
+            for alias, pks in done.consumed.items():
                 self.rows.mark_consumed(alias, pks)
-        # Committed. A crash before the failures are counted only makes the failed
-        # records come again (their offsets are not committed yet).
-        for alias, items in failures.items():
-            counted = self.rows.record_failures(alias, items)
-            for item, (outcome, error) in zip(items, counted, strict=True):
-                results[item.index] = Result(Outcome(outcome), error)
-        return results
+        return done
 
     def give_up(self, delivery: Delivery, error: str, attempts: int) -> Result:
         """Record an inbox event whose handler failed ``attempts`` times as rejected."""
@@ -289,29 +280,34 @@ class Handling:
 
     # ------------------------------------------------------------------ outcomes
 
-    def _run_in_savepoint(
-        self,
-        database_errors_fail: bool,
-        ran: list[Event] | None,
-        alias: str,
-        handler: Handler,
-        event: Event,
-        before: Callable[[], object] | None = None,
-    ) -> Exception | None:
-        """Run the handler in a savepoint of the chunk's transaction; what it raised, or None.
+    def run_fast(self, unit: Unit, ran: list[Event] | None) -> Exception | None:
+        """Run a unit's handler in the chunk's transaction itself; what it raised, or None."""
+        events = unit.events
+        if ran is not None:
+            ran.extend(events)
+        return _run(unit.registration, events, unit.alias)
 
-        A failure rolls back the handler's writes only. Raises instead when the failure
-        is a database error (unless ``database_errors_fail``), or ``HandlerBroke`` when
-        the savepoint could not be rolled back: the chunk's transaction is lost.
+    def run_in_savepoint(
+        self, unit: Unit, database_errors_fail: bool, ran: list[Event] | None
+    ) -> Exception | None:
+        """Run a unit's handler in a savepoint of the chunk's transaction; what it raised.
+
+        Inbox events get their entries in the same savepoint (``Duplicate`` when one is
+        there already). A failure rolls back the handler's writes only. Raises instead
+        when the failure is a database error (unless ``database_errors_fail``), or
+        ``HandlerBroke`` when the savepoint could not be rolled back: the chunk's
+        transaction is lost.
         """
+        alias, events = unit.alias, unit.events
+        inbox = [(item.delivery, item.event) for item in unit.items if item.row is None]
         failure: Exception | None = None
         try:
-            with tracing.consuming(event, alias, ok=(Duplicate,)), transaction.atomic(using=alias):
-                if before is not None:
-                    before()
+            with transaction.atomic(using=alias):
+                if inbox:
+                    self.inbox.insert_many(inbox)
                 if ran is not None:
-                    ran.append(event)
-                failure = _run(handler, event, alias)
+                    ran.extend(events)
+                failure = _run(unit.registration, events, alias)
                 if failure is not None:
                     raise failure
         except Duplicate:
@@ -336,9 +332,9 @@ class Handling:
             outcome, error = self.rows.record_failures(alias, [item])[0]
             if outcome != Outcome.SKIPPED.value:
                 return Result(Outcome(outcome), error)
-        return self._inbox_failed(delivery, event, failure)
+        return self.inbox_failed(delivery, event, failure)
 
-    def _inbox_failed(self, delivery: Delivery, event: Event, failure: Exception) -> Result:
+    def inbox_failed(self, delivery: Delivery, event: Event, failure: Exception) -> Result:
         logger.warning(
             "handler of %s failed on event %s (record %s): %s",
             event.event_type,
@@ -349,15 +345,13 @@ class Handling:
         )
         return Result(Outcome.RETRY_IN_PLACE, describe_failure(failure))
 
-    def _rejected(
-        self, delivery: Delivery, rejected: Rejected, row: OutboxMessage | None
-    ) -> Result:
+    def rejected(self, delivery: Delivery, rejected: Rejected, row: LockedRow | None) -> Result:
         self.reject(delivery, rejected.reason, rejected.error)
         self.rows.malformed(delivery, row, rejected.error)
         return Result(Outcome.REJECTED, rejected.error, rejected.reason)
 
-    def _unknown_type(
-        self, delivery: Delivery, event: Event, row: OutboxMessage | None, error: str
+    def unknown_type(
+        self, delivery: Delivery, event: Event, row: LockedRow | None, error: str
     ) -> Result:
         """Apply ``OUTBOX_UNKNOWN_EVENT_POLICY``; never spends a row's retry budget."""
         self.reject(delivery, RejectionReason.UNKNOWN_EVENT_TYPE, error, event=event)

@@ -2,16 +2,17 @@
 
 Any event that has no outbox row in this process's databases (another service
 published it, or the row was pruned) is handled through the inbox: its entry is
-inserted in the handler's savepoint on ``OUTBOX_DATABASE``; a repeat delivery
-finds it, or hits the unique constraint, and does nothing.
+inserted on ``OUTBOX_DATABASE`` in the transaction of the handler's writes (for a
+chunk, all of them in one ``INSERT``); a repeat delivery finds it, or hits the
+unique constraint, and does nothing.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 
 from ..envelope import Event
 from ..inbox import InboxEntry
@@ -38,17 +39,25 @@ class Inbox:
         )
         return set(entries.values_list("event_id", flat=True))
 
-    def insert(self, delivery: Delivery, event: Event) -> None:
-        """The event's entry, in the handler's transaction; ``Duplicate`` if it exists."""
+    def insert_many(self, handled: Iterable[tuple[Delivery, Event]]) -> None:
+        """The events' entries, in one ``INSERT`` in the handlers' transaction.
+
+        ``Duplicate`` if one exists already (another consumer handled it meanwhile):
+        then none is inserted, and the caller rolls back the savepoint or transaction
+        it runs in (on PostgreSQL the error leaves it unusable).
+        """
+        entries = [
+            InboxEntry(
+                consumer_group=self.group,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                topic=delivery.topic,
+                partition=delivery.partition,
+                offset=delivery.offset,
+            )
+            for delivery, event in handled
+        ]
         try:
-            with transaction.atomic(using=self.alias):  # a savepoint, for the duplicate
-                InboxEntry.objects.using(self.alias).create(
-                    consumer_group=self.group,
-                    event_id=event.event_id,
-                    event_type=event.event_type,
-                    topic=delivery.topic,
-                    partition=delivery.partition,
-                    offset=delivery.offset,
-                )
+            InboxEntry.objects.using(self.alias).bulk_create(entries)
         except IntegrityError:
             raise Duplicate from None

@@ -6,7 +6,7 @@
 in chunks of ``batch_size``: one transaction per database and chunk, a savepoint
 per handler (see ``handling.py`` for the once-only rules). Offsets are committed
 only for records whose outcome is recorded, in order, partition by partition,
-after each poll.
+after each poll (while a backlog is read, once per ``commit_interval``).
 
 - Handler failures never block a partition: an outbox row goes back to the relay
   with a backoff (``dead`` after ``max_retry``); an inbox event is retried here a
@@ -70,6 +70,12 @@ DATABASE_ERRORS_BEFORE_FAILURE = 3
 #: Records handled in one transaction, by default (``--batch-size``).
 DEFAULT_BATCH_SIZE = 200
 
+#: Records asked of one poll, at least (rounded up to whole chunks).
+POLL_RECORDS = 1000
+
+#: Seconds between offset commits while a backlog is read (full polls), by default.
+DEFAULT_COMMIT_INTERVAL = 1.0
+
 
 @dataclass
 class ConsumerStats:
@@ -81,6 +87,10 @@ class ConsumerStats:
     #: Records of a key handled after a later record of that key (``OrderingDetector``).
     ordering_violations: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: ``time.monotonic()`` when the first records came from a poll, and when the
+    #: offsets of the last ones were committed: ``busy_seconds()`` is between them.
+    first_records_at: float | None = None
+    last_commit_at: float | None = None
 
     def add(self, result: Result) -> None:
         self.records += 1
@@ -88,6 +98,12 @@ class ConsumerStats:
 
     def count(self, outcome: Outcome) -> int:
         return self.outcomes.get(outcome.value, 0)
+
+    def busy_seconds(self) -> float:
+        """Seconds from the first records received to the last offsets committed."""
+        if self.first_records_at is None or self.last_commit_at is None:
+            return 0.0
+        return self.last_commit_at - self.first_records_at
 
 
 def subscribed_topics(handlers: HandlerRegistry = registry) -> list[str]:
@@ -128,6 +144,7 @@ class Consumer:
         broker_retry_max_delay: float = 5.0,
         client_stall_timeout: float = 30.0,
         broker_probe_interval: float = 5.0,
+        commit_interval: float = DEFAULT_COMMIT_INTERVAL,
     ) -> None:
         self.topics = list(topics) if topics else subscribed_topics(handlers)
         if not self.topics:
@@ -162,6 +179,8 @@ class Consumer:
         self.broker_retry_max_delay = broker_retry_max_delay
         self.client_stall_timeout = client_stall_timeout
         self.broker_probe_interval = broker_probe_interval
+        self.commit_interval = commit_interval
+        self._last_commit = time.monotonic()
         self._client: Any = None
         self._uncommitted: dict[Any, int] = {}
         self._last_progress = (time.monotonic(), 0)
@@ -241,11 +260,9 @@ class Consumer:
             # group rebalance, sooner than metadata_max_age_ms would.
             kafka.missing_topics(client, self.topics)
             self._last_refresh = now
+        max_records = self._poll_size()
         try:
-            batch = client.poll(
-                timeout_ms=int(self.poll_timeout * 1000),
-                max_records=max(self.batch_size, outbox_settings.batch_size),
-            )
+            batch = client.poll(timeout_ms=int(self.poll_timeout * 1000), max_records=max_records)
         except Exception as exc:
             if kafka.is_transport_error(exc):
                 raise
@@ -253,21 +270,29 @@ class Consumer:
             batch = {}
         deliveries = [Delivery.from_record(r) for records in batch.values() for r in records]
         self._idle = not deliveries
+        if deliveries and self.stats.first_records_at is None:
+            self.stats.first_records_at = time.monotonic()
         if self._broker.polled(time.monotonic(), bool(deliveries)):
             self._replace_client(f"nothing received for {self.client_stall_timeout:.0f} s")
             return False
+        # A full poll: a backlog, more records wait. Its offsets are committed once a
+        # commit_interval (a commit is a round trip to the coordinator, more than a
+        # chunk of no-op handlers); a crash in between only makes more records come
+        # again, which once-only handling drops.
+        backlog = len(deliveries) >= max_records
         try:
             self._consume(deliveries)
         except BaseException:
             self._rewind(deliveries)
+            self._commit()
             raise
-        finally:
+        if not backlog or time.monotonic() - self._last_commit >= self.commit_interval:
             self._commit()
         self._maybe_log_progress()
         if self._limit_reached():
             logger.info("outbox consumer: %d records handled; stopping", self.stats.records)
             return True
-        if self.burst and not self.shutdown.requested:
+        if self.burst and not backlog and not self.shutdown.requested:
             if client.assignment():
                 self._unassigned_since = time.monotonic()
                 if kafka.caught_up(client):
@@ -525,13 +550,19 @@ class Consumer:
             except Exception:  # no longer assigned: its next owner reads it
                 pass
 
+    def _poll_size(self) -> int:
+        """Records per poll: whole chunks, at least ``POLL_RECORDS`` (fewer polls, commits)."""
+        return self.batch_size * max(1, -(-POLL_RECORDS // self.batch_size))
+
     def _commit(self) -> None:
+        self._last_commit = time.monotonic()
         if not self._uncommitted or self._client is None:
             return
         offsets, self._uncommitted = self._uncommitted, {}
         try:
             kafka.commit_offsets(self._client, offsets)
             self.stats.commits += 1
+            self.stats.last_commit_at = time.monotonic()
         except kafka.CommitFailedError as exc:
             # The group moved these partitions elsewhere; their new owner reads the records
             # again and finds them handled (once-only), so nothing is lost or doubled.
@@ -565,6 +596,7 @@ class Consumer:
         try:
             kafka.commit_offsets(client, offsets)
             self.stats.commits += 1
+            self.stats.last_commit_at = time.monotonic()
         except Exception as exc:
             logger.warning("outbox consumer: final offset commit failed (%s)", exc)
 

@@ -16,6 +16,7 @@ way with or without this app's headers:
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,20 +56,26 @@ class Delivery:
 
     def header(self, name: str) -> str | None:
         """The last value of header ``name`` as text, or None (absent, empty or not UTF-8)."""
-        value = self._header(name)
+        value = self._texts.get(name)
         return value if isinstance(value, str) and value else None
 
     def _header(self, name: str) -> Any:
         """The last value of ``name`` as text; None when it is not UTF-8; ``_ABSENT``."""
-        for header_name, value in reversed(self.headers):
-            if header_name == name:
-                if value is None:
-                    return ""
-                try:
-                    return bytes(value).decode("utf-8")
-                except UnicodeDecodeError:
-                    return None
-        return _ABSENT
+        return self._texts.get(name, _ABSENT)
+
+    @functools.cached_property
+    def _texts(self) -> dict[str, str | None]:
+        """Each header's last value as text ("" for no value, None if not UTF-8): decoded once."""
+        texts: dict[str, str | None] = {}
+        for name, value in self.headers:
+            if value is None:
+                texts[name] = ""
+                continue
+            try:
+                texts[name] = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                texts[name] = None
+        return texts
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}]@{self.offset}"

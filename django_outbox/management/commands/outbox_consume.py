@@ -50,8 +50,9 @@ class Command(WorkerCommand):
             type=positive_int,
             default=DEFAULT_BATCH_SIZE,
             metavar="N",
-            help="Records handled in one database transaction, a savepoint each "
-            f"(default {DEFAULT_BATCH_SIZE}); 1 commits every record on its own.",
+            help="Records handled in one database transaction (default "
+            f"{DEFAULT_BATCH_SIZE}; a batch handler gets those of its type as one list); "
+            "1 commits every record on its own.",
         )
         parser.add_argument(
             "--poll-timeout",

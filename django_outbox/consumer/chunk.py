@@ -1,0 +1,238 @@
+"""One pass over a chunk of records: which handler runs on what, in which order.
+
+``Handling.handle_batch`` walks a chunk once or twice, each time in one transaction
+per database (``ChunkPass``):
+
+- **fast**: handlers run one after another with no savepoint of their own (a
+  savepoint is two round trips, more than a small handler's own work). The first
+  handler that raises ends the pass (``Fallback``): everything is rolled back;
+- **careful**, only after a fast pass failed: each handler runs in a savepoint,
+  so a failing event is rolled back alone and the others commit.
+
+A batch handler (``@handler(..., batch=True)``) gets the events of its type in the
+chunk as one list, per database, in chunk order; in the careful pass a list whose
+handler raises is handled again one event at a time (a list of one, each in its
+own savepoint). A partition keeps its order: the list is handed over before the
+handler of any later record of one of its partitions runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..envelope import Event
+from ..exceptions import UnknownEventType
+from ..registry import Registration
+from .inbox import Duplicate
+from .local import LocalFailure, LockedRow
+from .records import Delivery, Rejected
+
+if TYPE_CHECKING:
+    from .handling import Handling, Result
+
+logger = logging.getLogger("django_outbox.consumer")
+
+Partition = tuple[str, int]
+
+
+class Fallback(Exception):
+    """A handler failed in the fast pass: the chunk is rolled back and handled carefully."""
+
+
+@dataclass
+class Item:
+    """One record whose handler is to run: on its local ``row``, or through the inbox."""
+
+    index: int
+    delivery: Delivery
+    event: Event
+    row: LockedRow | None
+
+    @property
+    def partition(self) -> Partition:
+        return (self.delivery.topic, self.delivery.partition)
+
+
+@dataclass
+class Unit:
+    """One call of a handler: one event, or a batch handler's list, on one database."""
+
+    registration: Registration
+    alias: str
+    items: list[Item] = field(default_factory=list)
+    partitions: set[Partition] = field(default_factory=set)
+
+    def add(self, item: Item) -> None:
+        self.items.append(item)
+        self.partitions.add(item.partition)
+
+    @property
+    def events(self) -> list[Event]:
+        return [item.event for item in self.items]
+
+
+@dataclass
+class ChunkPass:
+    """The state of one pass over a chunk: results, rows to mark, failures to count."""
+
+    handling: Handling
+    deliveries: Sequence[Delivery]
+    careful: bool
+    database_errors_fail: bool = False
+    ran: list[Event] | None = None
+    results: list[Result | None] = field(init=False)
+    consumed: dict[str, list[int]] = field(default_factory=dict)
+    inboxed: list[Item] = field(default_factory=list)  # fast pass: entries to insert
+    failures: dict[str, list[LocalFailure]] = field(default_factory=dict)
+    #: A later copy of an event in the chunk, and the index of the first copy.
+    copies: list[tuple[int, int]] = field(default_factory=list)
+    blocked: set[Partition] = field(default_factory=set)  # an inbox retry in hand
+    pending: dict[tuple[str, str], Unit] = field(default_factory=dict)  # batches to hand over
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.deliveries)
+
+    def walk(
+        self,
+        parsed: Sequence[Event | Rejected],
+        named: Sequence[LockedRow | None],
+        owned: Sequence[LockedRow | None],
+        handled: set[uuid.UUID],
+        stop: Callable[[], bool],
+    ) -> None:
+        """Decide each record in order; run handlers (per event now, batches when due)."""
+        from .handling import Outcome, Result
+
+        handling = self.handling
+        first_copy: dict[object, int] = {}
+        for index, delivery in enumerate(self.deliveries):
+            event, row = parsed[index], owned[index]
+            if stop():
+                return  # the batches not handed over yet are left for later too
+            if (delivery.topic, delivery.partition) in self.blocked:
+                continue
+            if isinstance(event, Rejected):
+                self.results[index] = handling.rejected(delivery, event, named[index])
+                continue
+            try:
+                registration = handling.handlers.registration(event.event_type)
+            except UnknownEventType as exc:
+                self.results[index] = handling.unknown_type(delivery, event, row, str(exc))
+                continue
+            if row is not None:
+                alias = row.alias
+                copy_key: object = (alias, row.pk)
+                if copy_key not in first_copy:
+                    status = handling.rows.not_handleable(delivery, event, alias, row)
+                    if status is not None:
+                        error = "" if status == "duplicate" else f"row is {row.status}"
+                        self.results[index] = Result(Outcome(status), error)
+                        continue
+            else:
+                if event.event_id in handled:
+                    self.results[index] = Result(Outcome.DUPLICATE)
+                    continue
+                alias, copy_key = handling.inbox_database, event.event_id
+            if copy_key in first_copy:
+                # The same event twice in one chunk: the first copy decides.
+                self.copies.append((index, first_copy[copy_key]))
+                continue
+            first_copy[copy_key] = index
+            self._add(Item(index, delivery, event, row), registration, alias)
+        self.flush()
+
+    def _add(self, item: Item, registration: Registration, alias: str) -> None:
+        joins = (item.event.event_type, alias) if registration.batch else None
+        for key in [k for k, unit in self.pending.items() if item.partition in unit.partitions]:
+            if key != joins:
+                self._hand_over(key)  # its events come first in this partition
+        if item.partition in self.blocked:
+            return
+        if joins is None:
+            self._execute(Unit(registration, alias, [item], {item.partition}))
+        else:
+            self.pending.setdefault(joins, Unit(registration, alias)).add(item)
+
+    def flush(self) -> None:
+        """Hand the batches still pending over to their handlers."""
+        for key in list(self.pending):
+            self._hand_over(key)
+
+    def _hand_over(self, key: tuple[str, str]) -> None:
+        self._execute(self.pending.pop(key))
+
+    def _execute(self, unit: Unit) -> None:
+        handling = self.handling
+        if not self.careful:
+            failure = handling.run_fast(unit, self.ran)
+            if failure is not None:
+                raise Fallback() from failure
+            self._succeeded(unit, insert_inbox=True)
+            return
+        try:
+            failure = handling.run_in_savepoint(unit, self.database_errors_fail, self.ran)
+        except Duplicate:
+            if len(unit.items) == 1:
+                self._duplicate(unit.items[0])
+                return
+            failure = None  # one of the list is a duplicate: each on its own finds which
+        else:
+            if failure is None:
+                self._succeeded(unit)
+                return
+            if len(unit.items) == 1:
+                self._failed(unit.items[0], failure)
+                return
+        logger.info(
+            "batch handler of %s failed on %d events%s; handling them one at a time",
+            unit.items[0].event.event_type,
+            len(unit.items),
+            f" ({failure})" if failure is not None else "",
+        )
+        for item in unit.items:
+            if item.partition not in self.blocked:
+                self._execute(Unit(unit.registration, unit.alias, [item], {item.partition}))
+
+    def _succeeded(self, unit: Unit, insert_inbox: bool = False) -> None:
+        from .handling import Outcome, Result
+
+        for item in unit.items:
+            self.results[item.index] = Result(Outcome.HANDLED)
+            if item.row is not None:
+                self.consumed.setdefault(unit.alias, []).append(item.row.pk)
+            elif insert_inbox:
+                self.inboxed.append(item)
+
+    def _duplicate(self, item: Item) -> None:
+        from .handling import Outcome, Result
+
+        self.results[item.index] = Result(Outcome.DUPLICATE)
+
+    def _failed(self, item: Item, failure: Exception) -> None:
+        if item.row is not None:
+            alias = item.row.alias
+            self.failures.setdefault(alias, []).append(
+                LocalFailure(item.index, item.delivery, item.event, item.row.pk, failure)
+            )
+            return
+        self.results[item.index] = self.handling.inbox_failed(item.delivery, item.event, failure)
+        self.blocked.add(item.partition)
+
+    def resolve_copies(self) -> None:
+        """Later copies of an event: a duplicate of a handled first copy, else its fate."""
+        from .handling import Outcome, Result
+
+        for index, first in self.copies:
+            decided = self.results[first]
+            if decided is None or decided.outcome is Outcome.RETRY_IN_PLACE:
+                continue  # it comes again, after the first copy's retry
+            if decided.outcome in (Outcome.HANDLED, Outcome.DUPLICATE):
+                self.results[index] = Result(Outcome.DUPLICATE)
+            else:
+                self.results[index] = Result(
+                    Outcome.SKIPPED, "its handler failed earlier in the chunk"
+                )
