@@ -112,6 +112,47 @@ def test_one_trace_from_the_request_through_the_relay_to_the_handler(
     assert follow_up.event.headers["traceparent"] == traceparent_of(seen[0])
 
 
+@pytest.mark.kafka
+@pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS)
+def test_a_batch_handler_runs_in_one_process_span_linked_to_each_request(
+    relay_settings, kafka_bootstrap, spans
+):
+    topic = relay_settings.OUTBOX_DEFAULT_TOPIC
+    calls = []
+
+    def on_many(events):
+        calls.append((len(events), trace.get_current_span()))
+
+    requests = []
+    for n in range(3):
+        with trace.get_tracer("tests").start_as_current_span(f"request {n}") as request:
+            with transaction.atomic():
+                publish_event(EVENT, {"n": n}, key=f"k{n}")
+        requests.append(request)
+    Relay(burst=True).run()
+    read_topic(kafka_bootstrap, topic, expected_count=3)
+
+    group = unique_group()
+    with registered(EVENT, on_many, batch=True):
+        consumer = consume(topic, group, owning_group=group)
+    assert consumer.stats.count(Outcome.HANDLED) == 3, consumer.stats
+    assert sum(size for size, _ in calls) == 3
+
+    finished = spans.get_finished_spans()
+    processes = by_name(finished, f"process {EVENT}")
+    handlers = [span for span in finished if span.name.endswith("on_many")]
+    assert len(processes) == len(handlers) == len(calls)
+    linked = {link.context.span_id for process in processes for link in process.links}
+    assert linked | {parent_of(p) for p in processes if p.parent} >= {
+        r.get_span_context().span_id for r in requests
+    }
+    for process, handler in zip(processes, handlers, strict=True):
+        assert parent_of(handler) == process.context.span_id
+    assert {span.get_span_context().span_id for _, span in calls} == {
+        h.context.span_id for h in handlers
+    }
+
+
 def test_a_failing_handler_marks_its_span_and_the_process_span_as_failed(settings, spans):
     settings.OUTBOX_CONSUMER_GROUP = "g"
 
