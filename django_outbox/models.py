@@ -528,7 +528,10 @@ class OutboxMessage(models.Model):
         indexes = [
             models.Index(
                 fields=["status", "next_retry_at", "event_type"], name="idx_outbox_status_next"
-            )
+            ),
+            # Not the Go service's: the relay's claim reads the due rows in id order
+            # through it, past none of the final rows (docs/decisions, "claim index").
+            models.Index(fields=["status", "id", "next_retry_at"], name="idx_outbox_status_id"),
         ]
 
     def __str__(self) -> str:
