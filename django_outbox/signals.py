@@ -31,8 +31,9 @@ chunk's transaction committed; ``group`` is the consumer group, ``record`` the
     A record nobody can handle (malformed, or an inbox event that kept failing): it is
     stored as a ``RejectedRecord``.
 
-Receivers run in the worker's thread: keep them short, and never raise (an exception
-is logged and ignored: the outcome is written already).
+Receivers run in the worker's thread (the relay's: its database thread, right after
+the write-back): keep them short, and never raise (an exception is logged and
+ignored: the outcome is written already).
 """
 
 from __future__ import annotations
