@@ -528,11 +528,11 @@ class OutboxMessage(models.Model):
         indexes = [
             models.Index(
                 fields=["status", "next_retry_at", "event_type"], name="idx_outbox_status_next"
-            ),
-            # Not the Go service's: the relay's claim reads the due rows in id order
-            # through it, past none of the final rows (docs/decisions, "claim index").
-            models.Index(fields=["status", "id", "next_retry_at"], name="idx_outbox_status_id"),
+            )
         ]
+        # PostgreSQL and SQLite also get idx_outbox_status_id (status, id, next_retry_at)
+        # for the relay's claim, from migration 0007 (not declared here: MySQL/MariaDB
+        # must not get it; docs/decisions/0002-claim-index.rst).
 
     def __str__(self) -> str:
         return f"{self.event_type} #{self.pk} ({self.status})"
