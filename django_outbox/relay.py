@@ -429,8 +429,10 @@ class Relay:
 
     def _burst_done(self) -> bool:
         """A burst ends when nothing is due; it gives up on what it cannot reach."""
-        if self._in_flight is not None or self._unrecorded or self._writing or self._ahead:
+        if self._in_flight is not None or self._unrecorded or self._writing:
             return False
+        if any(alias not in self._broken for alias in self._ahead):
+            return False  # (a broken database's claim ahead is given back on the way out)
         if self._kafka_failures and not self._kafka_usable():
             # Kafka is paused, not asked: nothing was claimed because of that.
             return self._kafka_failures >= BURST_GIVE_UP
