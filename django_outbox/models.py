@@ -194,6 +194,22 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         message._state.db = alias
         return message
 
+    def with_ids(self, ids: Iterable[int]) -> OutboxMessageQuerySet:
+        """The rows among ``ids``, written into the SQL as integers (see ``id_list``).
+
+        ``filter(pk__in=ids)`` adapts one parameter per id: for the relay's batches of
+        hundreds of rows, that was most of the CPU a claim or a write-back cost.
+        """
+        quote = connections[self.db].ops.quote_name
+        column = (
+            f"{quote(OutboxMessage._meta.db_table)}.{quote(_concrete_field('id').column or 'id')}"
+        )
+        # extra(), not a RawSQL filter: MySQL would get "(... IN (...)) = 1", which its
+        # optimizer cannot read as a range of the primary key (a locking read would
+        # then lock every row it examined).
+        rows = self.extra(where=[f"{column} IN ({id_list(ids) or 'NULL'})"])
+        return rows  # type: ignore[return-value]
+
     def held(self, lease: datetime.datetime, ids: Iterable[int]) -> OutboxMessageQuerySet:
         """The rows among ``ids`` still pending under ``lease``."""
         return self.filter(pk__in=list(ids), status=Status.PENDING, next_retry_at=lease)
@@ -299,7 +315,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         params.append(fields["next_retry_at"].get_db_prep_value(lease, connection))
         table, pk = quote(OutboxMessage._meta.db_table), column["id"]
         held = (
-            f"{pk} IN ({','.join(str(int(pk_)) for pk_ in ids)}) "
+            f"{pk} IN ({id_list(ids)}) "
             f"AND {column['status']} = %s AND {column['next_retry_at']} = %s"
         )
         if connection.vendor == "postgresql":
@@ -436,6 +452,11 @@ _INSERTED = (
     "updated_at",
 )
 _insert_statements: dict[tuple[str, str, bool], tuple[str, list[models.Field], Any]] = {}
+
+
+def id_list(ids: Iterable[int]) -> str:
+    """``1,2,3``: ids as SQL integers (``int()`` of each: nothing else can get in)."""
+    return ",".join(str(int(pk)) for pk in ids)
 
 
 def _concrete_field(name: str) -> models.Field[Any, Any]:
