@@ -6,16 +6,21 @@ SQLite in memory when unset; a throw-away test database is created and dropped):
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 DATABASE_URL=postgres://... \\
         python bench/relay_bench.py [--rows 20000] [--size 1000] [--batch-size 500] [--repeat 5]
+        [--sweep 100,250,500,1000,2000] [--json PATH] [--phases] [--profile]
 
 Each repetition times the raw producer, then the relay, on the same records (the
 order alternates between repetitions, so that a slow spell of a shared machine
-hits both alike). Prints each figure, then median and spread; asserts nothing
-about speed.
+hits both alike). Prints each figure, then median and spread, and the CPU time
+each spent per 1,000 rows (the relay's includes its database thread; neither
+includes the database server's or the broker's); asserts nothing about speed.
+``--sweep`` repeats the pair at each relay batch size (the series of the chart);
+``--json`` writes the figures as bench/run.py reads them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -25,21 +30,34 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+FIGURE = "relay vs raw kafka-python producer"
+BASELINE = "raw kafka-python producer"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=1000, help="payload bytes per row")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="relay batch (default: OUTBOX_BATCH_SIZE)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="repetitions of raw + relay")
+    parser.add_argument(
+        "--sweep",
+        type=sizes,
+        default=[],
+        help="comma-separated batch sizes: raw + relay --repeat times at each (the series)",
+    )
+    parser.add_argument("--json", type=Path, help="write the figures here (bench/run.py)")
     parser.add_argument("--publish-rows", type=int, default=2000, help="0: skip that part")
     parser.add_argument("--profile", action="store_true", help="profile one relay run")
     parser.add_argument(
-        "--phases", action="store_true", help="time the relay's claim/send/wait/record"
+        "--phases", action="store_true", help="time the relay's steps, on each of its threads"
     )
     args = parser.parse_args()
 
@@ -51,11 +69,13 @@ def main() -> None:
     from django.test.utils import setup_databases, teardown_databases
 
     from django_outbox import kafka, publish_event
+    from django_outbox.conf import outbox_settings
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage, Status
     from django_outbox.relay import Relay
 
     settings.OUTBOX_WAKE_RELAY = False
+    batch_size = args.batch_size or outbox_settings.batch_size
     # Its own test database, apart from the test suite's.
     config = settings.DATABASES["default"]
     test = config.setdefault("TEST", {})
@@ -83,7 +103,7 @@ def main() -> None:
             f"database: {vendor} {connection.Database.__name__} "
             f"server {getattr(connection, 'mysql_server_info', '') or server_version(connection)}"
         )
-        print(f"rows: {args.rows} x {args.size}-byte payloads, relay batch {args.batch_size}")
+        print(f"rows: {args.rows} x {args.size}-byte payloads, relay batch {batch_size}")
 
         def topic() -> str:
             name = f"bench-{uuid.uuid4().hex[:8]}"
@@ -110,7 +130,7 @@ def main() -> None:
             return out
 
         # --- raw producer: same broker, records, headers and producer configuration.
-        def raw_run() -> float:
+        def raw_run() -> tuple[float, float]:
             raw_topic = topic()
             records = [
                 kafka.OutboxRecord(
@@ -124,67 +144,98 @@ def main() -> None:
             warm_up = kafka.build_producer()
             warm_up.send(raw_topic, value=b"warm-up", key=b"w").get(30)
             warm_up.close()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             producer = kafka.build_producer()
             futures = [
                 producer.send(r.topic, value=r.value, key=r.key, headers=r.headers) for r in records
             ]
             producer.flush()
             assert all(f.succeeded() for f in futures)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             producer.close()
-            return args.rows / seconds
+            return args.rows / seconds, cpu
 
         # --- the relay: pending -> Kafka -> published.
-        def relay_run(profile: bool = False) -> float:
+        def relay_run(size: int, profile: bool = False) -> tuple[float, float]:
             relay_topic = topic()
             OutboxMessage.objects.all().delete()
             rows(relay_topic, 1)[0].save()
             Relay(burst=True).run()  # warm-up (database caches, topic metadata on the broker)
             OutboxMessage.objects.all().delete()
             OutboxMessage.objects.bulk_create(rows(relay_topic, args.rows), batch_size=1000)
+            analyze(connection)
             # Like the raw run, the timing includes building the producer.
-            relay = Relay(burst=True, batch_size=args.batch_size, progress_interval=3600)
-            started = time.perf_counter()
+            relay = Relay(burst=True, batch_size=size, progress_interval=3600)
+            started, cpu = time.perf_counter(), time.process_time()
             if profile:
-                import cProfile
-                import pstats
-
-                with cProfile.Profile() as profiler:
+                with profiled():
                     relay.run()
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
             else:
                 relay.run()
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             published = OutboxMessage.objects.published().count()
             assert published >= args.rows, published
-            return args.rows / seconds
+            return args.rows / seconds, cpu
+
+        def pairs(size: int, label: str) -> tuple[list[float], list[float]]:
+            raw_rates, relay_rates, raw_cpu, relay_cpu = [], [], [], []
+            for repetition in range(args.repeat):
+                if repetition % 2:
+                    relay_rate, relay_seconds = relay_run(size)
+                    raw_rate, raw_seconds = raw_run()
+                else:
+                    raw_rate, raw_seconds = raw_run()
+                    relay_rate, relay_seconds = relay_run(size)
+                raw_rates.append(raw_rate)
+                relay_rates.append(relay_rate)
+                raw_cpu.append(raw_seconds * 1e6 / args.rows)
+                relay_cpu.append(relay_seconds * 1e6 / args.rows)
+                print(
+                    f"  {label}run {repetition + 1}: raw {raw_rate:,.0f} records/s, relay "
+                    f"{relay_rate:,.0f} rows/s, {relay_rate / raw_rate:.2f}x; CPU ms per "
+                    f"1,000 rows: raw {raw_cpu[-1]:.0f}, relay {relay_cpu[-1]:.0f}"
+                )
+            ratios = [relay / raw for relay, raw in zip(relay_rates, raw_rates, strict=True)]
+            print(f"{label}raw kafka-python producer: {spread(raw_rates)} records/s")
+            print(f"{label}relay: {spread(relay_rates)} rows/s")
+            print(f"{label}relay / raw producer: {spread(ratios, '.2f')} (ratio within each run)")
+            print(f"{label}CPU ms per 1,000 rows: raw {spread(raw_cpu)}, relay {spread(relay_cpu)}")
+            return raw_rates, relay_rates
 
         if args.phases:
             phases = time_phases()
-        raw_rates, relay_rates = [], []
-        for repetition in range(args.repeat):
-            if repetition % 2:
-                relay_rates.append(relay_run())
-                raw_rates.append(raw_run())
-            else:
-                raw_rates.append(raw_run())
-                relay_rates.append(relay_run())
-            print(
-                f"  run {repetition + 1}: raw {raw_rates[-1]:,.0f} records/s, relay "
-                f"{relay_rates[-1]:,.0f} rows/s, {relay_rates[-1] / raw_rates[-1]:.2f}x"
-            )
-        ratios = [relay / raw for relay, raw in zip(relay_rates, raw_rates, strict=True)]
-        print(f"raw kafka-python producer: {spread(raw_rates)} records/s")
-        print(f"relay: {spread(relay_rates)} rows/s")
-        print(f"relay / raw producer: {spread(ratios, '.2f')} (ratio within each run)")
+        raw_rates, relay_rates = pairs(batch_size, "")
+        series: list[dict[str, Any]] = []
+        if args.sweep:
+            raw_points, relay_points = [], []
+            for size in args.sweep:
+                raw_at, relay_at = pairs(size, f"[batch {size}] ")
+                raw_points.append([size, round(statistics.median(raw_at))])
+                relay_points.append([size, round(statistics.median(relay_at))])
+            series = [
+                {"name": "relay", "x": "batch size", "y": "rows/s", "points": relay_points},
+                {"name": "raw producer", "x": "batch size", "y": "rows/s", "points": raw_points},
+            ]
+            print("series (batch size, median rows/s): relay", relay_points, "raw", raw_points)
         if args.phases:
             print(
-                "relay main thread, seconds over all runs (wall/CPU): "
+                "relay steps, seconds over all runs (wall/CPU of the thread): "
                 + ", ".join(f"{name} {wall:.2f}/{cpu:.2f}" for name, (wall, cpu) in phases.items())
             )
+        if args.json:
+            figure = {
+                "name": FIGURE,
+                "unit": "rows/s",
+                "higher_is_better": True,
+                "baseline_name": BASELINE,
+                "values": [round(value, 1) for value in relay_rates],
+                "baseline_values": [round(value, 1) for value in raw_rates],
+                "target": 0.9,
+                "batch_size": batch_size,
+            }
+            write_json(args.json, "relay", vendor, [figure], series)
         if args.profile:
-            relay_run(profile=True)
+            relay_run(batch_size, profile=True)
         if not args.publish_rows:
             return
         relay_topic = topic()
@@ -227,6 +278,13 @@ def main() -> None:
                 admin.delete_topics(topics)
 
 
+def sizes(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of positive batch sizes")
+    return values
+
+
 def spread(values: list[float], spec: str = ",.0f") -> str:
     """Median, and min-max, of ``values``."""
     return (
@@ -235,11 +293,82 @@ def spread(values: list[float], spec: str = ",.0f") -> str:
     )
 
 
-def time_phases() -> dict[str, list[float]]:
-    """Wrap the relay's steps to add up the main thread's time in each: [wall, CPU]."""
-    from django_outbox import kafka, relay
+def write_json(
+    path: Path,
+    bench: str,
+    database: str,
+    figures: list[dict[str, Any]],
+    series: list[dict[str, Any]] | None = None,
+) -> None:
+    """The bench JSON contract of bench/run.py."""
+    document: dict[str, Any] = {"bench": bench, "database": database, "figures": figures}
+    if series:
+        document["series"] = series
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"figures written to {path}")
 
-    totals = {name: [0.0, 0.0] for name in ("claim", "build+send", "wait for acks", "record")}
+
+def analyze(connection) -> None:
+    """Fresh planner statistics for the table just filled, as autovacuum would give."""
+    table = "agent_outbox_messages"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"VACUUM ANALYZE {table}")
+        elif connection.vendor == "mysql":
+            cursor.execute(f"ANALYZE TABLE {table}")
+            cursor.fetchall()
+        else:
+            cursor.execute("ANALYZE")
+
+
+class profiled:
+    """cProfile of the relay's main thread and of its database thread, printed at exit."""
+
+    def __enter__(self) -> profiled:
+        import cProfile
+
+        from django_outbox import dbthread
+
+        # CPU time of each thread, not wall time: waiting is not cost here.
+        self.main = cProfile.Profile(time.thread_time)
+        self.database = cProfile.Profile(time.thread_time)
+        self._serve = serve = dbthread.DatabaseThread._serve
+        database = self.database
+
+        def profiled_serve(thread) -> None:
+            database.enable()
+            try:
+                serve(thread)
+            finally:
+                database.disable()
+
+        dbthread.DatabaseThread._serve = profiled_serve  # type: ignore[method-assign]
+        self.main.enable()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        import pstats
+
+        from django_outbox import dbthread
+
+        self.main.disable()
+        dbthread.DatabaseThread._serve = self._serve  # type: ignore[method-assign]
+        for name, profile in (("main thread", self.main), ("database thread", self.database)):
+            print(f"--- {name}")
+            stats = pstats.Stats(profile)
+            stats.sort_stats("tottime").print_stats(20)
+            stats.sort_stats("cumulative").print_stats(25)
+
+
+def time_phases() -> dict[str, list[float]]:
+    """Wrap the relay's steps to add up the time in each: [wall, CPU of the thread].
+
+    The main thread's steps, then the database thread's (which overlap with them).
+    """
+    from django_outbox import delivery, kafka, relay
+
+    names = ("wait for claim", "build+send", "wait for acks", "db: claim", "db: write-back")
+    totals = {name: [0.0, 0.0] for name in names}
 
     def timed(name: str, function):
         def wrapper(*args, **kwargs):
@@ -252,10 +381,11 @@ def time_phases() -> dict[str, list[float]]:
 
         return wrapper
 
-    relay.claim = timed("claim", relay.claim)
+    relay.Relay._claim = timed("wait for claim", relay.Relay._claim)
     relay.Relay._send = timed("build+send", relay.Relay._send)
     kafka.await_acks = timed("wait for acks", kafka.await_acks)
-    relay.Relay._record = timed("record", relay.Relay._record)
+    relay.claim = timed("db: claim", relay.claim)
+    relay.write_back = timed("db: write-back", delivery.write_back)
     return totals
 
 

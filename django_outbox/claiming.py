@@ -134,8 +134,8 @@ def claim(
         if locked:
             # The due() condition again: a no-op under row locks, and a guard for
             # any backend whose isolation would let a row slip between the two.
-            manager.due(due_by).filter(pk__in=locked).update(next_retry_at=lease, updated_at=now)
-            held = manager.filter(pk__in=locked, status=Status.PENDING, next_retry_at=lease)
+            manager.due(due_by).with_ids(locked).update(next_retry_at=lease, updated_at=now)
+            held = manager.with_ids(locked).filter(status=Status.PENDING, next_retry_at=lease)
             rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
     return Claim(alias, lease, rows)
 
@@ -155,9 +155,9 @@ def _lock_due_ids(alias: str, due: OutboxMessageQuerySet, batch_size: int) -> li
     in id order, stopping at ``batch_size``. If others hold every candidate, the
     next candidates are tried.
     """
-    locking = due.select_for_update(skip_locked=True).values_list("id", flat=True)
+    locking = due.select_for_update(skip_locked=True)
     if connections[alias].vendor != "mysql":
-        return list(locking[:batch_size])
+        return list(locking.values_list("id", flat=True)[:batch_size])
     window = batch_size * CANDIDATES_PER_ROW
     after = None
     for _ in range(4):
@@ -165,7 +165,7 @@ def _lock_due_ids(alias: str, due: OutboxMessageQuerySet, batch_size: int) -> li
         ids = list(candidates.values_list("id", flat=True)[:window])
         if not ids:
             return []
-        locked = list(locking.filter(pk__in=ids)[:batch_size])
+        locked = list(locking.with_ids(ids).values_list("id", flat=True)[:batch_size])
         if locked or len(ids) < window:
             return locked
         after = ids[-1]

@@ -207,6 +207,22 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         message._state.db = alias
         return message
 
+    def with_ids(self, ids: Iterable[int]) -> OutboxMessageQuerySet:
+        """The rows among ``ids``, written into the SQL as integers (see ``id_list``).
+
+        ``filter(pk__in=ids)`` adapts one parameter per id: for the relay's batches of
+        hundreds of rows, that was most of the CPU a claim or a write-back cost.
+        """
+        quote = connections[self.db].ops.quote_name
+        column = (
+            f"{quote(OutboxMessage._meta.db_table)}.{quote(_concrete_field('id').column or 'id')}"
+        )
+        # extra(), not a RawSQL filter: MySQL would get "(... IN (...)) = 1", which its
+        # optimizer cannot read as a range of the primary key (a locking read would
+        # then lock every row it examined).
+        rows = self.extra(where=[f"{column} IN ({id_list(ids) or 'NULL'})"])
+        return rows  # type: ignore[return-value]
+
     def held(self, lease: datetime.datetime, ids: Iterable[int]) -> OutboxMessageQuerySet:
         """The rows among ``ids`` still pending under ``lease``."""
         return self.filter(pk__in=list(ids), status=Status.PENDING, next_retry_at=lease)
@@ -321,17 +337,45 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         plain ``UPDATE ... WHERE id IN (...)`` locks in the order of its plan (a
         bitmap scan follows the heap, not the ids). MySQL/MariaDB take the order from
         ``UPDATE ... ORDER BY``; PostgreSQL locks in the sub-select, in one statement.
+
+        One statement written here rather than by the ORM: a relay writes back every
+        batch, and compiling ``id IN (...)`` with one parameter per id cost more CPU
+        than the rest of the write-back (bench/relay_bench.py --phases). The ids go
+        into the SQL as integers (``int()`` of each: nothing else can get in), the
+        values through the fields' own adaptation, as ``update()`` would.
         """
         if not ids:
             return 0
+        if self.query.where:
+            raise TypeError("fenced updates apply to the table, not a filtered queryset")
         alias = self.db
-        held = self.held(lease, ids)
-        vendor = connections[alias].vendor
-        if vendor == "mysql":
-            return held.order_by("pk").update(**values)
-        if vendor != "postgresql":
-            return held.update(**values)
-        return _update_locking_in_order(alias, held, values)
+        connection = connections[alias]
+        quote = connection.ops.quote_name
+        fields = {name: _concrete_field(name) for name in ("id", "status", "next_retry_at")}
+        fields.update((name, _concrete_field(name)) for name in values)
+        column = {name: quote(field.column or name) for name, field in fields.items()}
+        assignments = [f"{column[name]} = %s" for name in values]
+        params = [
+            fields[name].get_db_prep_save(value, connection) for name, value in values.items()
+        ]
+        params.append(Status.PENDING.value)
+        params.append(fields["next_retry_at"].get_db_prep_value(lease, connection))
+        table, pk = quote(OutboxMessage._meta.db_table), column["id"]
+        held = (
+            f"{pk} IN ({id_list(ids)}) "
+            f"AND {column['status']} = %s AND {column['next_retry_at']} = %s"
+        )
+        if connection.vendor == "postgresql":
+            where = f"{pk} IN (SELECT {pk} FROM {table} WHERE {held} ORDER BY {pk} FOR UPDATE)"
+        elif connection.vendor == "mysql":
+            where = f"{held} ORDER BY {pk}"
+        else:
+            where = held
+        sql = f"UPDATE {table} SET {', '.join(assignments)} WHERE {where}"
+        with transaction.mark_for_rollback_on_error(using=alias):
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.rowcount
 
     def claim(self, batch_size: int, lease_seconds: float, **options: Any) -> Claim:
         """Lease up to ``batch_size`` due rows, oldest first (see ``claiming.claim``)."""
@@ -476,6 +520,17 @@ _INSERTED = (
 _insert_statements: dict[tuple[str, str, bool], tuple[str, list[models.Field], Any]] = {}
 
 
+def id_list(ids: Iterable[int]) -> str:
+    """``1,2,3``: ids as SQL integers (``int()`` of each: nothing else can get in)."""
+    return ",".join(str(int(pk)) for pk in ids)
+
+
+def _concrete_field(name: str) -> models.Field[Any, Any]:
+    field = OutboxMessage._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    return field
+
+
 def _insert_statement(connection: Any, notify: bool) -> tuple[str, list[models.Field], Any]:
     """``INSERT`` of a pending row for ``connection``'s backend (built once per alias)."""
     notify = notify and connection.vendor == "postgresql"
@@ -506,32 +561,6 @@ def _insert_statement(connection: Any, notify: bool) -> tuple[str, list[models.F
     statement = (sql, fields, returning)
     _insert_statements[cache_key] = statement  # type: ignore[assignment]
     return statement  # type: ignore[return-value]
-
-
-def _update_locking_in_order(
-    alias: str, held: OutboxMessageQuerySet, values: dict[str, Any]
-) -> int:
-    """PostgreSQL: ``UPDATE ... WHERE id IN (SELECT id ... ORDER BY id FOR UPDATE)``."""
-    connection = connections[alias]
-    quote = connection.ops.quote_name
-    meta = OutboxMessage._meta
-    select, params = held.order_by("pk").values_list("pk").query.get_compiler(alias).as_sql()
-    assignments, assigned = [], []
-    for name, value in values.items():
-        field = meta.get_field(name)
-        assert isinstance(field, models.Field) and field.column
-        assignments.append(f"{quote(field.column)} = %s")
-        assigned.append(field.get_db_prep_save(value, connection))
-    assert meta.pk is not None and meta.pk.column
-    pk = quote(meta.pk.column)
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} WHERE {pk} IN "
-        f"({select} {connection.ops.for_update_sql()})"
-    )
-    with transaction.mark_for_rollback_on_error(using=alias):
-        with connection.cursor() as cursor:
-            cursor.execute(sql, (*assigned, *params))
-            return cursor.rowcount
 
 
 class OutboxMessage(models.Model):
@@ -588,6 +617,9 @@ class OutboxMessage(models.Model):
                 fields=["status", "next_retry_at", "event_type"], name="idx_outbox_status_next"
             )
         ]
+        # PostgreSQL and SQLite also get idx_outbox_status_id (status, id, next_retry_at)
+        # for the relay's claim, from migration 0007 (not declared here: MySQL/MariaDB
+        # must not get it; docs/decisions/0002-claim-index.rst).
 
     def __str__(self) -> str:
         return f"{self.event_type} #{self.pk} ({self.status})"

@@ -11,13 +11,17 @@ driven by ``Relay.run()`` (``manage.py outbox_relay`` is a thin wrapper):
 3. *settle* the batch sent *before* this one: wait for its acks, confirm poison, one
    outcome per row; and *write it back*, fenced on the lease taken in step 1.
 
-So the database work for one batch overlaps with Kafka's work for the other: at
-most two batches are in flight. Each database is served on its own: one that
-fails is retried with its own backoff while the others go on. While Kafka is
-unreachable the relay says so at once, pauses without claiming, and spends no
-retries. When idle it sleeps until a commit wakes it (PostgreSQL ``NOTIFY``, or a
-commit in this process) or ``interval`` passes; where no notification can come
-(MySQL/MariaDB, SQLite) it polls every ``OUTBOX_POLL_INTERVAL`` seconds.
+The database work runs on a thread of its own (``dbthread``), so that it overlaps
+with the Kafka work of the main thread: while batch *n* is being sent, the
+database records batch *n-1* and claims batch *n+1* ahead. At most two batches are
+with Kafka at once, one more is claimed ahead; a batch claimed ahead that is not
+sent (Kafka unreachable, a stop) is given back, due at once, no attempt counted.
+Each database is served on its own: one that fails is retried with its own backoff
+while the others go on. While Kafka is unreachable the relay says so at once,
+pauses without claiming, and spends no retries. When idle it sleeps until a
+commit wakes it (PostgreSQL ``NOTIFY``, or a commit in this process) or
+``interval`` passes; where no notification can come (MySQL/MariaDB, SQLite) it
+polls every ``OUTBOX_POLL_INTERVAL`` seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from django.db import close_old_connections, connections
@@ -32,8 +37,9 @@ from django.utils import timezone
 
 from . import kafka
 from .backoff import backoff_delay
-from .claiming import Claim, claim
+from .claiming import Claim, claim, release
 from .conf import outbox_settings
+from .dbthread import DatabaseThread
 from .delivery import InFlight, Sender, Settled, describe, prepare, write_back
 from .models import OutboxMessage
 from .shutdown import Shutdown
@@ -95,8 +101,14 @@ class Relay:
         self.sender = Sender(producer_options)
         self.sender.stopping = self._stop_cutoff
         self._in_flight: InFlight | None = None
+        #: Per database, the next batch, claimed ahead on the database thread.
+        self._ahead: dict[str, Future[Claim]] = {}
+        #: Write-backs handed to the database thread, not known to be done yet: the
+        #: claim, its outcome (None for a batch given back unsent), the job.
+        self._writing: list[tuple[Claim, Settled | None, Future[Any]]] = []
         #: Settled batches whose write-back failed: recorded first thing next turn.
         self._unrecorded: list[Settled] = []
+        self._database_thread: DatabaseThread | None = None
         #: Database errors met (in burst mode, each one drops its database from the run).
         self.errors = 0
         self.delivered = 0
@@ -159,11 +171,17 @@ class Relay:
                 checked_at = 0.0
                 self.wakeup.wait(self._idle_wait())
         finally:
-            if not self.shutdown.forced:
+            forced = self.shutdown.forced
+            if not forced:
                 # what was sent gets recorded before the producer closes
                 self._settle_in_flight()
+                self._give_back_ahead()
                 self._record_unrecorded()
-            self.sender.close(timeout=0 if self.shutdown.forced else 5)
+                self._collect_writes(wait=True)
+            self.sender.close(timeout=0 if forced else 5)
+            if self._database_thread is not None:
+                self._database_thread.close(timeout=0 if forced else None)
+                self._database_thread = None
             self.wakeup.close()
             if self.burst:
                 self._report_leased()
@@ -177,12 +195,16 @@ class Relay:
         """Claim and send one batch from each database, settling the batch sent before.
 
         Return the rows claimed. Ends with nothing in flight when nothing was claimed,
-        Kafka looked unreachable, or a stop was requested.
+        Kafka looked unreachable, or a stop was requested; then also with every
+        write-back done.
         """
+        self._collect_writes()
         self._record_unrecorded()
         self.settled_last_turn = 0
         if not self._kafka_usable():
             self._settle_in_flight()
+            self._give_back_ahead()
+            self._collect_writes(wait=True)
             return 0
         handled = 0
         for alias in self.databases:
@@ -200,34 +222,85 @@ class Relay:
                 continue
             self._database_ok(alias)
             handled += len(batch)
+            if batch.rows and not self.shutdown.requested and not self._kafka_failures:
+                # The database claims the next batch while this one is being sent.
+                self._ahead[alias] = self._submit_claim(alias)
             sent = self._send(batch) if batch.rows else None
             # The previous batch's acks arrived meanwhile, or arrive now.
             self._settle_in_flight(flush=sent is None)
             self._in_flight = sent
         if not handled or self.shutdown.requested or not self._kafka_usable():
             self._settle_in_flight()
+            self._collect_writes(wait=True)
         return handled
 
     # ------------------------------------------------------------------ one batch
 
+    @property
+    def database_thread(self) -> DatabaseThread:
+        """The thread of this relay's database work, started on first use."""
+        if self._database_thread is None:
+            self._database_thread = DatabaseThread()
+        return self._database_thread
+
     def _claim(self, alias: str) -> Claim:
-        if time.monotonic() >= self._full_scan_at:
-            self._after.clear()
-            self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
-        after = self._after.get(alias)
-        batch = claim(
-            alias, self.batch_size, self.lease_seconds, due_by=self._due_by, after_id=after
-        )
+        """The next batch of ``alias``: the one claimed ahead, or one claimed now."""
+        ahead = self._ahead.pop(alias, None)
+        batch = (ahead or self._submit_claim(alias)).result()
+        if ahead is not None and batch.rows and self._budget(batch) < self._full_budget() / 2:
+            # Claimed ahead long ago (the previous batch waited for Kafka): the lease
+            # left is too short to send it in. Give it back; take it afresh.
+            self._give_back(batch)
+            batch = self._submit_claim(alias).result()
         # A full batch: more is probably waiting right after it. Otherwise scan from
         # the start next time.
         self._after[alias] = batch.rows[-1].id if len(batch) == self.batch_size else None
-        if not batch.rows and after is not None:
-            return self._claim(alias)  # caught up from the floor: look behind it at once
         return batch
 
+    def _submit_claim(self, alias: str) -> Future[Claim]:
+        if time.monotonic() >= self._full_scan_at:
+            self._after.clear()
+            self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
+        return self.database_thread.submit(alias, self._take, alias, self._after.get(alias))
+
+    def _take(self, alias: str, after: int | None) -> Claim:
+        """On the database thread: lease a batch of ``alias`` after id ``after``."""
+        batch = claim(
+            alias, self.batch_size, self.lease_seconds, due_by=self._due_by, after_id=after
+        )
+        if not batch.rows and after is not None:
+            # caught up from the floor: look behind it at once
+            batch = claim(alias, self.batch_size, self.lease_seconds, due_by=self._due_by)
+        return batch
+
+    def _give_back(self, batch: Claim) -> None:
+        """Release a batch that was claimed and never sent: due at once, no attempt spent."""
+        ids = [row.id for row in batch.rows]
+        self._writing.append(
+            (batch, None, self.database_thread.submit(batch.alias, release, batch, ids))
+        )
+
+    def _give_back_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, {}
+        for alias, future in ahead.items():
+            try:
+                batch = future.result()
+            except Exception:
+                self._database_failed(alias)
+                continue
+            if batch.rows:
+                self._give_back(batch)
+
+    def _full_budget(self) -> float:
+        return max(self.lease_seconds * LEASE_SHARE, 0.5)
+
+    def _budget(self, batch: Claim) -> float:
+        """Seconds Kafka may take for ``batch``: the share of its lease that is left."""
+        left = (batch.lease - timezone.now()).total_seconds()
+        return min(left - self.lease_seconds * (1 - LEASE_SHARE), self._full_budget())
+
     def _send(self, batch: Claim) -> InFlight:
-        budget = max(self.lease_seconds * LEASE_SHARE, 0.5)
-        return self.sender.send(prepare(batch), budget)
+        return self.sender.send(prepare(batch), max(self._budget(batch), 0.5))
 
     def _settle_in_flight(self, *, flush: bool = True) -> None:
         in_flight, self._in_flight = self._in_flight, None
@@ -244,13 +317,26 @@ class Relay:
         self._record(settled)
 
     def _record(self, settled: Settled) -> None:
-        try:
-            write_back(settled)
-        except Exception:
-            # Kafka has answered; the answer is kept and written on a fresh connection
-            # next turn, while the lease lasts (rows are not sent again meanwhile).
-            self._unrecorded.append(settled)
-            self._database_failed(settled.claim.alias)
+        """Hand the write-back of ``settled`` to the database thread."""
+        future = self.database_thread.submit(settled.claim.alias, write_back, settled)
+        self._writing.append((settled.claim, settled, future))
+
+    def _collect_writes(self, *, wait: bool = False) -> None:
+        """Look at the write-backs handed over (``wait``: until all are done)."""
+        writing, self._writing = self._writing, []
+        for batch, settled, future in writing:
+            if not wait and not future.done():
+                self._writing.append((batch, settled, future))
+                continue
+            try:
+                future.result()
+            except Exception:
+                self._database_failed(batch.alias)
+                if settled is not None:
+                    # Kafka has answered; the answer is kept and written on a fresh
+                    # connection next turn, while the lease lasts (rows are not sent
+                    # again meanwhile). A batch given back unsent just waits for its lease.
+                    self._unrecorded.append(settled)
 
     def _record_unrecorded(self) -> None:
         pending, self._unrecorded = self._unrecorded, []
@@ -290,12 +376,8 @@ class Relay:
         self._db_failures[alias] = failures
         delay = backoff_delay(failures, max(self.interval, 0.5), MAX_PAUSE)
         self._db_retry_at[alias] = time.monotonic() + delay
+        # (The database thread closed its connection: the next job opens a fresh one.)
         logger.exception("outbox relay: database %r failed; retrying in %.1fs", alias, delay)
-        connection = connections[alias]
-        try:
-            connection.close()
-        except Exception:
-            pass
         self.errors += 1
         if self.burst:
             self._broken.add(alias)
@@ -347,8 +429,10 @@ class Relay:
 
     def _burst_done(self) -> bool:
         """A burst ends when nothing is due; it gives up on what it cannot reach."""
-        if self._in_flight is not None or self._unrecorded:
+        if self._in_flight is not None or self._unrecorded or self._writing:
             return False
+        if any(alias not in self._broken for alias in self._ahead):
+            return False  # (a broken database's claim ahead is given back on the way out)
         if self._kafka_failures and not self._kafka_usable():
             # Kafka is paused, not asked: nothing was claimed because of that.
             return self._kafka_failures >= BURST_GIVE_UP

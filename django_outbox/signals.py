@@ -33,8 +33,9 @@ timestamp), ``reason`` the ``RejectionReason`` of a rejected record (empty other
     A record nobody can handle (malformed, without headers, of an unknown event type,
     or an inbox event that kept failing): it is stored as a ``RejectedRecord``.
 
-Receivers run in the worker's thread: keep them short, and never raise (an exception
-is logged and ignored: the outcome is written already).
+Receivers run in the worker's thread (the relay's: its database thread, right after
+the write-back): keep them short, and never raise (an exception is logged and
+ignored: the outcome is written already).
 """
 
 from __future__ import annotations

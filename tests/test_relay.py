@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -325,20 +326,29 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
         return outcomes
 
     def recording(batch, ids, now=None):
+        # on the database thread, never the thread that talks to Kafka
+        assert threading.current_thread() is not kafka_thread
         log.append(("published", len(ids)))
         return record_published(batch, ids, now)
 
     monkeypatch.setattr(kafka, "send_batch", sending)
     monkeypatch.setattr(kafka, "await_acks", awaiting)
     monkeypatch.setattr(delivery, "record_published", recording)
+    kafka_thread = threading.current_thread()
     Relay(burst=True, batch_size=5).run()
 
-    # Batch N+1 is sent before batch N's acks are awaited; N is recorded after its acks.
-    assert log == [("send", 5), ("send", 5), ("acks", 5), ("published", 5)] + [
-        ("send", 5),
+    # Batch N+1 is sent before batch N's acks are awaited; N is recorded after its acks
+    # (on the database thread, while the next batch goes to Kafka).
+    kafka_work = [entry for entry in log if entry[0] != "published"]
+    assert kafka_work == [("send", 5), ("send", 5)] + [("acks", 5), ("send", 5)] * 2 + [
         ("acks", 5),
-        ("published", 5),
-    ] * 2 + [("acks", 5), ("published", 5)]
+        ("acks", 5),
+    ]
+    for position, entry in enumerate(log):
+        if entry[0] == "published":
+            recorded = log[: position + 1].count(entry)
+            assert recorded <= log[:position].count(("acks", 5))
+    assert log.count(("published", 5)) == 4
     assert OutboxMessage.objects.published().count() == 20
     assert len(read_topic(kafka_bootstrap, relay_settings.OUTBOX_DEFAULT_TOPIC, 20)) == 20
 
@@ -346,13 +356,13 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
 def test_stopping_records_the_batch_in_flight_and_leaves_the_rest_due(relay_settings):
     make_rows(10, relay_settings.OUTBOX_DEFAULT_TOPIC)
     relay = Relay(batch_size=5)
-    handled = relay.run_once()  # claims and sends the first batch; acks not awaited
+    handled = relay.run_once()  # sends the first batch, claims the next ahead; no acks yet
     assert handled == 5
     assert OutboxMessage.objects.published().count() == 0  # never before its ack is recorded
-    assert OutboxMessage.objects.in_flight().count() == 5
+    wait_for(lambda: OutboxMessage.objects.in_flight().count() == 10, 10, "the claim ahead")
 
     relay.stop()
-    relay.run()  # no new batch: only what is in flight gets recorded, then the producer closes
+    relay.run()  # what is in flight gets recorded, the batch claimed ahead is given back
 
     assert OutboxMessage.objects.published().count() == 5
     assert OutboxMessage.objects.due().count() == 5
