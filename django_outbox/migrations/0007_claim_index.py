@@ -40,7 +40,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("django_outbox", "0005_strict_order"),
+        ("django_outbox", "0006_attempts_and_replay"),
     ]
 
     operations = [
