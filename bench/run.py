@@ -459,7 +459,24 @@ def main() -> None:
         "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     )
     parser.add_argument("--timeout", type=float, help="seconds per bench (default 600 / 7200)")
+    parser.add_argument(
+        "--args",
+        action="append",
+        default=[],
+        metavar="BENCH=ARGS",
+        help="the script's own options for BENCH instead of --quick's or a full run's, "
+        "e.g. --args 'relay=--rows 10000 --repeat 3' (repeatable)",
+    )
     args = parser.parse_args()
+    own_args: dict[str, list[str]] = {}
+    for item in args.args:
+        name, sep, rest = item.partition("=")
+        if not sep or name.strip() not in BENCHES:
+            parser.error(
+                f"--args: {item!r} is not BENCH=ARGS with BENCH one of {', '.join(BENCHES)}"
+            )
+        own_args[name.strip()] = shlex.split(rest)
+    args.own_args = own_args
     databases = [name.strip() for name in args.databases.split(",") if name.strip()]
     benches = [name.strip() for name in args.only.split(",") if name.strip()]
     for name in databases:
@@ -529,7 +546,10 @@ def run_databases(
                 "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
                 "PYTHONUNBUFFERED": "1",
             }
-            command = [sys.executable, str(script), *(bench.quick if args.quick else bench.full)]
+            sizes = getattr(args, "own_args", {}).get(
+                name, bench.quick if args.quick else bench.full
+            )
+            command = [sys.executable, str(script), *sizes]
             print(f"{database} {name}: {shlex.join(command[1:])} ...", flush=True)
             outcome = run_bench(database, name, command, env, out, timeout)
             print(f"  {outcome.error or f'{len(outcome.figures)} figure(s)'}", flush=True)
