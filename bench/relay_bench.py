@@ -230,7 +230,8 @@ def main() -> None:
                 "baseline_name": BASELINE,
                 "values": [round(value, 1) for value in relay_rates],
                 "baseline_values": [round(value, 1) for value in raw_rates],
-                "target": 0.9,
+                # issue 12: 0.9x on PostgreSQL, 0.8 of that on MariaDB and SQLite
+                "target": 0.9 if vendor == "postgresql" else 0.72,
                 "batch_size": batch_size,
             }
             write_json(args.json, "relay", vendor, [figure], series)
