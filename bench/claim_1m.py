@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # seeding.py's project (relay_bench.py would pick tests.settings)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 from relay_bench import spread, write_json  # noqa: E402
-from seeding import create_database, seed  # noqa: E402
+from seeding import analyze, create_database, seed  # noqa: E402
 
 PENDING = 1000
 #: Claims not timed after seeding (caches, and on MariaDB the purge of the seed's writes).
@@ -66,23 +66,9 @@ def prepare_table(rows: int) -> None:
             "published_at = NULL, consumed_at = NULL, retry_count = 0 WHERE id > %s",
             [last - PENDING],
         )
-    analyze()
+    analyze(connection)
     seconds = time.perf_counter() - started
     print(f"{rows:,} rows ready ({PENDING} pending at the end) in {seconds:.1f} s")
-
-
-def analyze() -> None:
-    from django.db import connection
-
-    table = "agent_outbox_messages"
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"VACUUM ANALYZE {table}")
-        elif connection.vendor == "mysql":
-            cursor.execute(f"ANALYZE TABLE {table}")
-            cursor.fetchall()
-        else:
-            cursor.execute("ANALYZE")
 
 
 def time_claims(runs: int, batch_size: int) -> tuple[list[float], list[float], str]:

@@ -34,6 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seeding import analyze  # noqa: E402
 
 FIGURE = "relay vs raw kafka-python producer"
 BASELINE = "raw kafka-python producer"
@@ -307,19 +309,6 @@ def write_json(
         document["series"] = series
     path.write_text(json.dumps(document, indent=2) + "\n")
     print(f"figures written to {path}")
-
-
-def analyze(connection) -> None:
-    """Fresh planner statistics for the table just filled, as autovacuum would give."""
-    table = "agent_outbox_messages"
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"VACUUM ANALYZE {table}")
-        elif connection.vendor == "mysql":
-            cursor.execute(f"ANALYZE TABLE {table}")
-            cursor.fetchall()
-        else:
-            cursor.execute("ANALYZE")
 
 
 class profiled:
