@@ -148,9 +148,17 @@ class Producer:
         return int(self._producer.flush(timeout))
 
     def close(self, timeout: float = 10.0) -> None:
-        """Wait up to ``timeout`` seconds for what is queued; drop the rest."""
-        if timeout > 0:
-            self._producer.flush(timeout)
+        """Wait up to ``timeout`` seconds for what is queued, then drop the rest.
+
+        ``timeout=0`` (a producer discarded because it cannot be trusted) drops
+        nothing: a batch already handed to it (its ``InFlight`` holds it) still gets
+        its acks when settled, and librdkafka drops the rest when the last reference
+        goes. kafka-python's ``close(timeout=0)`` fails such a batch instead.
+        """
+        if timeout <= 0:
+            self._producer.poll(0)
+            return
+        self._producer.flush(timeout)
         self._producer.purge()
         self._producer.flush(0)
 

@@ -1,5 +1,7 @@
 """The relay on librdkafka (``OUTBOX_KAFKA_CLIENT = "confluent"``), against the real broker.
 
+The poison-row tests of test_delivery.py run on both clients.
+
 The records are read back with kafka-python's consumer: the transport changes, the
 records do not.
 """
@@ -15,7 +17,7 @@ from django_outbox import kafka
 from django_outbox.envelope import HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.relay import Relay
-from tests.kafka_fixtures import delete_topic, read_topic
+from tests.kafka_fixtures import read_topic
 
 from .relay_support import (
     IGNORE_LEAKED_SOCKETS,
@@ -24,7 +26,6 @@ from .relay_support import (
     silent_port,
     wait_for,
 )
-from .test_delivery import delivered_ids, limited_topic
 
 
 @pytest.fixture
@@ -132,35 +133,6 @@ def test_a_burst_delivers_every_row_with_headers_keys_and_key_order(
     assert {r.pk for r in rows} == set(by_id)
     for key, ids in per_key.items():
         assert ids == sorted(ids), key  # key order kept, partition by partition
-
-
-@pytest.mark.kafka
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS)
-def test_an_oversize_row_dies_alone(confluent_settings, kafka_bootstrap):
-    """One 5 KB row on a 2,000-byte topic among 300 normal rows, in one batch: 1 dead."""
-    topic = limited_topic(kafka_bootstrap, 2000)
-    try:
-        (bad,) = make_rows(1, topic, size=5_000)
-        good = make_rows(300, topic, size=100)
-        Relay(burst=True, batch_size=500).run()
-        bad.refresh_from_db()
-        assert bad.status == Status.DEAD and "MessageSizeTooLarge" in (bad.last_error or "")
-        assert OutboxMessage.objects.published().count() == 300
-        assert set(delivered_ids(kafka_bootstrap, topic, 300)) == {r.pk for r in good}
-        # Rows that fit the topic alone but not five to a record batch: each batch is
-        # refused whole, its rows confirmed alone on a fresh producer (the batch in
-        # flight behind it on the discarded producer is released, due again).
-        later = make_rows(20, topic)
-        Relay(burst=True, batch_size=5).run()
-        waiting = OutboxMessage.objects.filter(status=Status.PENDING)
-        wait_for(lambda: OutboxMessage.objects.due().count() == waiting.count(), 10, "retries due")
-        Relay(burst=True, batch_size=1).run()
-        assert OutboxMessage.objects.published().count() == 320
-        assert OutboxMessage.objects.dead().count() == 1
-        assert {r.pk for r in later} <= set(delivered_ids(kafka_bootstrap, topic, 320))
-    finally:
-        delete_topic(kafka_bootstrap, topic)
 
 
 @pytest.mark.kafka

@@ -65,7 +65,14 @@ def delivered_ids(bootstrap: str, topic: str, count: int) -> list[int]:
 # ----------------------------------------------------------------- innocent rows live
 
 
-def test_one_broker_rejected_row_kills_only_itself(relay_settings, kafka_bootstrap):
+@pytest.fixture(params=["kafka-python", "confluent"])
+def client(request, relay_settings):
+    """The relay's producer on each client (``OUTBOX_KAFKA_CLIENT``)."""
+    relay_settings.OUTBOX_KAFKA_CLIENT = request.param
+    return request.param
+
+
+def test_one_broker_rejected_row_kills_only_itself(relay_settings, kafka_bootstrap, client):
     """One 5 KB row on a 2,000-byte topic, then 300 normal rows, in one batch: 1 dead."""
     topic = limited_topic(kafka_bootstrap, 2000)
     try:
@@ -98,7 +105,7 @@ def test_a_batch_larger_than_the_topic_limit_is_delivered_not_crashed(
         delete_topic(kafka_bootstrap, topic)
 
 
-def test_after_a_poison_row_the_next_batches_still_go(relay_settings, kafka_bootstrap):
+def test_after_a_poison_row_the_next_batches_still_go(relay_settings, kafka_bootstrap, client):
     """A producer that met a broker rejection is replaced, never trusted again."""
     topic = limited_topic(kafka_bootstrap, 2000)
     try:
