@@ -252,6 +252,19 @@ def build_relay_producer(**overrides: Any) -> Any:
     return kafka_confluent.Producer(confluent_config(**overrides), _confluent_error, NotSent)
 
 
+def raw_confluent_producer(**overrides: Any) -> Any:
+    """A plain ``confluent_kafka.Producer`` on ``confluent_config`` (bench/relay_bench.py)."""
+    from . import kafka_confluent
+
+    return kafka_confluent.raw_producer(confluent_config(**overrides))
+
+
+def confluent_version() -> str:
+    from . import kafka_confluent
+
+    return kafka_confluent.version()
+
+
 def build_consumer(*topics: str, **overrides: Any) -> KafkaConsumer:
     """A consumer in ``OUTBOX_CONSUMER_GROUP``, auto commit off, earliest offset first."""
     config = {

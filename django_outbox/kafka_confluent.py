@@ -163,6 +163,11 @@ class Producer:
         self._producer.flush(0)
 
 
+def raw_producer(config: dict[str, Any]) -> Any:
+    """A plain ``confluent_kafka.Producer`` (the benchmark's baseline)."""
+    return _Producer(config)
+
+
 def version() -> str:
     """The confluent-kafka and librdkafka versions, for logs and the benchmark."""
     import confluent_kafka
