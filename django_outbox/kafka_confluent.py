@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, libversion
 from confluent_kafka import Producer as _Producer
 
 #: Records produced between two ``poll(0)``: serves delivery reports while producing.
@@ -170,7 +170,6 @@ def raw_producer(config: dict[str, Any]) -> Any:
 
 def version() -> str:
     """The confluent-kafka and librdkafka versions, for logs and the benchmark."""
-    import confluent_kafka
+    from importlib.metadata import version as installed
 
-    client, librdkafka = confluent_kafka.version()[0], confluent_kafka.libversion()[0]
-    return f"confluent-kafka {client}, librdkafka {librdkafka}"
+    return f"confluent-kafka {installed('confluent-kafka')}, librdkafka {libversion()[0]}"
