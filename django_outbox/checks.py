@@ -358,7 +358,7 @@ def check_handlers(**kwargs: Any) -> Messages:
 
 def check_kafka_client(**kwargs: Any) -> Messages:
     """E080: unknown OUTBOX_KAFKA_CLIENT, or "confluent" without confluent-kafka;
-    E081: producer options that "confluent" cannot take."""
+    E081: producer options that "confluent" cannot take; W080: options that weaken it."""
     from . import kafka
 
     client = outbox_settings.raw("KAFKA_CLIENT")
@@ -389,6 +389,18 @@ def check_kafka_client(**kwargs: Any) -> Messages:
                 f"not {type(options).__name__}.",
                 hint="For example {'compression.type': 'lz4'}.",
                 id="django_outbox.E081",
+            )
+        )
+    elif options.get("acks", -1) not in ("all", -1, "-1") or options.get(
+        "enable.idempotence", True
+    ) in (False, "false"):
+        messages.append(
+            Warning(
+                "OUTBOX_CONFLUENT_OPTIONS weakens delivery (acks other than all, or "
+                "enable.idempotence false).",
+                hint="A row may then be marked published although Kafka lost it; "
+                "keep acks=all and the idempotent producer.",
+                id="django_outbox.W080",
             )
         )
     producer = outbox_settings.raw("KAFKA_PRODUCER")

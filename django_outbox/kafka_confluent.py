@@ -11,6 +11,7 @@ assumed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,6 +53,8 @@ class Producer:
         self._fatal: BaseException | None = None
         config = dict(config)
         config.setdefault("error_cb", self._on_error)
+        # librdkafka's log lines go to Python logging (served by poll), not to stderr.
+        config.setdefault("logger", logging.getLogger(__name__))
         self._producer = _Producer(config)
 
     def _error(self, error: KafkaError) -> BaseException:
@@ -83,14 +86,16 @@ class Producer:
 
             return report
 
+        late = False
         for index, record in enumerate(records):
-            if index % POLL_EVERY == 0:
-                if monotonic() >= deadline:
-                    outcomes[index] = self._not_sent(
-                        "not sent: the time allowed for this batch ran out"
-                    )
-                    continue
+            if index % POLL_EVERY == 0 and not late:
+                late = monotonic() >= deadline
                 poll(0)
+            if late:  # and so are the records after it: none overtakes another
+                outcomes[index] = self._not_sent(
+                    "not sent: the time allowed for this batch ran out"
+                )
+                continue
             while True:
                 try:
                     produce(
@@ -102,6 +107,7 @@ class Producer:
                     )
                 except BufferError:  # the local queue is full: serve reports, then again
                     if monotonic() >= deadline:
+                        late = True
                         outcomes[index] = self._not_sent(
                             "not sent: the producer's queue stayed full"
                         )

@@ -69,6 +69,13 @@ def test_confluent_names_options_it_cannot_translate(settings):
         kafka.confluent_config()
 
 
+def test_confluent_options_that_weaken_delivery_are_a_warning(settings):
+    settings.OUTBOX_KAFKA_CLIENT = "confluent"
+    assert not [m for m in run_checks() if m.id == "django_outbox.W080"]
+    settings.OUTBOX_CONFLUENT_OPTIONS = {"acks": 1}
+    assert [m.id for m in run_checks() if m.id == "django_outbox.W080"] == ["django_outbox.W080"]
+
+
 def test_confluent_config_translates_the_defaults_and_takes_overrides(settings):
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = ["127.0.0.1:1", "127.0.0.1:2"]
     settings.OUTBOX_KAFKA_PRODUCER = {"compression_type": "gzip", "max_block_ms": 1}
@@ -173,3 +180,33 @@ def test_a_broker_that_never_answers_leaves_rows_pending_without_spending_retrie
     assert [row.retry_count for row in rows] == [0] * 6
     assert all(row.last_error for row in rows)
     assert not OutboxMessage.objects.in_flight().exists()
+
+
+@pytest.mark.kafka
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS)
+def test_a_full_local_queue_is_waited_out_in_key_order(confluent_settings, kafka_bootstrap):
+    """A queue of 5 records (BufferError on the sixth): served and retried, order kept."""
+    confluent_settings.OUTBOX_CONFLUENT_OPTIONS = {"queue.buffering.max.messages": 5}
+    topic = confluent_settings.OUTBOX_DEFAULT_TOPIC
+    rows = make_rows(200, topic, keys=["a", "b"])
+    Relay(burst=True, batch_size=100).run()
+    assert OutboxMessage.objects.published().count() == 200
+    records = read_topic(kafka_bootstrap, topic, expected_count=200)
+    per_key: dict[bytes, list[int]] = defaultdict(list)
+    for record in records:
+        per_key[record.key].append(int(dict(record.headers)[HEADER_OUTBOX_ID]))
+    assert sorted(per_key[b"a"] + per_key[b"b"]) == sorted(r.pk for r in rows)
+    assert all(ids == sorted(ids) for ids in per_key.values())
+
+
+def test_records_past_the_deadline_are_not_sent(confluent_settings):
+    producer = kafka.build_relay_producer()
+    try:
+        records = [kafka.OutboxRecord("t", b"k", b"v", []) for _ in range(3)]
+        sending = kafka.send_batch(producer, records, 0)
+        assert not sending.futures
+        assert all(isinstance(o, kafka.NotSent) for o in sending.outcomes)
+        assert kafka.await_acks(producer, sending) == sending.outcomes
+    finally:
+        kafka.close_producer(producer)
