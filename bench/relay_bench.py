@@ -231,12 +231,20 @@ def main() -> None:
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             return args.rows / seconds, cpu
 
+        #: With --phases: the confluent relay's share of the steps' times.
+        confluent_phases: dict[str, list[float]] = {}
+
         def relay_confluent_run(size: int) -> tuple[float, float]:
             settings.OUTBOX_KAFKA_CLIENT = "confluent"
+            before = {name: list(times) for name, times in phases.items()}
             try:
                 return relay_run(size)
             finally:
                 settings.OUTBOX_KAFKA_CLIENT = "kafka-python"
+                for name, (wall, cpu) in phases.items():
+                    share = confluent_phases.setdefault(name, [0.0, 0.0])
+                    share[0] += wall - before[name][0]
+                    share[1] += cpu - before[name][1]
 
         confluent_rates: list[float] = []
         raw_confluent_rates: list[float] = []
@@ -285,8 +293,7 @@ def main() -> None:
             print(f"{label}CPU ms per 1,000 rows: raw {spread(raw_cpu)}, relay {spread(relay_cpu)}")
             return raw_rates, relay_rates
 
-        if args.phases:
-            phases = time_phases()
+        phases: dict[str, list[float]] = time_phases() if args.phases else {}
         raw_rates, relay_rates = pairs(batch_size, "", confluent=args.client == "confluent")
         if confluent_rates:
             print(f"raw confluent-kafka producer: {spread(raw_confluent_rates)} records/s")
@@ -311,6 +318,13 @@ def main() -> None:
             print(
                 "relay steps, seconds over all runs (wall/CPU of the thread): "
                 + ", ".join(f"{name} {wall:.2f}/{cpu:.2f}" for name, (wall, cpu) in phases.items())
+            )
+        if confluent_phases:
+            print(
+                "  of which the relay (confluent): "
+                + ", ".join(
+                    f"{name} {wall:.2f}/{cpu:.2f}" for name, (wall, cpu) in confluent_phases.items()
+                )
             )
         if args.json:
             figure = {
