@@ -376,7 +376,8 @@ def check_kafka_client(**kwargs: Any) -> Messages:
         return [
             Error(
                 'OUTBOX_KAFKA_CLIENT is "confluent" but confluent-kafka is not installed.',
-                hint='pip install "django-outbox[confluent]", or use "kafka-python".',
+                hint='pip install "django-outbox[confluent]" (or ".[confluent]" from a checkout), '
+                'or use "kafka-python".',
                 id="django_outbox.E080",
             )
         ]

@@ -177,7 +177,7 @@ def kafka_client() -> str:
 
 
 def confluent_available() -> bool:
-    """True when confluent-kafka can be imported (``pip install "django-outbox[confluent]"``)."""
+    """True when confluent-kafka can be imported (the ``confluent`` extra)."""
     import importlib.util
 
     return importlib.util.find_spec("confluent_kafka") is not None
