@@ -69,7 +69,7 @@ def relay_settings(settings, kafka_bootstrap, kafka_topic):
 
 
 @pytest.fixture(params=["kafka-python", "confluent"])
-def client(request, relay_settings):
+def producer_client(request, relay_settings):
     """The relay's producer on each client (``OUTBOX_KAFKA_CLIENT``): a relay test that
     asks for it runs on both."""
     relay_settings.OUTBOX_KAFKA_CLIENT = request.param
