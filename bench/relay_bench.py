@@ -7,6 +7,7 @@ SQLite in memory when unset; a throw-away test database is created and dropped):
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 DATABASE_URL=postgres://... \\
         python bench/relay_bench.py [--rows 20000] [--size 1000] [--batch-size 500] [--repeat 5]
         [--sweep 100,250,500,1000,2000] [--json PATH] [--phases] [--profile]
+        [--client confluent]
 
 Each repetition times the raw producer, then the relay, on the same records (the
 order alternates between repetitions, so that a slow spell of a shared machine
@@ -14,7 +15,10 @@ hits both alike). Prints each figure, then median and spread, and the CPU time
 each spent per 1,000 rows (the relay's includes its database thread; neither
 includes the database server's or the broker's); asserts nothing about speed.
 ``--sweep`` repeats the pair at each relay batch size (the series of the chart);
-``--json`` writes the figures as bench/run.py reads them.
+``--json`` writes the figures as bench/run.py reads them. ``--client confluent``
+adds, in each repetition, the relay on librdkafka (``OUTBOX_KAFKA_CLIENT =
+"confluent"``) and the raw confluent-kafka producer on the same records and
+settings: two more figures, against raw confluent-kafka and against raw kafka-python.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ from seeding import analyze  # noqa: E402
 
 FIGURE = "relay vs raw kafka-python producer"
 BASELINE = "raw kafka-python producer"
+#: With ``--client confluent``: the relay on librdkafka, against both raw producers.
+CONFLUENT_FIGURE = "relay (confluent) vs raw confluent-kafka producer"
+CONFLUENT_BASELINE = "raw confluent-kafka producer"
+CONFLUENT_VS_KAFKA_PYTHON = "relay (confluent) vs raw kafka-python producer"
 
 
 def main() -> None:
@@ -58,6 +66,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures here (bench/run.py)")
     parser.add_argument("--publish-rows", type=int, default=2000, help="0: skip that part")
     parser.add_argument("--profile", action="store_true", help="profile one relay run")
+    parser.add_argument(
+        "--client",
+        choices=["kafka-python", "confluent"],
+        default="kafka-python",
+        help="confluent: also measure the relay on librdkafka against raw confluent-kafka",
+    )
     parser.add_argument(
         "--phases", action="store_true", help="time the relay's steps, on each of its threads"
     )
@@ -100,6 +114,7 @@ def main() -> None:
             f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, Django {django.get_version()}, "
             f"kafka-python {kafka_version()}"
+            + (f", {kafka.confluent_version()}" if args.client == "confluent" else "")
         )
         print(
             f"database: {vendor} {connection.Database.__name__} "
@@ -179,7 +194,81 @@ def main() -> None:
             assert published >= args.rows, published
             return args.rows / seconds, cpu
 
-        def pairs(size: int, label: str) -> tuple[list[float], list[float]]:
+        # --- the raw confluent-kafka producer: same records, headers and settings.
+        def raw_confluent_run() -> tuple[float, float]:
+            raw_topic = topic()
+            records = [
+                kafka.OutboxRecord(
+                    raw_topic,
+                    row.message_key.encode(),
+                    row.payload.encode(),
+                    kafka.outbox_headers(index + 1, row.event_type, row.payload, "default"),
+                )
+                for index, row in enumerate(rows(raw_topic, args.rows))
+            ]
+            warm_up = kafka.raw_confluent_producer()
+            warm_up.produce(raw_topic, b"warm-up", b"w")
+            warm_up.flush(30)
+            del warm_up
+            failed: list[object] = []
+
+            def report(err: object, msg: object) -> None:
+                if err is not None:
+                    failed.append(err)
+
+            started, cpu = time.perf_counter(), time.process_time()
+            producer = kafka.raw_confluent_producer()
+            produce, poll = producer.produce, producer.poll
+            for index, r in enumerate(records):
+                while True:
+                    try:
+                        produce(r.topic, r.value, r.key, headers=r.headers, on_delivery=report)
+                        break
+                    except BufferError:
+                        poll(0.05)
+                if index % 256 == 0:
+                    poll(0)
+            left = producer.flush(60)
+            assert not left and not failed, (left, failed[:3])
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            return args.rows / seconds, cpu
+
+        #: With --phases: the confluent relay's share of the steps' times.
+        confluent_phases: dict[str, list[float]] = {}
+
+        def relay_confluent_run(size: int) -> tuple[float, float]:
+            settings.OUTBOX_KAFKA_CLIENT = "confluent"
+            before = {name: list(times) for name, times in phases.items()}
+            try:
+                return relay_run(size)
+            finally:
+                settings.OUTBOX_KAFKA_CLIENT = "kafka-python"
+                for name, (wall, cpu) in phases.items():
+                    share = confluent_phases.setdefault(name, [0.0, 0.0])
+                    share[0] += wall - before[name][0]
+                    share[1] += cpu - before[name][1]
+
+        confluent_rates: list[float] = []
+        raw_confluent_rates: list[float] = []
+
+        def confluent_pair(repetition: int, raw_rate: float) -> None:
+            if repetition % 2:
+                rate, _ = relay_confluent_run(batch_size)
+                raw, _ = raw_confluent_run()
+            else:
+                raw, _ = raw_confluent_run()
+                rate, _ = relay_confluent_run(batch_size)
+            confluent_rates.append(rate)
+            raw_confluent_rates.append(raw)
+            print(
+                f"  run {repetition + 1} (confluent): raw confluent-kafka {raw:,.0f} records/s, "
+                f"relay (confluent) {rate:,.0f} rows/s, {rate / raw:.2f}x; "
+                f"vs raw kafka-python {rate / raw_rate:.2f}x"
+            )
+
+        def pairs(
+            size: int, label: str, confluent: bool = False
+        ) -> tuple[list[float], list[float]]:
             raw_rates, relay_rates, raw_cpu, relay_cpu = [], [], [], []
             for repetition in range(args.repeat):
                 if repetition % 2:
@@ -188,6 +277,8 @@ def main() -> None:
                 else:
                     raw_rate, raw_seconds = raw_run()
                     relay_rate, relay_seconds = relay_run(size)
+                if confluent:
+                    confluent_pair(repetition, raw_rate)
                 raw_rates.append(raw_rate)
                 relay_rates.append(relay_rate)
                 raw_cpu.append(raw_seconds * 1e6 / args.rows)
@@ -204,9 +295,15 @@ def main() -> None:
             print(f"{label}CPU ms per 1,000 rows: raw {spread(raw_cpu)}, relay {spread(relay_cpu)}")
             return raw_rates, relay_rates
 
-        if args.phases:
-            phases = time_phases()
-        raw_rates, relay_rates = pairs(batch_size, "")
+        phases: dict[str, list[float]] = time_phases() if args.phases else {}
+        raw_rates, relay_rates = pairs(batch_size, "", confluent=args.client == "confluent")
+        if confluent_rates:
+            print(f"raw confluent-kafka producer: {spread(raw_confluent_rates)} records/s")
+            print(f"relay (confluent): {spread(confluent_rates)} rows/s")
+            against = [a / b for a, b in zip(confluent_rates, raw_confluent_rates, strict=True)]
+            print(f"relay (confluent) / raw confluent-kafka: {spread(against, '.2f')}")
+            against = [a / b for a, b in zip(confluent_rates, raw_rates, strict=True)]
+            print(f"relay (confluent) / raw kafka-python: {spread(against, '.2f')}")
         series: list[dict[str, Any]] = []
         if args.sweep:
             raw_points, relay_points = [], []
@@ -224,6 +321,13 @@ def main() -> None:
                 "relay steps, seconds over all runs (wall/CPU of the thread): "
                 + ", ".join(f"{name} {wall:.2f}/{cpu:.2f}" for name, (wall, cpu) in phases.items())
             )
+        if confluent_phases:
+            print(
+                "  of which the relay (confluent): "
+                + ", ".join(
+                    f"{name} {wall:.2f}/{cpu:.2f}" for name, (wall, cpu) in confluent_phases.items()
+                )
+            )
         if args.json:
             figure = {
                 "name": FIGURE,
@@ -236,7 +340,22 @@ def main() -> None:
                 "target": 0.9 if vendor == "postgresql" else 0.72,
                 "batch_size": batch_size,
             }
-            write_json(args.json, "relay", vendor, [figure], series)
+            figures = [figure]
+            for name, baseline_name, baseline in (
+                (CONFLUENT_FIGURE, CONFLUENT_BASELINE, raw_confluent_rates),
+                (CONFLUENT_VS_KAFKA_PYTHON, BASELINE, raw_rates),
+            ):
+                if confluent_rates:
+                    figures.append(
+                        {
+                            **figure,
+                            "name": name,
+                            "baseline_name": baseline_name,
+                            "values": [round(value, 1) for value in confluent_rates],
+                            "baseline_values": [round(value, 1) for value in baseline],
+                        }
+                    )
+            write_json(args.json, "relay", vendor, figures, series)
         if args.profile:
             relay_run(batch_size, profile=True)
         if not args.publish_rows:

@@ -14,6 +14,7 @@ from .topics import topic_problem
 
 TAG = "django_outbox"
 POLICIES = ("skip", "retry", "dead")
+CLIENTS = ("kafka-python", "confluent")
 Messages = list[CheckMessage]
 
 
@@ -355,6 +356,69 @@ def check_handlers(**kwargs: Any) -> Messages:
     return messages
 
 
+def check_kafka_client(**kwargs: Any) -> Messages:
+    """E080: unknown OUTBOX_KAFKA_CLIENT, or "confluent" without confluent-kafka;
+    E081: producer options that "confluent" cannot take; W080: options that weaken it."""
+    from . import kafka
+
+    client = outbox_settings.raw("KAFKA_CLIENT")
+    if client not in CLIENTS:
+        return [
+            Error(
+                f"OUTBOX_KAFKA_CLIENT is {client!r}.",
+                hint=f"Use one of {', '.join(repr(c) for c in CLIENTS)}.",
+                id="django_outbox.E080",
+            )
+        ]
+    if client != "confluent":
+        return []
+    if not kafka.confluent_available():
+        return [
+            Error(
+                'OUTBOX_KAFKA_CLIENT is "confluent" but confluent-kafka is not installed.',
+                hint='pip install "django-outbox[confluent]" (or ".[confluent]" from a checkout), '
+                'or use "kafka-python".',
+                id="django_outbox.E080",
+            )
+        ]
+    messages: Messages = []
+    options = outbox_settings.raw("CONFLUENT_OPTIONS")
+    if not isinstance(options, dict):
+        messages.append(
+            Error(
+                f"OUTBOX_CONFLUENT_OPTIONS must be a dict of librdkafka options, "
+                f"not {type(options).__name__}.",
+                hint="For example {'compression.type': 'lz4'}.",
+                id="django_outbox.E081",
+            )
+        )
+    elif options.get("acks", -1) not in ("all", -1, "-1") or options.get(
+        "enable.idempotence", True
+    ) in (False, "false"):
+        messages.append(
+            Warning(
+                "OUTBOX_CONFLUENT_OPTIONS weakens delivery (acks other than all, or "
+                "enable.idempotence false).",
+                hint="A row may then be marked published although Kafka lost it; "
+                "keep acks=all and the idempotent producer.",
+                id="django_outbox.W080",
+            )
+        )
+    producer = outbox_settings.raw("KAFKA_PRODUCER")
+    unknown = kafka.untranslatable_options(producer) if isinstance(producer, dict) else []
+    if unknown:
+        messages.append(
+            Error(
+                f"OUTBOX_KAFKA_PRODUCER option(s) {', '.join(unknown)} have no librdkafka "
+                'name, and OUTBOX_KAFKA_CLIENT is "confluent".',
+                hint="Give them in librdkafka's names in OUTBOX_CONFLUENT_OPTIONS "
+                "(README, 'Kafka client').",
+                id="django_outbox.E081",
+            )
+        )
+    return messages
+
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,
@@ -366,4 +430,5 @@ ALL: Sequence[Callable[..., Messages]] = (
     check_metrics,
     check_admin_static,
     check_handlers,
+    check_kafka_client,
 )

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "DATABASES": None,  # aliases the relay serves; None means [DATABASE]
     "KAFKA_PRODUCER": {},
     "KAFKA_CONSUMER": {},
+    "KAFKA_CLIENT": "kafka-python",  # the relay's producer: or "confluent" (librdkafka)
+    "CONFLUENT_OPTIONS": {},  # librdkafka options of the "confluent" producer, applied last
     "CONSUMER_GROUP": "django-outbox",
     "WAKE_RELAY": True,  # the commit wakes the relay (NOTIFY on PostgreSQL, in-process)
     "POLL_INTERVAL": 0.2,  # seconds between idle polls where no notification can come
@@ -89,6 +91,14 @@ class OutboxSettings:
     @property
     def kafka_producer(self) -> dict[str, Any]:
         return dict(self._get("KAFKA_PRODUCER"))
+
+    @property
+    def kafka_client(self) -> str:
+        return str(self._get("KAFKA_CLIENT"))
+
+    @property
+    def confluent_options(self) -> dict[str, Any]:
+        return dict(self._get("CONFLUENT_OPTIONS"))
 
     @property
     def kafka_consumer(self) -> dict[str, Any]:

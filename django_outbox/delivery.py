@@ -126,7 +126,8 @@ class Settled:
 
 
 class Sender:
-    """A kafka-python producer, replaced whenever it cannot be trusted any more."""
+    """The relay's producer (``kafka.build_relay_producer``), replaced when it cannot be
+    trusted any more."""
 
     def __init__(self, producer_options: dict[str, Any] | None = None) -> None:
         self.producer_options = dict(producer_options or {})
@@ -150,7 +151,7 @@ class Sender:
             servers = self.bootstrap_servers()
             if len(kafka.unreachable_brokers(servers)) == len(servers):
                 raise kafka.KafkaConnectionError(f"broker {', '.join(servers)} unreachable")
-            self._producer = kafka.build_producer(**self.producer_options)
+            self._producer = kafka.build_relay_producer(**self.producer_options)
         return self._producer
 
     def discard(self, producer: Any = None) -> None:
@@ -239,7 +240,9 @@ class Sender:
                     continue
                 if probe is None:
                     try:
-                        probe = kafka.build_producer(**{**self.producer_options, "linger_ms": 0})
+                        probe = kafka.build_relay_producer(
+                            **{**self.producer_options, "linger_ms": 0}
+                        )
                     except Exception as exc:
                         outcomes[index] = kafka.NotSent(
                             f"not confirmed as poison ({describe(exc)}); will retry"

@@ -1,5 +1,9 @@
 """The one module that imports the Kafka client (kafka-python).
 
+With ``OUTBOX_KAFKA_CLIENT = "confluent"`` the relay's producer is librdkafka's
+instead (``kafka_confluent``, imported from here on first use only); the consumer
+and every other client stay kafka-python.
+
 Everything else asks this module for clients, built from the ``OUTBOX_*``
 settings, and for the record format (key, value, headers) of an outbox row.
 """
@@ -15,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
 from kafka.errors import (
     InvalidRecordError,
@@ -55,6 +60,7 @@ __all__ = [
     "build_admin",
     "build_consumer",
     "build_producer",
+    "build_relay_producer",
     "close_producer",
     "is_poison",
     "outbox_headers",
@@ -126,6 +132,137 @@ def build_producer(**overrides: Any) -> KafkaProducer:
             except Exception:
                 pass
         raise
+
+
+# ------------------------------------------------------------- the librdkafka transport
+
+#: kafka-python producer options (OUTBOX_KAFKA_PRODUCER, PRODUCER_DEFAULTS) and their
+#: librdkafka names, for ``OUTBOX_KAFKA_CLIENT = "confluent"``.
+CONFLUENT_NAMES: dict[str, str] = {
+    "bootstrap_servers": "bootstrap.servers",
+    "client_id": "client.id",
+    "acks": "acks",
+    "enable_idempotence": "enable.idempotence",
+    "linger_ms": "linger.ms",
+    "batch_size": "batch.size",
+    "request_timeout_ms": "request.timeout.ms",
+    "delivery_timeout_ms": "delivery.timeout.ms",
+    "compression_type": "compression.type",
+    "max_in_flight_requests_per_connection": "max.in.flight.requests.per.connection",
+    "retry_backoff_ms": "retry.backoff.ms",
+    "reconnect_backoff_ms": "reconnect.backoff.ms",
+    "reconnect_backoff_max_ms": "reconnect.backoff.max.ms",
+    "max_request_size": "message.max.bytes",
+    "connections_max_idle_ms": "connections.max.idle.ms",
+    "metadata_max_age_ms": "metadata.max.age.ms",
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+}
+#: kafka-python options that mean nothing to librdkafka (it connects lazily and never
+#: blocks ``produce``): left out.
+CONFLUENT_IGNORED = frozenset(
+    {"bootstrap_timeout_ms", "max_block_ms", "kafka_client", "api_version", "retries"}
+)
+
+
+def kafka_client() -> str:
+    """``OUTBOX_KAFKA_CLIENT``: ``"kafka-python"`` (default) or ``"confluent"``."""
+    return outbox_settings.kafka_client
+
+
+def confluent_available() -> bool:
+    """True when confluent-kafka can be imported (the ``confluent`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("confluent_kafka") is not None
+
+
+def untranslatable_options(options: dict[str, Any]) -> list[str]:
+    """The kafka-python producer options that have no librdkafka name here."""
+    return sorted(k for k in options if k not in CONFLUENT_NAMES and k not in CONFLUENT_IGNORED)
+
+
+def confluent_config(**overrides: Any) -> dict[str, Any]:
+    """``producer_config`` in librdkafka's names, then ``OUTBOX_CONFLUENT_OPTIONS`` on top.
+
+    Raises ``ValueError`` for a kafka-python option without a librdkafka name (check
+    ``django_outbox.E081`` says so at start-up).
+    """
+    config = producer_config(**overrides)
+    unknown = untranslatable_options(config)
+    if unknown:
+        raise ValueError(
+            f"OUTBOX_KAFKA_PRODUCER option(s) {unknown} have no librdkafka name; "
+            "give them in librdkafka's names in OUTBOX_CONFLUENT_OPTIONS"
+        )
+    translated: dict[str, Any] = {}
+    for name, value in config.items():
+        if name in CONFLUENT_IGNORED:
+            continue
+        if name == "bootstrap_servers" and not isinstance(value, str):
+            value = ",".join(value)
+        if name == "acks" and value == "all":
+            value = -1
+        translated[CONFLUENT_NAMES[name]] = value
+    # The idempotent producer keeps key order with up to 5 requests in flight.
+    translated.setdefault("max.in.flight.requests.per.connection", 5)
+    translated.update(outbox_settings.confluent_options)
+    return translated
+
+
+#: librdkafka's own (negative) error codes that say the record itself is at fault.
+_CONFLUENT_POISON = {"_MSG_SIZE_TOO_LARGE": MessageSizeTooLargeError}
+
+
+def _confluent_error(
+    name: str, code: int, text: str, retriable: bool, fatal: bool
+) -> BaseException:
+    """A librdkafka error as the exception the kafka-python path would have met.
+
+    A broker's error code is Kafka's own, so it maps to kafka-python's class for it
+    (``MessageSizeTooLargeError``, ``TopicAuthorizationFailedError``...), and
+    ``is_poison``/``is_transport_error`` judge it the same. librdkafka's local errors
+    (timeouts, transport, all brokers down, purged, unknown topic) are of unknown
+    fate, except a record too large for the client's own limit.
+    """
+    message = f"{name}: {text}"
+    if fatal:  # the idempotent producer gave up: a definite error, the producer replaced
+        return KafkaError(f"fatal producer error {message}")
+    if code > 0:
+        return kafka_errors.for_code(code)(message)
+    poison = _CONFLUENT_POISON.get(name)
+    if poison is not None:
+        return poison(message)
+    return KafkaTimeoutError(message)
+
+
+def build_relay_producer(**overrides: Any) -> Any:
+    """The relay's producer: ``build_producer`` or, with ``OUTBOX_KAFKA_CLIENT = "confluent"``,
+    a librdkafka producer with the same settings (see ``confluent_config``)."""
+    if kafka_client() != "confluent":
+        return build_producer(**overrides)
+    from . import kafka_confluent
+
+    return kafka_confluent.Producer(confluent_config(**overrides), _confluent_error, NotSent)
+
+
+def raw_confluent_producer(**overrides: Any) -> Any:
+    """A plain ``confluent_kafka.Producer`` on ``confluent_config`` (bench/relay_bench.py)."""
+    from . import kafka_confluent
+
+    return kafka_confluent.raw_producer(confluent_config(**overrides))
+
+
+def confluent_version() -> str:
+    from . import kafka_confluent
+
+    return kafka_confluent.version()
 
 
 def build_consumer(*topics: str, **overrides: Any) -> KafkaConsumer:
@@ -323,6 +460,9 @@ def send_batch(producer: KafkaProducer, records: Sequence[OutboxRecord], timeout
     deadline = time.monotonic() + timeout
     sending = Sending(len(records), deadline, timeout)
     outcomes, futures = sending.outcomes, sending.futures
+    if getattr(producer, "is_librdkafka", False):
+        producer.send_into(records, outcomes, futures, deadline)
+        return sending
     unavailable: dict[str, BaseException] = {}
     send = producer.send
     for index, record in enumerate(records):
@@ -372,6 +512,16 @@ def await_acks(
             deadline = min(deadline, sooner)
         return deadline - time.monotonic()
 
+    if getattr(producer, "is_librdkafka", False):
+        producer.await_into(
+            futures,
+            outcomes,
+            left,
+            flush,
+            SLICE,
+            lambda: NotAcknowledged(f"no acknowledgement from Kafka within {sending.timeout:.1f}s"),
+        )
+        return outcomes
     if futures and flush:
         while left() > 0 and not all(future.is_done for _, future in futures):
             try:

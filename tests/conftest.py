@@ -66,3 +66,11 @@ def relay_settings(settings, kafka_bootstrap, kafka_topic):
     settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
     settings.OUTBOX_KAFKA_PRODUCER = dict(FAST_FAIL_PRODUCER)
     return settings
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def producer_client(request, relay_settings):
+    """The relay's producer on each client (``OUTBOX_KAFKA_CLIENT``): a relay test that
+    asks for it runs on both."""
+    relay_settings.OUTBOX_KAFKA_CLIENT = request.param
+    return request.param

@@ -65,7 +65,9 @@ def delivered_ids(bootstrap: str, topic: str, count: int) -> list[int]:
 # ----------------------------------------------------------------- innocent rows live
 
 
-def test_one_broker_rejected_row_kills_only_itself(relay_settings, kafka_bootstrap):
+def test_one_broker_rejected_row_kills_only_itself(
+    relay_settings, kafka_bootstrap, producer_client
+):
     """One 5 KB row on a 2,000-byte topic, then 300 normal rows, in one batch: 1 dead."""
     topic = limited_topic(kafka_bootstrap, 2000)
     try:
@@ -81,7 +83,7 @@ def test_one_broker_rejected_row_kills_only_itself(relay_settings, kafka_bootstr
 
 
 def test_a_batch_larger_than_the_topic_limit_is_delivered_not_crashed(
-    relay_settings, kafka_bootstrap
+    relay_settings, kafka_bootstrap, producer_client
 ):
     """31 rows of ~330 bytes on a 3,000-byte topic: kafka-python splits, flush() raises."""
     topic = limited_topic(kafka_bootstrap, 3000)
@@ -98,7 +100,9 @@ def test_a_batch_larger_than_the_topic_limit_is_delivered_not_crashed(
         delete_topic(kafka_bootstrap, topic)
 
 
-def test_after_a_poison_row_the_next_batches_still_go(relay_settings, kafka_bootstrap):
+def test_after_a_poison_row_the_next_batches_still_go(
+    relay_settings, kafka_bootstrap, producer_client
+):
     """A producer that met a broker rejection is replaced, never trusted again."""
     topic = limited_topic(kafka_bootstrap, 2000)
     try:
@@ -167,7 +171,7 @@ def test_upper_case_event_ids_travel_in_canonical_spelling(relay_settings, kafka
 
 
 def test_an_acknowledged_batch_is_written_back_on_a_fresh_connection(
-    relay_settings, kafka_bootstrap, monkeypatch, caplog
+    relay_settings, kafka_bootstrap, monkeypatch, caplog, producer_client
 ):
     from django_outbox import delivery
 
@@ -227,7 +231,7 @@ def test_one_database_down_does_not_slow_the_others(relay_settings, monkeypatch)
 
 
 def test_same_key_events_reach_kafka_in_id_order_from_many_publishers(
-    relay_settings, kafka_bootstrap
+    relay_settings, kafka_bootstrap, producer_client
 ):
     """Events of one key, each published after the previous one committed, by four
     threads in turn (four web processes serving one conversation), while the relay

@@ -41,7 +41,9 @@ def _leaked_sockets():
         yield
 
 
-def test_burst_delivers_every_event_once_with_key_and_headers(relay_settings, kafka_bootstrap):
+def test_burst_delivers_every_event_once_with_key_and_headers(
+    relay_settings, kafka_bootstrap, producer_client
+):
     topic = relay_settings.OUTBOX_DEFAULT_TOPIC
     published = []
     for index in range(30):
@@ -76,7 +78,9 @@ def test_burst_delivers_every_event_once_with_key_and_headers(relay_settings, ka
     assert all(row.updated_at >= row.created_at for row in rows)
 
 
-def test_same_key_lands_in_one_partition_in_written_order(relay_settings, kafka_bootstrap):
+def test_same_key_lands_in_one_partition_in_written_order(
+    relay_settings, kafka_bootstrap, producer_client
+):
     topic = relay_settings.OUTBOX_DEFAULT_TOPIC
     rows = make_rows(60, topic, keys=["a", "b", "c"])
     Relay(burst=True, batch_size=25).run()
@@ -140,7 +144,9 @@ def test_broker_down_rows_stay_pending_without_spending_retries_then_get_deliver
     assert len(read_topic(kafka_bootstrap, topic, expected_count=12)) == 12
 
 
-def test_running_relay_waits_out_the_broker_then_delivers(relay_settings, kafka_bootstrap):
+def test_running_relay_waits_out_the_broker_then_delivers(
+    relay_settings, kafka_bootstrap, producer_client
+):
     make_rows(3, relay_settings.OUTBOX_DEFAULT_TOPIC)
     relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
     relay = Relay(interval=0.05)
@@ -161,7 +167,7 @@ def test_running_relay_waits_out_the_broker_then_delivers(relay_settings, kafka_
     assert [r.retry_count for r in OutboxMessage.objects.all()] == [0] * 3
 
 
-def test_unknown_fate_never_kills_a_row_out_of_retries(relay_settings):
+def test_unknown_fate_never_kills_a_row_out_of_retries(relay_settings, producer_client):
     make_rows(2, relay_settings.OUTBOX_DEFAULT_TOPIC, max_retry=0)
     relay_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
     for _ in range(2):
@@ -190,7 +196,7 @@ def small_topic(kafka_bootstrap):
     ["larger than max_request_size", "rejected by the broker", "invalid topic name"],
 )
 def test_a_poison_row_goes_dead_and_does_not_hold_the_others(
-    relay_settings, kafka_bootstrap, small_topic, poison
+    relay_settings, kafka_bootstrap, small_topic, poison, producer_client
 ):
     topic = relay_settings.OUTBOX_DEFAULT_TOPIC
     good = make_rows(3, topic, keys=["k"])
@@ -220,7 +226,7 @@ def test_a_poison_row_goes_dead_and_does_not_hold_the_others(
 
 
 def test_a_broker_rejection_does_not_kill_the_rows_in_flight_with_it(
-    relay_settings, kafka_bootstrap, small_topic
+    relay_settings, kafka_bootstrap, small_topic, producer_client
 ):
     topic = relay_settings.OUTBOX_DEFAULT_TOPIC
     relay_settings.OUTBOX_KAFKA_PRODUCER = {**FAST_FAIL_PRODUCER, "linger_ms": 50}
@@ -353,7 +359,9 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
     assert len(read_topic(kafka_bootstrap, relay_settings.OUTBOX_DEFAULT_TOPIC, 20)) == 20
 
 
-def test_stopping_records_the_batch_in_flight_and_leaves_the_rest_due(relay_settings):
+def test_stopping_records_the_batch_in_flight_and_leaves_the_rest_due(
+    relay_settings, producer_client
+):
     make_rows(10, relay_settings.OUTBOX_DEFAULT_TOPIC)
     relay = Relay(batch_size=5)
     handled = relay.run_once()  # sends the first batch, claims the next ahead; no acks yet
