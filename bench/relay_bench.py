@@ -146,10 +146,9 @@ def main() -> None:
                 )
             return out
 
-        # --- raw producer: same broker, records, headers and producer configuration.
-        def raw_run() -> tuple[float, float]:
-            raw_topic = topic()
-            records = [
+        def raw_records(raw_topic: str) -> list[Any]:
+            """The records a raw producer sends: the relay's, built the relay's way."""
+            return [
                 kafka.OutboxRecord(
                     raw_topic,
                     row.message_key.encode(),
@@ -158,6 +157,11 @@ def main() -> None:
                 )
                 for index, row in enumerate(rows(raw_topic, args.rows))
             ]
+
+        # --- raw producer: same broker, records, headers and producer configuration.
+        def raw_run() -> tuple[float, float]:
+            raw_topic = topic()
+            records = raw_records(raw_topic)
             warm_up = kafka.build_producer()
             warm_up.send(raw_topic, value=b"warm-up", key=b"w").get(30)
             warm_up.close()
@@ -197,15 +201,7 @@ def main() -> None:
         # --- the raw confluent-kafka producer: same records, headers and settings.
         def raw_confluent_run() -> tuple[float, float]:
             raw_topic = topic()
-            records = [
-                kafka.OutboxRecord(
-                    raw_topic,
-                    row.message_key.encode(),
-                    row.payload.encode(),
-                    kafka.outbox_headers(index + 1, row.event_type, row.payload, "default"),
-                )
-                for index, row in enumerate(rows(raw_topic, args.rows))
-            ]
+            records = raw_records(raw_topic)
             warm_up = kafka.raw_confluent_producer()
             warm_up.produce(raw_topic, b"warm-up", b"w")
             warm_up.flush(30)

@@ -158,3 +158,11 @@ def committed_offsets(topic: str, group: str, partitions: int = 3) -> dict[int, 
         }
     finally:
         client.close(autocommit=False)
+
+
+def handling_settings(settings: Any) -> None:
+    """No relay wake-up, ``Handling("g")`` owns the rows, retries due within 0.2 s."""
+    settings.OUTBOX_WAKE_RELAY = False
+    settings.OUTBOX_CONSUMER_GROUP = "g"
+    settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
+    settings.OUTBOX_RETRY_BACKOFF_MAX = 0.2

@@ -20,6 +20,7 @@ from .consumer_support import (
     consume,
     count_handler,
     foreign_record,
+    handling_settings,
     registered,
     send_rows,
     unique_group,
@@ -30,10 +31,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def no_fast_path(settings):
-    settings.OUTBOX_WAKE_RELAY = False
-    settings.OUTBOX_CONSUMER_GROUP = "g"  # Handling("g") owns the outbox rows
-    settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
-    settings.OUTBOX_RETRY_BACKOFF_MAX = 0.2
+    handling_settings(settings)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from .consumer_support import (
     committed_offsets,
     consume,
     foreign_record,
+    handling_settings,
     registered,
     send_raw,
     send_rows,
@@ -36,10 +37,7 @@ OTHER = "test.other"
 
 @pytest.fixture(autouse=True)
 def outbox_config(settings):
-    settings.OUTBOX_WAKE_RELAY = False
-    settings.OUTBOX_CONSUMER_GROUP = "g"  # Handling("g") owns the outbox rows
-    settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
-    settings.OUTBOX_RETRY_BACKOFF_MAX = 0.2
+    handling_settings(settings)
     settings.OUTBOX_TOPICS = {}
 
 
