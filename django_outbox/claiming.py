@@ -4,17 +4,18 @@ The legacy table has no lock columns, so a claim is a *lease* stored in
 ``next_retry_at``: ``lease_expiry(now, seconds)``, a whole second. While it runs,
 ``due()`` skips the row; when it runs out (a relay died) the row is due again.
 
-Every write-back is fenced on ``status = 'pending' AND next_retry_at = <lease>``:
-whoever lost the lease (it expired and another relay took the row, or a consumer
-already marked it ``consumed``) changes nothing. A new lease is always later than
-any lease that had expired when it was taken (``lease_expiry`` rounds up), so two
-holders never share a lease value.
+Every write-back is fenced on ``status = 'pending' AND next_retry_at = <lease>``
+and on the claim's token (``fencing``): whoever lost the row (the lease ran out
+and another claim took it, a consumer marked it ``consumed``, or put it back to
+``pending`` after a failed handler and a claim took it again, even within the
+same second and so under the same lease value) changes nothing.
 """
 
 from __future__ import annotations
 
 import datetime
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 from django.utils import timezone
 
+from . import fencing
 from .backoff import retry_delay
+from .fencing import Fence
 from .fields import clip_error
 from .models import OutboxMessage, OutboxMessageQuerySet, Status, lease_expiry, retry_time
 from .ordering import in_key_order
@@ -50,16 +53,22 @@ COLUMNS = ClaimedRow._fields
 
 @dataclass(frozen=True)
 class Claim:
-    """Rows of one database, leased until ``lease``."""
+    """Rows of one database, leased until ``lease`` and held by ``token`` (``fencing``)."""
 
     alias: str
     lease: datetime.datetime
     rows: list[ClaimedRow]
+    #: Unique to this claim: every write-back is fenced on it (never on a time alone).
+    token: uuid.UUID = field(default_factory=fencing.new_token)
     #: ``time.monotonic()`` at the claim (the relay's batch duration is measured from it).
     claimed_at: float = field(default_factory=time.monotonic, compare=False)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.lease, self.token)
 
     def rows_manager(self) -> OutboxMessageQuerySet:
         return OutboxMessage.objects.using(self.alias).all()
@@ -89,16 +98,23 @@ def claim(
     *,
     ids: Sequence[int] | None = None,
     due_by: datetime.datetime | None = None,
-    after_id: int | None = None,
     now: datetime.datetime | None = None,
 ) -> Claim:
     """Lease up to ``batch_size`` due rows of ``alias`` (only among ``ids`` if given), oldest first.
 
     ``due_by``: take only rows due at that moment (default: now); a burst passes its
     start time, so that rows it failed (and which back off) wait for the next run.
-    ``after_id``: only rows with a greater id. The table keeps every published row,
-    and ``ORDER BY id`` walks the primary key past all of them; a busy relay starts
-    where its last batch ended instead (see ``Relay``).
+
+    Always from the lowest due id, never from a floor: a row can become visible
+    below any floor (its transaction committed late; the Go service's rows; a retry
+    or a release), and the next row of its key, written after it committed, is
+    then above. Only a claim that looks at every due row takes the earlier one
+    first (issue 16). The status-first index (migration 0007) on PostgreSQL and
+    SQLite, and the legacy status index on MySQL/MariaDB, keep that look at the
+    pending rows only, however many published rows the table keeps.
+
+    Each claim draws a token (``Claim.token``) and writes a fence row per row it
+    leased (``fencing``), in the same statement (PostgreSQL) or transaction.
 
     On PostgreSQL, one statement (one round trip): ``UPDATE ... SET next_retry_at =
     <lease> WHERE id IN (SELECT id ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)
@@ -117,17 +133,17 @@ def claim(
     20,000 pending rows on PostgreSQL, against 12 ms).
     """
     now = now or timezone.now()
-    lease = lease_expiry(now, lease_seconds)
+    fence = Fence(lease_expiry(now, lease_seconds), fencing.new_token())
+    lease = fence.lease
     due_by = min(due_by or now, now)
     manager = OutboxMessage.objects.using(alias)
     due = manager.due(due_by)
     if ids is not None:
         due = due.filter(pk__in=list(ids))
-    if after_id is not None:
-        due = due.filter(pk__gt=after_id)
     due = in_key_order(due, alias).order_by("id")
     if connections[alias].vendor == "postgresql":
-        return Claim(alias, lease, _lease_returning(alias, due, batch_size, lease, now))
+        leased = _lease_returning(alias, due, batch_size, fence, now)
+        return Claim(alias, lease, leased, token=fence.token)
     rows: list[ClaimedRow] = []
     with transaction.atomic(using=alias):
         locked = _lock_due_ids(alias, due, batch_size)
@@ -137,7 +153,8 @@ def claim(
             manager.due(due_by).with_ids(locked).update(next_retry_at=lease, updated_at=now)
             held = manager.with_ids(locked).filter(status=Status.PENDING, next_retry_at=lease)
             rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
-    return Claim(alias, lease, rows)
+            fencing.hold(connections[alias], [row.id for row in rows], fence, now)
+    return Claim(alias, lease, rows, token=fence.token)
 
 
 #: On MySQL/MariaDB, how many more candidate ids than rows wanted a claim looks at.
@@ -176,10 +193,11 @@ def _lease_returning(
     alias: str,
     due: OutboxMessageQuerySet,
     batch_size: int,
-    lease: datetime.datetime,
+    fence: Fence,
     now: datetime.datetime,
 ) -> list[ClaimedRow]:
-    """Lease the first ``batch_size`` rows of ``due`` in one ``UPDATE ... RETURNING``.
+    """Lease the first ``batch_size`` rows of ``due`` in one ``UPDATE ... RETURNING``,
+    with their fence rows written by the same statement (a data-modifying ``WITH``).
 
     No ``atomic()``: the statement is a transaction of its own in autocommit mode
     (``BEGIN`` and ``COMMIT`` would cost two more round trips), and part of the
@@ -201,27 +219,30 @@ def _lease_returning(
         return quote(field.column or field.attname)
 
     sql = (
-        f"UPDATE {quote(meta.db_table)} SET {column('next_retry_at')} = %s, "
+        f"WITH claimed AS (UPDATE {quote(meta.db_table)} SET {column('next_retry_at')} = %s, "
         f"{column('updated_at')} = %s WHERE {column('id')} IN "
         f"({select} {connection.ops.for_update_sql(skip_locked=True)}) "
-        f"RETURNING {', '.join(map(column, COLUMNS))}"
+        f"RETURNING {', '.join(map(column, COLUMNS))}), "
+        f"fenced AS ({fencing.hold_from(connection, 'claimed', column('id'))}) "
+        f"SELECT * FROM claimed"
     )
     # The values the ORM would write (truncated to milliseconds), so that the
     # stored lease equals ``lease`` and the write-backs' fence matches it.
     values = (
-        fields["next_retry_at"].get_db_prep_value(lease, connection),
+        fields["next_retry_at"].get_db_prep_value(fence.lease, connection),
         fields["updated_at"].get_db_prep_value(now, connection),
     )
+    hold = fencing.hold_params(connection, fence, now)
     with transaction.mark_for_rollback_on_error(using=alias):
         with connection.cursor() as cursor:
-            cursor.execute(sql, (*values, *params))
+            cursor.execute(sql, (*values, *params, *hold))
             rows = cursor.fetchall()
     return sorted(map(ClaimedRow._make, rows), key=itemgetter(0))
 
 
 def record_published(claim: Claim, ids: Sequence[int], now: datetime.datetime | None = None) -> int:
     """Mark rows Kafka acknowledged ``published``, in one statement; return how many changed."""
-    return claim.rows_manager().mark_published(claim.lease, ids, now or timezone.now())
+    return claim.rows_manager().mark_published(claim.fence, ids, now or timezone.now())
 
 
 def record_failed(
@@ -245,11 +266,11 @@ def record_failed(
     changed = 0
     for (attempts, dead, error), ids in groups.items():
         if dead:
-            changed += rows.give_up(claim.lease, ids, retry_count=attempts, error=error, now=now)
+            changed += rows.give_up(claim.fence, ids, retry_count=attempts, error=error, now=now)
         else:
             retry_at = retry_time(now, retry_delay(attempts))
             changed += rows.back_off(
-                claim.lease, ids, retry_count=attempts, error=error, retry_at=retry_at, now=now
+                claim.fence, ids, retry_count=attempts, error=error, retry_at=retry_at, now=now
             )
     return changed
 
@@ -265,4 +286,4 @@ def release(
     """Give rows back without counting an attempt: due again after ``delay`` seconds."""
     now = now or timezone.now()
     due_at = retry_time(now, delay) if delay > 0 else None
-    return claim.rows_manager().release(claim.lease, ids, now, error=error, due_at=due_at)
+    return claim.rows_manager().release(claim.fence, ids, now, error=error, due_at=due_at)

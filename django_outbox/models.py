@@ -17,13 +17,14 @@ from django.db.models.functions import Coalesce, TruncSecond
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import attempts
+from . import attempts, fencing
 from .fields import MillisecondDateTimeField, ShortTextField, clip_error, truncate_to_millis
 from .pruning import count_in_chunks, delete_in_chunks
 
 if TYPE_CHECKING:
     from .claiming import Claim
     from .envelope import Event
+    from .fencing import Fence
 
 
 class Status(models.TextChoices):
@@ -45,8 +46,8 @@ def lease_expiry(now: datetime.datetime, seconds: float) -> datetime.datetime:
     The legacy table has no lock columns, so a claim lives in ``next_retry_at``.
     A lease expiry is always a whole second and a backoff time never is (see
     ``retry_time``): that is how the admin tells "in flight" from "backing off".
-    Rounding up also makes every new lease later than any lease that expired
-    before it was taken, so write-backs fenced on the lease value are unique.
+    Two claims within one second get the same value: write-backs are fenced on the
+    claim's token too (``fencing``), never on this time alone.
     """
     expiry = now + datetime.timedelta(seconds=seconds)
     if expiry.microsecond:
@@ -150,7 +151,8 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
     # reader finds every transition of the shared table in this file.
     #
     # The relay's write-backs are *fenced*: they change only the rows among ``ids``
-    # that are still ``pending`` under the lease the relay took (``Claim.lease``).
+    # that are still ``pending`` under the lease the relay took and held by its
+    # claim's token (``Claim.fence``, see ``fencing``).
     # Whoever lost the lease (it ran out and another relay took the row, or a
     # consumer already marked it consumed) changes nothing.
 
@@ -223,16 +225,10 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         rows = self.extra(where=[f"{column} IN ({id_list(ids) or 'NULL'})"])
         return rows  # type: ignore[return-value]
 
-    def held(self, lease: datetime.datetime, ids: Iterable[int]) -> OutboxMessageQuerySet:
-        """The rows among ``ids`` still pending under ``lease``."""
-        return self.filter(pk__in=list(ids), status=Status.PENDING, next_retry_at=lease)
-
-    def mark_published(
-        self, lease: datetime.datetime, ids: Sequence[int], now: datetime.datetime
-    ) -> int:
+    def mark_published(self, fence: Fence, ids: Sequence[int], now: datetime.datetime) -> int:
         """pending -> published: Kafka acknowledged these rows (never before that)."""
         return self._fenced_update(
-            lease,
+            fence,
             ids,
             status=Status.PUBLISHED,
             published_at=now,
@@ -242,7 +238,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def back_off(
         self,
-        lease: datetime.datetime,
+        fence: Fence,
         ids: Sequence[int],
         *,
         retry_count: int,
@@ -253,7 +249,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         """pending -> pending, due again at ``retry_at``: one failed attempt counted."""
         with transaction.atomic(using=self.db, savepoint=False):
             changed = self._fenced_update(
-                lease,
+                fence,
                 ids,
                 retry_count=retry_count,
                 last_error=clip_error(error),
@@ -265,7 +261,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def give_up(
         self,
-        lease: datetime.datetime,
+        fence: Fence,
         ids: Sequence[int],
         *,
         retry_count: int,
@@ -275,7 +271,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         """pending -> dead: a definite answer that this row can never be delivered."""
         with transaction.atomic(using=self.db, savepoint=False):
             changed = self._fenced_update(
-                lease,
+                fence,
                 ids,
                 status=Status.DEAD,
                 retry_count=retry_count,
@@ -316,7 +312,7 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     def release(
         self,
-        lease: datetime.datetime,
+        fence: Fence,
         ids: Sequence[int],
         now: datetime.datetime,
         *,
@@ -327,22 +323,34 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         values: dict[str, Any] = {"next_retry_at": due_at, "updated_at": now}
         if error is not None:
             values["last_error"] = clip_error(error)
-        return self._fenced_update(lease, ids, **values)
+        return self._fenced_update(fence, ids, **values)
 
-    def _fenced_update(self, lease: datetime.datetime, ids: Sequence[int], **values: Any) -> int:
-        """``UPDATE`` the rows ``held(lease, ids)``, locking them in ascending id order.
+    def _fenced_update(self, fence: Fence, ids: Sequence[int], **values: Any) -> int:
+        """``UPDATE`` the rows among ``ids`` that ``fence`` still holds; return how many.
 
-        The consumer locks the rows of a chunk in id order too (``SELECT ... FOR
-        UPDATE ORDER BY id``): with one order everywhere, the two cannot deadlock. A
-        plain ``UPDATE ... WHERE id IN (...)`` locks in the order of its plan (a
-        bitmap scan follows the heap, not the ids). MySQL/MariaDB take the order from
-        ``UPDATE ... ORDER BY``; PostgreSQL locks in the sub-select, in one statement.
+        A row is held while it is ``pending`` under the claim's lease *and* the fence
+        table says the claim's token holds it (``fencing``: a lease is a time, and two
+        claims within one second share it; a token is unique to its claim). The fence
+        rows of the claim are deleted in the same statement or transaction.
 
-        One statement written here rather than by the ORM: a relay writes back every
-        batch, and compiling ``id IN (...)`` with one parameter per id cost more CPU
-        than the rest of the write-back (bench/relay_bench.py --phases). The ids go
-        into the SQL as integers (``int()`` of each: nothing else can get in), the
-        values through the fields' own adaptation, as ``update()`` would.
+        Rows are locked in ascending id order, before their fence rows. The consumer
+        locks the rows of a chunk in id order too (``SELECT ... FOR UPDATE ORDER BY
+        id``) and a claim locks a row before it writes its fence: with one order
+        everywhere, none of them can deadlock.
+
+        - PostgreSQL, one statement: a ``SELECT ... JOIN fence ... FOR UPDATE`` locks
+          both rows; if a claim changed either meanwhile, PostgreSQL re-checks the
+          join on their latest versions, so a stale token never passes.
+        - MySQL/MariaDB, one transaction: the same locking read (``STRAIGHT_JOIN``
+          keeps the outbox row first), then the ``UPDATE`` and ``DELETE`` by id.
+        - SQLite has one writer at a time: the ``UPDATE`` checks the fence in a
+          sub-select, then the ``DELETE``, in one transaction.
+
+        Hand-written rather than the ORM's: a relay writes back every batch, and
+        compiling ``id IN (...)`` with one parameter per id cost more CPU than the rest
+        of the write-back (bench/relay_bench.py --phases). The ids go into the SQL as
+        integers (``int()`` of each: nothing else can get in), the values through the
+        fields' own adaptation, as ``update()`` would.
         """
         if not ids:
             return 0
@@ -354,28 +362,71 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         fields = {name: _concrete_field(name) for name in ("id", "status", "next_retry_at")}
         fields.update((name, _concrete_field(name)) for name in values)
         column = {name: quote(field.column or name) for name, field in fields.items()}
-        assignments = [f"{column[name]} = %s" for name in values]
+        assignments = ", ".join(f"{column[name]} = %s" for name in values)
         params = [
             fields[name].get_db_prep_save(value, connection) for name, value in values.items()
         ]
-        params.append(Status.PENDING.value)
-        params.append(fields["next_retry_at"].get_db_prep_value(lease, connection))
+        held = [
+            Status.PENDING.value,
+            fields["next_retry_at"].get_db_prep_value(fence.lease, connection),
+        ]
+        token = fencing.token_param(connection, fence.token)
         table, pk = quote(OutboxMessage._meta.db_table), column["id"]
-        held = (
-            f"{pk} IN ({id_list(ids)}) "
-            f"AND {column['status']} = %s AND {column['next_retry_at']} = %s"
-        )
-        if connection.vendor == "postgresql":
-            where = f"{pk} IN (SELECT {pk} FROM {table} WHERE {held} ORDER BY {pk} FOR UPDATE)"
-        elif connection.vendor == "mysql":
-            where = f"{held} ORDER BY {pk}"
-        else:
-            where = held
-        sql = f"UPDATE {table} SET {', '.join(assignments)} WHERE {where}"
+        status, lease = column["status"], column["next_retry_at"]
+        wanted = id_list(ids)
+        f_table, f_id, f_token, _ = fencing.names(connection)
+        join = f"{table} t JOIN {f_table} f ON f.{f_id} = t.{pk}"
+        mine = f"t.{pk} IN ({wanted}) AND f.{f_token} = %s"
+        is_held = f"(t.{status} = %s AND t.{lease} = %s)"
         with transaction.mark_for_rollback_on_error(using=alias):
-            with connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                return cursor.rowcount
+            if connection.vendor == "postgresql":
+                sql = (
+                    f"WITH mine AS (SELECT t.{pk} AS id, {is_held} AS held FROM {join} "
+                    f"WHERE {mine} ORDER BY t.{pk} FOR UPDATE), "
+                    f"dropped AS (DELETE FROM {f_table} WHERE {f_id} IN (SELECT id FROM mine)) "
+                    f"UPDATE {table} SET {assignments} "
+                    f"WHERE {pk} IN (SELECT id FROM mine WHERE held)"
+                )
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, [*held, token, *params])
+                    return cursor.rowcount
+            with transaction.atomic(using=alias, savepoint=False), connection.cursor() as cursor:
+                if connection.vendor == "mysql":
+                    # STRAIGHT_JOIN: the outbox row first, then its fence (one lock order)
+                    straight = join.replace(" JOIN ", " STRAIGHT_JOIN ")
+                    cursor.execute(
+                        f"SELECT t.{pk}, {is_held} FROM {straight} "
+                        f"WHERE {mine} ORDER BY t.{pk} FOR UPDATE",
+                        [*held, token],
+                    )
+                    locked = cursor.fetchall()
+                    yours = [pk_ for pk_, is_ in locked if is_]
+                    if not locked:
+                        return 0
+                    changed = 0
+                    if yours:
+                        cursor.execute(
+                            f"UPDATE {table} SET {assignments} WHERE {pk} IN ({id_list(yours)})",
+                            params,
+                        )
+                        changed = cursor.rowcount
+                    cursor.execute(
+                        f"DELETE FROM {f_table} WHERE {f_id} IN "
+                        f"({id_list(pk_ for pk_, _ in locked)})"
+                    )
+                    return changed
+                cursor.execute(
+                    f"UPDATE {table} SET {assignments} WHERE {pk} IN ({wanted}) "
+                    f"AND {status} = %s AND {lease} = %s "
+                    f"AND {pk} IN (SELECT {f_id} FROM {f_table} WHERE {f_token} = %s)",
+                    [*params, *held, token],
+                )
+                changed = cursor.rowcount
+                cursor.execute(
+                    f"DELETE FROM {f_table} WHERE {f_token} = %s AND {f_id} IN ({wanted})",
+                    [token],
+                )
+                return changed
 
     def claim(self, batch_size: int, lease_seconds: float, **options: Any) -> Claim:
         """Lease up to ``batch_size`` due rows, oldest first (see ``claiming.claim``)."""

@@ -54,10 +54,6 @@ LEASE_SHARE = 0.75
 MAX_PAUSE = 30.0
 #: Upper bound of the pause between two looks at an unreachable broker, seconds.
 MAX_KAFKA_PAUSE = 5.0
-#: While busy, a relay claims after the last id it took; at least this often (and
-#: whenever it catches up) it scans from the start again, for rows that became due
-#: behind it (retries, leases of a relay that died).
-FULL_SCAN_INTERVAL = 10.0
 #: A burst stops after this many looks at an unreachable broker.
 BURST_GIVE_UP = 3
 #: Seconds a stopping relay still waits for the acks of what it sent.
@@ -118,8 +114,6 @@ class Relay:
         self._broken: set[str] = set()
         self._kafka_failures = 0
         self._kafka_retry_at = 0.0
-        self._after: dict[str, int | None] = {}
-        self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
         # A burst takes what was due when it started: rows it fails back off until
         # after that moment, so it ends even while Kafka is down.
         self._due_by = timezone.now() if burst else None
@@ -252,26 +246,18 @@ class Relay:
             # left is too short to send it in. Give it back; take it afresh.
             self._give_back(batch)
             batch = self._submit_claim(alias).result()
-        # A full batch: more is probably waiting right after it. Otherwise scan from
-        # the start next time.
-        self._after[alias] = batch.rows[-1].id if len(batch) == self.batch_size else None
         return batch
 
     def _submit_claim(self, alias: str) -> Future[Claim]:
-        if time.monotonic() >= self._full_scan_at:
-            self._after.clear()
-            self._full_scan_at = time.monotonic() + FULL_SCAN_INTERVAL
-        return self.database_thread.submit(alias, self._take, alias, self._after.get(alias))
+        return self.database_thread.submit(alias, self._take, alias)
 
-    def _take(self, alias: str, after: int | None) -> Claim:
-        """On the database thread: lease a batch of ``alias`` after id ``after``."""
-        batch = claim(
-            alias, self.batch_size, self.lease_seconds, due_by=self._due_by, after_id=after
-        )
-        if not batch.rows and after is not None:
-            # caught up from the floor: look behind it at once
-            batch = claim(alias, self.batch_size, self.lease_seconds, due_by=self._due_by)
-        return batch
+    def _take(self, alias: str) -> Claim:
+        """On the database thread: lease the next batch of ``alias``, from its lowest due id.
+
+        Never from where the last batch ended: a row that commits late below that
+        floor would go out after a later row of its key (``claiming.claim``).
+        """
+        return claim(alias, self.batch_size, self.lease_seconds, due_by=self._due_by)
 
     def _give_back(self, batch: Claim) -> None:
         """Release a batch that was claimed and never sent: due at once, no attempt spent."""

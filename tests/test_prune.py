@@ -164,3 +164,20 @@ def test_gaps_in_the_ids_are_jumped():
     )
     assert OutboxMessage.objects.prune(cutoff, chunk=2) == 5
     assert not OutboxMessage.objects.exists()
+
+
+def test_stale_claim_fences_go_a_live_claim_keeps_its_own():
+    from django_outbox.claiming import claim, record_published
+    from django_outbox.fencing import ClaimFence
+
+    dead_relay, live = make_rows(2, "t")
+    claim("default", 1, 30)  # a relay that took the first row and died
+    ClaimFence.objects.filter(outbox_id=dead_relay.pk).update(
+        claimed_at=timezone.now() - datetime.timedelta(days=2)
+    )
+    batch = claim("default", 1, 30)
+    assert "would delete 1 stale claim fence(s)" in prune("--days", "0", "--dry-run")
+    assert "deleted 1 stale claim fence(s)" in prune("--days", "0")
+    # --days 0 does not take a fence younger than any lease: the live claim still writes back
+    assert list(ClaimFence.objects.values_list("outbox_id", flat=True)) == [live.pk]
+    assert record_published(batch, [live.pk]) == 1

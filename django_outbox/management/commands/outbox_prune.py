@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from django_outbox import fencing
 from django_outbox.attempts import FailedAttempt
 from django_outbox.management.worker import add_database_argument, database_aliases
 from django_outbox.models import OutboxMessage, Status
@@ -65,3 +66,7 @@ class Command(BaseCommand):
             else:
                 count = attempts.prune(cutoff)
             self.stdout.write(f"{alias}: {verb} {count} failed attempt(s) older than {days:g} days")
+            # Fence rows of relays that died (fencing.py); a live claim's are kept.
+            fences = fencing.stale(alias, cutoff)
+            count = fences.count() if options["dry_run"] else fences.delete()[0]
+            self.stdout.write(f"{alias}: {verb} {count} stale claim fence(s)")
