@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
@@ -19,6 +19,7 @@ from django.utils.functional import cached_property
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from . import buckets
 from .counting import COUNT_CAP, capped_count, table_estimate
 from .models import OutboxMessageQuerySet, Status
 from .status import oldest_due
@@ -83,6 +84,8 @@ class Summary:
     oldest_due_since: datetime.datetime | None = None
     oldest_due_id: int | None = None
     total_estimate: int | None = None
+    #: The live relays and the buckets of the key space each owns (``buckets``).
+    relays: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def oldest_due_age(self) -> datetime.timedelta | None:
@@ -133,4 +136,5 @@ def summary(queryset: OutboxMessageQuerySet, now: datetime.datetime | None = Non
     found = oldest_due(queryset, now)
     if found is not None:
         result.oldest_due_since, result.oldest_due_id = found
+    result.relays = [r for r in buckets.assignment(queryset.db, now) if r["alive"]]
     return result

@@ -26,7 +26,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 from django.utils import timezone
 
-from . import fencing
+from . import buckets, fencing
 from .backoff import retry_delay
 from .fencing import Fence
 from .fields import clip_error
@@ -74,6 +74,25 @@ class Claim:
         return OutboxMessage.objects.using(self.alias).all()
 
 
+@dataclass(frozen=True)
+class Owner:
+    """A relay that owns buckets of the key space (``buckets``): its name and lease cap."""
+
+    name: str
+    #: The earliest lease among its buckets (None: it owns none; keyless rows only).
+    lease_cap: datetime.datetime | None
+
+    def scope(self, rows: OutboxMessageQuerySet, now: datetime.datetime) -> OutboxMessageQuerySet:
+        """``rows`` without the keyed rows of buckets this relay does not own now."""
+        connection = connections[rows.db]
+        meta = OutboxMessage._meta
+        table = connection.ops.quote_name(meta.db_table)
+        topic, key = (str(meta.get_field(name).column) for name in ("topic", "message_key"))  # type: ignore[union-attr]
+        condition = buckets.owned_rows_sql(connection, table, topic, key)
+        now_value = meta.get_field("next_retry_at").get_db_prep_value(now, connection)
+        return rows.extra(where=[condition], params=[self.name, now_value])  # type: ignore[return-value]
+
+
 class Failure(NamedTuple):
     """A claimed row Kafka did not take."""
 
@@ -99,6 +118,7 @@ def claim(
     ids: Sequence[int] | None = None,
     due_by: datetime.datetime | None = None,
     now: datetime.datetime | None = None,
+    owner: Owner | None = None,
 ) -> Claim:
     """Lease up to ``batch_size`` due rows of ``alias`` (only among ``ids`` if given), oldest first.
 
@@ -115,6 +135,10 @@ def claim(
 
     Each claim draws a token (``Claim.token``) and writes a fence row per row it
     leased (``fencing``), in the same statement (PostgreSQL) or transaction.
+
+    ``owner``: a relay that shares the database with others by bucket (``buckets``):
+    only rows without a key, or of a bucket this relay still owns with a live lease
+    (checked in the claim's own statement), and a lease no later than the buckets'.
 
     On PostgreSQL, one statement (one round trip): ``UPDATE ... SET next_retry_at =
     <lease> WHERE id IN (SELECT id ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)
@@ -133,13 +157,20 @@ def claim(
     20,000 pending rows on PostgreSQL, against 12 ms).
     """
     now = now or timezone.now()
-    fence = Fence(lease_expiry(now, lease_seconds), fencing.new_token())
-    lease = fence.lease
+    lease = lease_expiry(now, lease_seconds)
+    if owner is not None and owner.lease_cap is not None:
+        # never past the buckets' lease: when they are free, every row is due again
+        lease = min(lease, owner.lease_cap.replace(microsecond=0))
+        if lease <= now:
+            return Claim(alias, lease, [])
+    fence = Fence(lease, fencing.new_token())
     due_by = min(due_by or now, now)
     manager = OutboxMessage.objects.using(alias)
     due = manager.due(due_by)
     if ids is not None:
         due = due.filter(pk__in=list(ids))
+    if owner is not None:
+        due = owner.scope(due, now)
     due = in_key_order(due, alias).order_by("id")
     if connections[alias].vendor == "postgresql":
         leased = _lease_returning(alias, due, batch_size, fence, now)
@@ -150,7 +181,8 @@ def claim(
         if locked:
             # The due() condition again: a no-op under row locks, and a guard for
             # any backend whose isolation would let a row slip between the two.
-            manager.due(due_by).with_ids(locked).update(next_retry_at=lease, updated_at=now)
+            again = manager.due(due_by) if owner is None else owner.scope(manager.due(due_by), now)
+            again.with_ids(locked).update(next_retry_at=lease, updated_at=now)
             held = manager.with_ids(locked).filter(status=Status.PENDING, next_retry_at=lease)
             rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
             fencing.hold(connections[alias], [row.id for row in rows], fence, now)

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 0.2,  # seconds between idle polls where no notification can come
     "STRICT_ORDER": False,  # True, or a list of event types: hold a key behind its failures
     "LEASE_SECONDS": 60,
+    "RELAY_BUCKETS": True,  # relays of one database share it by key (buckets.py)
     "RETRY_BACKOFF_BASE": 1.0,  # seconds before the first retry
     "RETRY_BACKOFF_MAX": 3600.0,  # cap of the exponential backoff, seconds
     "BATCH_SIZE": 500,
@@ -121,6 +122,10 @@ class OutboxSettings:
         """``True``/``False`` for every type, or the event types held in strict order."""
         value = self._get("STRICT_ORDER")
         return value if isinstance(value, bool) else frozenset(value or ())
+
+    @property
+    def relay_buckets(self) -> bool:
+        return bool(self._get("RELAY_BUCKETS"))
 
     @property
     def lease_seconds(self) -> float:

@@ -127,6 +127,12 @@ class _Metrics:
             ["database"],
             multiprocess_mode="mostrecent",
         )
+        self.buckets_owned = gauge(
+            f"{prefix}relay_buckets_owned",
+            "Buckets of the key space a relay owns (relay buckets; docs/relay.rst).",
+            ["database", "relay"],
+            multiprocess_mode="mostrecent",
+        )
         self.refreshed = gauge(
             f"{prefix}backlog_refreshed_timestamp_seconds",
             "When the backlog gauges were last refreshed (Unix time).",
@@ -218,6 +224,13 @@ def batch_recorded(claim: Claim) -> None:
     on = _on
     if on is not None:
         on.batch_duration.observe(time.monotonic() - claim.claimed_at)
+
+
+def buckets_owned(alias: str, relay: str, count: int) -> None:
+    """A relay's bucket count on ``alias`` after its last tick."""
+    on = _on
+    if on is not None:
+        on.buckets_owned.labels(alias, relay).set(count)
 
 
 def ordering_violation(topic: str) -> None:

@@ -684,5 +684,6 @@ class OutboxMessage(models.Model):
 
 
 from .attempts import FailedAttempt  # noqa: E402,F401
+from .buckets import RelayBucket, RelayMember  # noqa: E402,F401
 from .inbox import InboxEntry, RejectedRecord  # noqa: E402,F401
 from .ordering import ReleasedRow  # noqa: E402,F401

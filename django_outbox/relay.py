@@ -35,9 +35,9 @@ from typing import Any
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from . import kafka
+from . import buckets, kafka, metrics
 from .backoff import backoff_delay
-from .claiming import Claim, claim, release
+from .claiming import Claim, Owner, claim, release
 from .conf import outbox_settings
 from .dbthread import DatabaseThread
 from .delivery import InFlight, Sender, Settled, describe, prepare, write_back
@@ -123,6 +123,12 @@ class Relay:
         #: Rows whose outcome the last ``run_once`` settled.
         self.settled_last_turn = 0
         self.wakeup: Wakeup | None = None
+        #: This relay's name among the relays of its databases (``buckets``).
+        self.name = buckets.new_name()
+        #: Per database, this relay's share of the key space (``OUTBOX_RELAY_BUCKETS``).
+        self.coordinators: dict[str, buckets.Coordinator] = {}
+        self._tick_at = 0.0
+        self._warned_alone: set[str] = set()
 
     # ------------------------------------------------------------------ the loop
 
@@ -172,6 +178,7 @@ class Relay:
                 self._give_back_ahead()
                 self._record_unrecorded()
                 self._collect_writes(wait=True)
+                self._leave()
             self.sender.close(timeout=0 if forced else 5)
             if self._database_thread is not None:
                 self._database_thread.close(timeout=0 if forced else None)
@@ -195,6 +202,8 @@ class Relay:
         self._collect_writes()
         self._record_unrecorded()
         self.settled_last_turn = 0
+        if time.monotonic() >= self._tick_at:
+            self._coordinate()
         if not self._kafka_usable():
             self._settle_in_flight()
             self._give_back_ahead()
@@ -255,9 +264,83 @@ class Relay:
         """On the database thread: lease the next batch of ``alias``, from its lowest due id.
 
         Never from where the last batch ended: a row that commits late below that
-        floor would go out after a later row of its key (``claiming.claim``).
+        floor would go out after a later row of its key (``claiming.claim``). With
+        relay buckets, only the keyed rows of the buckets this relay owns.
         """
-        return claim(alias, self.batch_size, self.lease_seconds, due_by=self._due_by)
+        coordinator = self.coordinators.get(alias)
+        owner = None
+        if coordinator is not None and coordinator.enabled:
+            owner = Owner(self.name, coordinator.lease_cap(timezone.now()))
+        return claim(alias, self.batch_size, self.lease_seconds, due_by=self._due_by, owner=owner)
+
+    # ------------------------------------------------------------------ relay buckets
+
+    def _coordinate(self) -> None:
+        """Renew this relay's buckets, take its share, give back what is over it.
+
+        A bucket is given back only once nothing of this relay's is with Kafka or
+        claimed ahead: what was sent is settled and its write-back handed to the
+        database thread first, and the thread runs jobs in order, so the successor's
+        first claim sees every row of the bucket written back.
+        """
+        self._tick_at = time.monotonic() + buckets.TICK
+        if not outbox_settings.relay_buckets:
+            return
+        surplus: dict[str, int] = {}
+        for alias in self.databases:
+            if not self._database_usable(alias):
+                continue
+            coordinator = self.coordinators.get(alias)
+            if coordinator is None:
+                coordinator = buckets.Coordinator(alias, self.name, self.lease_seconds)
+                self.coordinators[alias] = coordinator
+            try:
+                tick = self.database_thread.submit(alias, coordinator.tick, greedy=self.burst)
+                over = tick.result()
+            except Exception:
+                self._database_failed(alias)
+                continue
+            if over:
+                surplus[alias] = over
+            self._warn_if_not_alone(coordinator)
+        if surplus:
+            self._settle_in_flight()
+            self._give_back_ahead()
+            for alias, over in surplus.items():
+                coordinator = self.coordinators[alias]
+                try:
+                    self.database_thread.submit(alias, coordinator.give_back, over).result()
+                except Exception:
+                    self._database_failed(alias)
+        for alias, coordinator in self.coordinators.items():
+            metrics.buckets_owned(alias, self.name, coordinator.holding.count)
+
+    def _warn_if_not_alone(self, coordinator: buckets.Coordinator) -> None:
+        if coordinator.enabled or coordinator.holding.members < 2:
+            return
+        if coordinator.alias in self._warned_alone:
+            return
+        self._warned_alone.add(coordinator.alias)
+        logger.warning(
+            "django_outbox.W090: %d relays run on the %s database %r: relays cannot share "
+            "it by key there, so rows of one key may leave out of order; run one relay",
+            coordinator.holding.members,
+            connections[coordinator.alias].vendor,
+            coordinator.alias,
+        )
+
+    def _leave(self) -> None:
+        """Give every bucket back and end the memberships (a clean stop)."""
+        for alias, coordinator in self.coordinators.items():
+            try:
+                self.database_thread.submit(alias, coordinator.leave).result(timeout=10)
+            except Exception:
+                logger.warning(
+                    "outbox relay: could not give back the buckets of %r; they are free "
+                    "when their lease runs out",
+                    alias,
+                    exc_info=True,
+                )
 
     def _give_back(self, batch: Claim) -> None:
         """Release a batch that was claimed and never sent: due at once, no attempt spent."""
@@ -405,7 +488,7 @@ class Relay:
     def _idle_wait(self) -> float:
         if self._kafka_failures:
             return max(self._kafka_retry_at - time.monotonic(), 0.05)
-        waits = [self.interval]
+        waits = [self.interval, max(self._tick_at - time.monotonic(), 0.05)]
         if self.wakeup is None or set(self.databases) - self.wakeup.listening:
             waits.append(outbox_settings.poll_interval)
         retry_at = [t for a, t in self._db_retry_at.items() if a not in self._broken]

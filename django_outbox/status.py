@@ -25,7 +25,7 @@ from django.db import connections
 from django.db.models import Count, F, Min
 from django.utils import timezone
 
-from . import counting
+from . import buckets, counting
 from .models import OutboxMessage, OutboxMessageQuerySet, Status
 
 #: Window of the "dead recently" figure, seconds.
@@ -99,6 +99,8 @@ class DatabaseStatus:
     dead_recently: int = 0
     published_older: int = 0
     published_older_than: float = 0.0  # seconds
+    #: The running relays and how many buckets of the key space each owns (``buckets``).
+    relays: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -148,6 +150,7 @@ def database_status(
     result.dead_recently = rows.dead().filter(updated_at__gte=recent).count()
     cutoff = now - datetime.timedelta(seconds=published_older_than)
     result.published_older = rows.published().filter(published_at__lt=cutoff).count()
+    result.relays = buckets.assignment(alias, now)
     return result
 
 
@@ -221,6 +224,10 @@ def render(db: DatabaseStatus) -> str:
         lines.append("  oldest due: none (nothing waits for the relay)")
     else:
         lines.append(f"  oldest due: #{db.oldest_due_id}, waiting {duration(db.oldest_due_age)}")
+    live = [relay for relay in db.relays if relay["alive"]]
+    if live:
+        owned = ", ".join(f"{relay['relay']} {relay['buckets']}" for relay in live)
+        lines.append(f"  relays: {len(live)} (buckets of {buckets.BUCKETS}: {owned})")
     if db.by_type is not None:
         lines.append("  by event type:")
         width = max((len(name) for name in db.by_type), default=0)

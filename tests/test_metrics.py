@@ -322,3 +322,20 @@ def test_a_command_turns_metrics_off_again_at_exit(relay_settings):
         assert metrics.enabled()
     finally:
         metrics.disable()
+
+
+@pytest.mark.django_db
+def test_buckets_owned_per_relay(metrics_on, vendor):
+    from django_outbox import buckets
+    from django_outbox.relay import Relay
+
+    if not buckets.supported(vendor):
+        pytest.skip("relay buckets need PostgreSQL or MariaDB")
+    relay = Relay()
+    try:
+        relay._coordinate()
+    finally:
+        relay._leave()  # the database thread's writes are outside the test's transaction
+        relay.database_thread.close()
+    name = "django_outbox_relay_buckets_owned"
+    assert value(name, database="default", relay=relay.name) == buckets.BUCKETS

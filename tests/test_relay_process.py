@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 from django.utils import timezone
 
+from django_outbox.buckets import RelayBucket
 from django_outbox.models import OutboxMessage
 from django_outbox.relay import Relay
 from tests.kafka_fixtures import read_topic, topic_record_count
@@ -132,8 +133,16 @@ def test_sigkill_mid_batch_loses_nothing(relay_settings, kafka_bootstrap):
     in_flight = row_event_ids(OutboxMessage.objects.in_flight(timezone.now()))
     assert OutboxMessage.objects.pending().exists()
 
-    # The killed relay's leases run out; a new relay takes its rows again.
-    wait_for(lambda: not OutboxMessage.objects.in_flight().exists(), 10, "the leases to expire")
+    # The killed relay's leases (its rows' and its buckets') run out; a new relay takes
+    # its rows again.
+    wait_for(
+        lambda: (
+            not OutboxMessage.objects.in_flight().exists()
+            and not RelayBucket.objects.filter(lease_until__gt=timezone.now()).exists()
+        ),
+        10,
+        "the leases to expire",
+    )
     Relay(burst=True).run()
 
     assert OutboxMessage.objects.published().count() == 2000

