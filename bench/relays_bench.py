@@ -53,9 +53,9 @@ def main() -> None:
     from django.test.utils import setup_databases, teardown_databases
 
     from django_outbox import buckets, kafka
-    from django_outbox.envelope import HEADER_OUTBOX_ID, Event
+    from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage, Status
-    from tests.kafka_fixtures import read_topic
+    from tests.kafka_fixtures import order_inversions, read_topic
     from tests.relay_support import database_url
 
     config = settings.DATABASES["default"]
@@ -171,15 +171,7 @@ def main() -> None:
         finally:
             stop(processes)
         records = read_topic(bootstrap, name, args.rows, timeout=60)
-        by_key: dict[bytes, list[int]] = defaultdict(list)
-        for record in records:
-            by_key[record.key].append(int(dict(record.headers)[HEADER_OUTBOX_ID]))
-        inversions = sum(
-            1
-            for ids in by_key.values()
-            for earlier, later in zip(ids, ids[1:], strict=False)
-            if later < earlier
-        )
+        inversions = order_inversions(records)
         return args.rows / seconds, inversions, len(records)
 
     try:

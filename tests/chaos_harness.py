@@ -25,7 +25,13 @@ from django.db import connection
 
 from django_outbox.models import OutboxMessage, Status
 from tests.chaos_support import EFFECT_TABLE, EVENT_TYPE, LEDGER_TABLE, read_ledger
-from tests.kafka_fixtures import read_topic, start_broker, stop_broker, topic_record_count
+from tests.kafka_fixtures import (
+    order_inversions,
+    read_topic,
+    start_broker,
+    stop_broker,
+    topic_record_count,
+)
 from tests.relay_support import database_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -214,23 +220,6 @@ class Interrupted(BaseException):
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-def order_inversions(records: list[Any]) -> int:
-    """First copies of records that reached their partition after a later row of the same
-    key (a writer's keys are its own and it commits in order, so id order is key order)."""
-    highest: dict[Any, int] = {}
-    seen: set[int] = set()
-    inversions = 0
-    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
-        pk = int(dict(record.headers).get("outbox_id", b"0") or 0)
-        if pk in seen:
-            continue
-        seen.add(pk)
-        if pk < highest.get(record.key, 0):
-            inversions += 1
-        highest[record.key] = max(highest.get(record.key, 0), pk)
-    return inversions
 
 
 @dataclass

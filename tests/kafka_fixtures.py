@@ -230,3 +230,21 @@ def kafka_broker_control(_kafka_outage_broker: int) -> Iterator[BrokerControl]:
         yield control
     finally:
         control.start()
+
+
+def order_inversions(records: list) -> int:
+    """First copies of records that reached their partition after a later row of the same
+    key (rows of one key are written in id order, so id order is key order); a duplicate
+    counts once."""
+    highest: dict[bytes | None, int] = {}
+    seen: set[int] = set()
+    inversions = 0
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        pk = int(dict(record.headers).get("outbox_id", b"0") or 0)
+        if pk in seen:
+            continue
+        seen.add(pk)
+        if pk < highest.get(record.key, 0):
+            inversions += 1
+        highest[record.key] = max(highest.get(record.key, 0), pk)
+    return inversions

@@ -11,7 +11,6 @@ import datetime
 import logging
 import threading
 import time
-from collections import defaultdict
 
 import pytest
 from django.db import connection
@@ -24,10 +23,9 @@ from hypothesis import strategies as st
 from django_outbox import buckets
 from django_outbox.buckets import BUCKETS, Coordinator, RelayBucket, RelayMember, bucket_of
 from django_outbox.claiming import Owner, claim
-from django_outbox.envelope import HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.relay import Relay
-from tests.kafka_fixtures import read_topic
+from tests.kafka_fixtures import order_inversions, read_topic
 
 from .relay_support import FAST_FAIL_PRODUCER, IGNORE_LEAKED_SOCKETS, make_rows, wait_for
 
@@ -260,15 +258,7 @@ def test_three_relays_share_the_keys_and_keep_each_keys_order(
     assert all(relay.delivered for relay in relays)  # they really shared the work
     assert sum(relay.delivered for relay in relays) == len(made)
     records = read_topic(kafka_bootstrap, kafka_topic, len(made))
-    by_key: dict[bytes, list[int]] = defaultdict(list)
-    for record in records:
-        by_key[record.key].append(int(dict(record.headers)[HEADER_OUTBOX_ID]))
-    inversions = sum(
-        1
-        for ids in by_key.values()
-        for earlier, later in zip(ids, ids[1:], strict=False)
-        if later < earlier
-    )
+    inversions = order_inversions(records)
     assert inversions == 0 and len(records) == len(made)
     assert not RelayBucket.objects.filter(owner__isnull=False).exists()  # all given back
     assert not RelayMember.objects.exists()
