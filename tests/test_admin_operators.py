@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -22,6 +22,7 @@ from django_outbox.admin_failures import error_group, group_failures
 from django_outbox.attempts import FailedAttempt
 from django_outbox.consumer import replay
 from django_outbox.envelope import Event
+from django_outbox.fencing import Fence, hold, new_token
 from django_outbox.inbox import (
     RejectedRecord,
     RejectionReason,
@@ -56,9 +57,13 @@ TRACEBACK = (
 )
 
 
-def leased(count: int, **fields) -> tuple[datetime.datetime, list[OutboxMessage]]:
-    lease = lease_expiry(timezone.now(), 60)
-    return lease, [make(next_retry_at=lease, **fields) for _ in range(count)]
+def leased(count: int, **fields) -> tuple[Fence, list[OutboxMessage]]:
+    """Rows leased by one claim: the lease in ``next_retry_at``, the claim's fence rows."""
+    now = timezone.now()
+    fence = Fence(lease_expiry(now, 60), new_token())
+    rows = [make(next_retry_at=fence.lease, **fields) for _ in range(count)]
+    hold(connection, [row.pk for row in rows], fence, now)
+    return fence, rows
 
 
 # --------------------------------------------------------------------------- failed attempts
