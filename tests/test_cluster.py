@@ -1,0 +1,218 @@
+"""The outbox on a real 3-node Kafka cluster (``scripts/kafka-local cluster``), through the
+real commands: ``outbox_topics --create`` with replication 3 and ``min.insync.replicas=2``,
+``outbox_relay`` as a subprocess while a node is SIGKILLed under load.
+
+PostgreSQL only (DATABASE_URL=postgres://...): CI runs them once, in its PostgreSQL run.
+The cluster is the ``kafka_cluster`` fixture's (tests/kafka_fixtures.py; KAFKA_CLUSTER_PORT,
+default 29092). Figures (how long a partition stopped while its leader moved) are printed.
+
+Run: DATABASE_URL=postgres://... .venv/bin/python -m pytest tests/test_cluster.py -s
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.management import CommandError, call_command
+from django.db import connections, transaction
+
+from django_outbox.envelope import HEADER_OUTBOX_ID
+from django_outbox.models import OutboxMessage, Status
+from django_outbox.publishing import publish_event
+from tests.kafka_fixtures import Cluster, delete_topic, read_topic, unique_topic_name
+from tests.relay_support import relay_process, wait_for
+
+ON_POSTGRESQL = django_settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.kafka,
+    pytest.mark.skipif(
+        not ON_POSTGRESQL,
+        reason="the cluster tests run on PostgreSQL only (DATABASE_URL=postgres://...), "
+        "once per CI run",
+    ),
+]
+
+
+def run(*args: str) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def cluster_topic(request, settings, kafka_cluster: Cluster) -> Iterator[str]:
+    """A new topic, the outbox's only one, created by ``outbox_topics --create`` with 3
+    partitions, replication 3 and min.insync.replicas=2; deleted afterwards."""
+    topic = unique_topic_name(request.node.name)
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_cluster.bootstrap
+    settings.OUTBOX_TOPICS = {}
+    settings.OUTBOX_DEFAULT_TOPIC = topic
+    out, err = run(
+        "outbox_topics", "--create", "--partitions", "3",
+        "--replication-factor", "3", "--min-insync-replicas", "2",
+    )  # fmt: skip
+    assert f"created {topic}" in out and err == ""
+    yield topic
+    delete_topic(kafka_cluster.bootstrap, topic)
+
+
+def test_topics_replicated_three_times_and_single_copies_warned(
+    settings, kafka_cluster, cluster_topic
+):
+    partitions = kafka_cluster.partitions(cluster_topic)
+    assert sorted(len(p["replica_nodes"]) for p in partitions.values()) == [3, 3, 3]
+    with pytest.raises(CommandError, match="--replication-factor 4 needs 4 brokers; the clus"):
+        run("outbox_topics", "--create", "--partitions", "1", "--replication-factor", "4")
+
+    single = unique_topic_name("single-copy")
+    settings.OUTBOX_TOPICS = {"cluster.single": single}
+    try:
+        _, err = run("outbox_topics", "--create", "--partitions", "1", "--replication-factor", "1")
+        assert f"warning: topic {single} has replication factor 1 on a cluster of 3 brokers" in err
+        assert cluster_topic not in err
+        with pytest.raises(CommandError, match="django_outbox.W050"):
+            run("check", "--deploy", "--fail-level", "WARNING", "--tag", "django_outbox")
+    finally:
+        delete_topic(kafka_cluster.bootstrap, single)
+
+
+class Publisher(threading.Thread):
+    """Publishes events (``publish_event`` in a transaction) at a steady rate, over a few
+    keys, until stopped."""
+
+    def __init__(self, rate: float, keys: int):
+        super().__init__(name="publisher", daemon=True)
+        self.rate, self.keys = rate, keys
+        self.stopping = threading.Event()
+        self.count = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        due = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                with transaction.atomic():
+                    key = f"key-{self.count % self.keys}"
+                    publish_event("cluster.tick", {"n": self.count}, key=key)
+                self.count += 1
+                due += 1 / self.rate
+                time.sleep(max(0.0, due - time.monotonic()))
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            connections.close_all()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(30)
+        if self.error:
+            raise self.error
+
+
+def gaps(times: list[datetime]) -> list[tuple[float, float]]:
+    """(start, end) epoch seconds of the gaps between consecutive ``times``."""
+    stamps = sorted(t.timestamp() for t in times)
+    return list(zip(stamps, stamps[1:], strict=False))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_partition_leader_killed_under_load(kafka_cluster, cluster_topic, tmp_path, capsys):
+    """SIGKILL the leader of partition 0 while the relay publishes 40 events/s, restart it:
+    records keep flowing once leadership moved, every row is published and in the topic
+    (acks=all from the in-sync replicas: nothing acknowledged is lost with the leader), none
+    dead, each key's records in outbox id order, the relay still running."""
+    cluster, topic = kafka_cluster, cluster_topic
+    log_path = tmp_path / "relay.log"
+    with open(log_path, "w") as log:
+        relay = relay_process("--interval", "0.1", bootstrap=cluster.bootstrap, output=log)
+    publisher = Publisher(rate=40, keys=12)
+    try:
+        try:
+            publisher.start()
+            published = OutboxMessage.objects.filter(status=Status.PUBLISHED)
+            wait_for(lambda: published.count() >= 80, 60, "the relay to publish 80 rows")
+            before = cluster.partitions(topic)
+            victim = before[0]["leader_id"]
+            led = sorted(p for p, info in before.items() if info["leader_id"] == victim)
+            killed_at = time.time()
+            cluster.kill(victim)
+            wait_for(lambda: cluster.leader(topic, 0) not in (victim, -1), 30, "a new leader")
+            moved_after = time.time() - killed_at
+            new_leader = cluster.leader(topic, 0)
+            time.sleep(max(0.0, 12 - moved_after))  # keep publishing on the two nodes left
+            restart_started = time.time()
+            cluster.restart(victim)
+            restarted = time.time() - restart_started
+            time.sleep(3)
+        finally:
+            publisher.stop()
+        rows = OutboxMessage.objects.all()
+        wait_for(lambda: not rows.filter(status=Status.PENDING).exists(), 60, "no row left pending")
+        assert relay.poll() is None, "the relay exited"
+    finally:
+        if relay.poll() is None:
+            relay.send_signal(signal.SIGTERM)
+        try:
+            code = relay.wait(30)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            code = relay.wait()
+        for node in sorted(cluster.down):  # a failed test leaves the cluster whole
+            cluster.restart(node)
+    relay_log = log_path.read_text()
+    assert code == 0, relay_log[-5000:]
+    total = publisher.count
+    assert rows.count() == total
+    assert not rows.filter(status=Status.DEAD).exists(), relay_log[-5000:]
+    assert rows.filter(status=Status.PUBLISHED).count() == total
+
+    records = read_topic(cluster.bootstrap, topic, total, timeout=60)
+    ids = [int(dict(r.headers)[HEADER_OUTBOX_ID]) for r in records]
+    expected = set(rows.values_list("pk", flat=True))
+    assert expected - set(ids) == set(), "rows published but not in the topic"
+    order_breaks = []
+    partition_of: dict[int, int] = {}
+    last_by_key: dict[tuple[int, bytes], int] = {}
+    seen: set[int] = set()
+    for record, pk in zip(records, ids, strict=True):
+        partition_of.setdefault(pk, record.partition)
+        if pk in seen:
+            continue
+        seen.add(pk)
+        slot = (record.partition, record.key)
+        if last_by_key.get(slot, 0) > pk:
+            order_breaks.append((record.partition, record.key, last_by_key[slot], pk))
+        last_by_key[slot] = pk
+    assert order_breaks == [], "same-key records out of outbox id order"
+
+    times: dict[int, list[datetime]] = defaultdict(list)
+    for pk, updated in rows.values_list("pk", "updated_at"):
+        times[partition_of[pk]].append(updated)
+    # the longest pause in the 30 s after the kill, on the partitions the dead node led;
+    # and, to compare, the longest one on the same partitions in the 5 s before it
+    after = [b - a for p in led for a, b in gaps(times[p]) if b > killed_at > a - 30]
+    pause = max(after, default=0.0)
+    calm = max(
+        (b - a for p in led for a, b in gaps(times[p]) if killed_at - 5 <= a and b <= killed_at),
+        default=0.0,
+    )
+    with capsys.disabled():
+        print(
+            f"\ncluster: killed node {victim} (leader of partition(s) {led}); partition 0's "
+            f"new leader: node {new_leader}, seen in metadata {moved_after:.1f} s after the "
+            f"kill; longest pause in publishing on those partitions in the 30 s after the "
+            f"kill: {pause:.1f} s (in the 5 s before: {calm:.1f} s); restart until back in "
+            f"sync: {restarted:.1f} s; {total} rows, {len(ids) - len(seen)} duplicate records"
+        )
