@@ -286,14 +286,15 @@ class Cluster:
         self._command("restart", str(node))
         self.down.discard(node)
 
+    def live_bootstrap(self) -> str:
+        """The addresses of the nodes that run."""
+        addresses = enumerate(self.bootstrap.split(","), start=1)
+        return ",".join(address for node, address in addresses if node not in self.down)
+
     def partitions(self, topic: str, timeout: float = 30) -> dict[int, dict]:
         """Partition index -> kafka-python's description (leader_id, replica_nodes, isr_nodes),
         asked of the nodes that run (retried while a node's death confuses the client)."""
-        live = [
-            address
-            for node, address in enumerate(self.bootstrap.split(","), start=1)
-            if node not in self.down
-        ]
+        live = self.live_bootstrap()
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -1,6 +1,7 @@
 """The outbox on a real 3-node Kafka cluster (``scripts/kafka-local cluster``), through the
-real commands: ``outbox_topics --create`` with replication 3 and ``min.insync.replicas=2``,
-``outbox_relay`` as a subprocess while a node is SIGKILLed under load.
+real commands: ``outbox_topics --create`` with replication 3 and ``min.insync.replicas=2``;
+``outbox_relay`` as a subprocess while the leader of a partition is SIGKILLed under load;
+``outbox_consume`` while its group's coordinator is SIGKILLed.
 
 PostgreSQL only (DATABASE_URL=postgres://...): CI runs them once, in its PostgreSQL run.
 The cluster is the ``kafka_cluster`` fixture's (tests/kafka_fixtures.py; KAFKA_CLUSTER_PORT,
@@ -28,6 +29,8 @@ from django.db import connections, transaction
 from django_outbox.envelope import HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.publishing import publish_event
+from testproject.chat.models import Conversation
+from tests.consumer_support import COUNTER, consumer_process, send_rows, unique_group
 from tests.kafka_fixtures import Cluster, delete_topic, read_topic, unique_topic_name
 from tests.relay_support import relay_process, wait_for
 
@@ -126,6 +129,17 @@ def gaps(times: list[datetime]) -> list[tuple[float, float]]:
     return list(zip(stamps, stamps[1:], strict=False))
 
 
+def stop(process: subprocess.Popen[str]) -> int:
+    """SIGTERM ``process`` (a worker's graceful stop); SIGKILL it after 30 s. Its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_partition_leader_killed_under_load(kafka_cluster, cluster_topic, tmp_path, capsys):
@@ -162,13 +176,7 @@ def test_partition_leader_killed_under_load(kafka_cluster, cluster_topic, tmp_pa
         wait_for(lambda: not rows.filter(status=Status.PENDING).exists(), 60, "no row left pending")
         assert relay.poll() is None, "the relay exited"
     finally:
-        if relay.poll() is None:
-            relay.send_signal(signal.SIGTERM)
-        try:
-            code = relay.wait(30)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            code = relay.wait()
+        code = stop(relay)
         for node in sorted(cluster.down):  # a failed test leaves the cluster whole
             cluster.restart(node)
     relay_log = log_path.read_text()
@@ -215,4 +223,68 @@ def test_partition_leader_killed_under_load(kafka_cluster, cluster_topic, tmp_pa
             f"kill; longest pause in publishing on those partitions in the 30 s after the "
             f"kill: {pause:.1f} s (in the 5 s before: {calm:.1f} s); restart until back in "
             f"sync: {restarted:.1f} s; {total} rows, {len(ids) - len(seen)} duplicate records"
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_group_coordinator_killed_while_consuming(kafka_cluster, cluster_topic, tmp_path, capsys):
+    """SIGKILL the node that coordinates ``outbox_consume``'s group (the leader of the one
+    ``__consumer_offsets`` partition) while records arrive, restart it: every event handled
+    exactly once (the handler counts, and is not idempotent), every row consumed, and the
+    consumer still running, then stopping with exit code 0."""
+    cluster, topic = kafka_cluster, cluster_topic
+    conversation = Conversation.objects.create(title="coordinator killed")
+    rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(600)]
+    group = unique_group()
+    log_path = tmp_path / "consumer.log"
+    with open(log_path, "w") as log:
+        consumer = consumer_process(
+            cluster.bootstrap, "--topic", topic, "--group", group, output=log
+        )
+    handled = Conversation.objects.filter(pk=conversation.pk)
+
+    def count() -> int:
+        return handled.values_list("message_count", flat=True)[0]
+
+    sender_error: list[BaseException] = []
+
+    def send_steadily() -> None:  # 600 records over ~30 s, as a relay would send them
+        try:
+            for start in range(0, len(rows), 20):
+                send_rows(cluster.live_bootstrap(), topic, rows[start : start + 20])
+                time.sleep(1)
+        except BaseException as exc:
+            sender_error.append(exc)
+
+    sender = threading.Thread(target=send_steadily, name="sender", daemon=True)
+    try:
+        sender.start()
+        wait_for(lambda: count() >= 60, 60, "the consumer to handle 60 events")
+        coordinator = cluster.leader("__consumer_offsets", 0)
+        killed_at = time.time()
+        handled_at_kill = count()
+        cluster.kill(coordinator)
+        wait_for(lambda: count() > handled_at_kill + 40, 60, "handling to go on")
+        resumed_after = time.time() - killed_at
+        time.sleep(max(0.0, 12 - resumed_after))
+        cluster.restart(coordinator)
+        sender.join(90)
+        assert not sender_error, sender_error
+        wait_for(lambda: count() >= len(rows), 60, "every event handled")
+        time.sleep(2)  # a duplicate handling would show now
+        assert consumer.poll() is None, "the consumer exited"
+    finally:
+        code = stop(consumer)
+        for node in sorted(cluster.down):
+            cluster.restart(node)
+    consumer_log = log_path.read_text()
+    assert code == 0, consumer_log[-5000:]
+    assert count() == len(rows), consumer_log[-5000:]
+    assert OutboxMessage.objects.consumed().count() == len(rows)
+    with capsys.disabled():
+        print(
+            f"\ncluster: killed node {coordinator} (the group coordinator) after "
+            f"{handled_at_kill} events; 40 more handled {resumed_after:.1f} s after the kill; "
+            f"{len(rows)} events handled once each"
         )
