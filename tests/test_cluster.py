@@ -288,3 +288,66 @@ def test_group_coordinator_killed_while_consuming(kafka_cluster, cluster_topic, 
             f"{handled_at_kill} events; 40 more handled {resumed_after:.1f} s after the kill; "
             f"{len(rows)} events handled once each"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_nothing_published_while_fewer_replicas_than_min_insync(
+    settings, kafka_cluster, tmp_path, capsys
+):
+    """acks=all, not acks=1: on a topic with 2 replicas and min.insync.replicas=2 whose
+    follower is SIGKILLed, the leader alone takes no write, so the relay marks no row
+    published (nor spends a retry: it waits for the acknowledgement) until the follower is
+    back in sync; then every row is published and in the topic."""
+    cluster = kafka_cluster
+    topic = unique_topic_name("min-insync")
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = cluster.bootstrap
+    settings.OUTBOX_TOPICS = {}
+    settings.OUTBOX_DEFAULT_TOPIC = topic
+    run(
+        "outbox_topics", "--create", "--partitions", "1",
+        "--replication-factor", "2", "--min-insync-replicas", "2",
+    )  # fmt: skip
+    log_path = tmp_path / "relay.log"
+    with open(log_path, "w") as log:
+        relay = relay_process("--interval", "0.1", bootstrap=cluster.bootstrap, output=log)
+    rows = OutboxMessage.objects.all()
+    try:
+        publish_event("cluster.tick", {"n": -1}, key="warm-up")
+        wait_for(lambda: not rows.filter(status=Status.PENDING).exists(), 60, "the warm-up")
+        (partition,) = cluster.partitions(topic).values()
+        follower = next(n for n in partition["replica_nodes"] if n != partition["leader_id"])
+        cluster.kill(follower)
+        wait_for(
+            lambda: len(cluster.partitions(topic)[0]["isr_nodes"]) == 1, 30, "the ISR to shrink"
+        )
+        for n in range(20):
+            publish_event("cluster.tick", {"n": n}, key=f"key-{n % 4}")
+        time.sleep(8)  # the relay tries, and retries
+        waiting = rows.filter(status=Status.PENDING)
+        assert waiting.count() == 20 and not rows.filter(status=Status.DEAD).exists()
+        # unacknowledged is not a failure of the rows: no retry spent on them
+        assert not waiting.filter(retry_count__gt=0).exists()
+        cluster.restart(follower)
+        restarted_at = time.time()
+        wait_for(lambda: not waiting.exists(), 60, "every row published once in sync")
+        published_after = time.time() - restarted_at
+        assert relay.poll() is None, "the relay exited"
+    finally:
+        code = stop(relay)
+        for node in sorted(cluster.down):
+            cluster.restart(node)
+    relay_log = log_path.read_text()
+    try:
+        assert code == 0, relay_log[-5000:]
+        assert rows.filter(status=Status.PUBLISHED).count() == 21
+        records = read_topic(cluster.bootstrap, topic, 21, timeout=30)
+        in_topic = {int(dict(r.headers)[HEADER_OUTBOX_ID]) for r in records}
+        assert in_topic == set(rows.values_list("pk", flat=True))
+        with capsys.disabled():
+            print(
+                "\ncluster: 20 rows held pending while 1 replica was in sync; published "
+                f"{published_after:.1f} s after the follower was back in sync"
+            )
+    finally:
+        delete_topic(cluster.bootstrap, topic)
