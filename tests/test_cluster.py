@@ -18,8 +18,11 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
+from typing import IO
 
 import pytest
 from django.conf import settings as django_settings
@@ -129,15 +132,29 @@ def gaps(times: list[datetime]) -> list[tuple[float, float]]:
     return list(zip(stamps, stamps[1:], strict=False))
 
 
-def stop(process: subprocess.Popen[str]) -> int:
-    """SIGTERM ``process`` (a worker's graceful stop); SIGKILL it after 30 s. Its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+@contextmanager
+def worker(
+    cluster: Cluster, log_path: Path, start: Callable[[IO[str]], subprocess.Popen[str]]
+) -> Iterator[subprocess.Popen[str]]:
+    """A worker subprocess (``start(log)``) logging to ``log_path``. On the way out it is
+    stopped with SIGTERM (SIGKILL after 30 s) and the cluster made whole again; a body that
+    succeeded also asserts the worker was still running, then exited 0."""
+    with open(log_path, "w") as log:
+        process = start(log)
     try:
-        return process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
+        yield process
+        assert process.poll() is None, f"the worker exited: {log_path.read_text()[-5000:]}"
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for node in sorted(cluster.down):
+            cluster.restart(node)
+    assert process.returncode == 0, log_path.read_text()[-5000:]
 
 
 @pytest.mark.slow
@@ -149,10 +166,13 @@ def test_partition_leader_killed_under_load(kafka_cluster, cluster_topic, tmp_pa
     dead, each key's records in outbox id order, the relay still running."""
     cluster, topic = kafka_cluster, cluster_topic
     log_path = tmp_path / "relay.log"
-    with open(log_path, "w") as log:
-        relay = relay_process("--interval", "0.1", bootstrap=cluster.bootstrap, output=log)
     publisher = Publisher(rate=40, keys=12)
-    try:
+    rows = OutboxMessage.objects.all()
+
+    def relay(log: IO[str]) -> subprocess.Popen[str]:
+        return relay_process("--interval", "0.1", bootstrap=cluster.bootstrap, output=log)
+
+    with worker(cluster, log_path, relay):
         try:
             publisher.start()
             published = OutboxMessage.objects.filter(status=Status.PUBLISHED)
@@ -172,15 +192,8 @@ def test_partition_leader_killed_under_load(kafka_cluster, cluster_topic, tmp_pa
             time.sleep(3)
         finally:
             publisher.stop()
-        rows = OutboxMessage.objects.all()
         wait_for(lambda: not rows.filter(status=Status.PENDING).exists(), 60, "no row left pending")
-        assert relay.poll() is None, "the relay exited"
-    finally:
-        code = stop(relay)
-        for node in sorted(cluster.down):  # a failed test leaves the cluster whole
-            cluster.restart(node)
     relay_log = log_path.read_text()
-    assert code == 0, relay_log[-5000:]
     total = publisher.count
     assert rows.count() == total
     assert not rows.filter(status=Status.DEAD).exists(), relay_log[-5000:]
@@ -238,10 +251,10 @@ def test_group_coordinator_killed_while_consuming(kafka_cluster, cluster_topic, 
     rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(600)]
     group = unique_group()
     log_path = tmp_path / "consumer.log"
-    with open(log_path, "w") as log:
-        consumer = consumer_process(
-            cluster.bootstrap, "--topic", topic, "--group", group, output=log
-        )
+
+    def consumer(log: IO[str]) -> subprocess.Popen[str]:
+        return consumer_process(cluster.bootstrap, "--topic", topic, "--group", group, output=log)
+
     handled = Conversation.objects.filter(pk=conversation.pk)
 
     def count() -> int:
@@ -258,7 +271,7 @@ def test_group_coordinator_killed_while_consuming(kafka_cluster, cluster_topic, 
             sender_error.append(exc)
 
     sender = threading.Thread(target=send_steadily, name="sender", daemon=True)
-    try:
+    with worker(cluster, log_path, consumer):
         sender.start()
         wait_for(lambda: count() >= 60, 60, "the consumer to handle 60 events")
         coordinator = cluster.leader("__consumer_offsets", 0)
@@ -273,14 +286,7 @@ def test_group_coordinator_killed_while_consuming(kafka_cluster, cluster_topic, 
         assert not sender_error, sender_error
         wait_for(lambda: count() >= len(rows), 60, "every event handled")
         time.sleep(2)  # a duplicate handling would show now
-        assert consumer.poll() is None, "the consumer exited"
-    finally:
-        code = stop(consumer)
-        for node in sorted(cluster.down):
-            cluster.restart(node)
-    consumer_log = log_path.read_text()
-    assert code == 0, consumer_log[-5000:]
-    assert count() == len(rows), consumer_log[-5000:]
+    assert count() == len(rows), log_path.read_text()[-5000:]
     assert OutboxMessage.objects.consumed().count() == len(rows)
     with capsys.disabled():
         print(
@@ -308,46 +314,42 @@ def test_nothing_published_while_fewer_replicas_than_min_insync(
         "outbox_topics", "--create", "--partitions", "1",
         "--replication-factor", "2", "--min-insync-replicas", "2",
     )  # fmt: skip
-    log_path = tmp_path / "relay.log"
-    with open(log_path, "w") as log:
-        relay = relay_process("--interval", "0.1", bootstrap=cluster.bootstrap, output=log)
+
+    def relay(log: IO[str]) -> subprocess.Popen[str]:
+        return relay_process("--interval", "0.1", bootstrap=cluster.bootstrap, output=log)
+
     rows = OutboxMessage.objects.all()
     try:
-        publish_event("cluster.tick", {"n": -1}, key="warm-up")
-        wait_for(lambda: not rows.filter(status=Status.PENDING).exists(), 60, "the warm-up")
-        (partition,) = cluster.partitions(topic).values()
-        follower = next(n for n in partition["replica_nodes"] if n != partition["leader_id"])
-        cluster.kill(follower)
-        wait_for(
-            lambda: len(cluster.partitions(topic)[0]["isr_nodes"]) == 1, 30, "the ISR to shrink"
-        )
-        for n in range(20):
-            publish_event("cluster.tick", {"n": n}, key=f"key-{n % 4}")
-        time.sleep(8)  # the relay tries, and retries
-        waiting = rows.filter(status=Status.PENDING)
-        assert waiting.count() == 20 and not rows.filter(status=Status.DEAD).exists()
-        # unacknowledged is not a failure of the rows: no retry spent on them
-        assert not waiting.filter(retry_count__gt=0).exists()
-        cluster.restart(follower)
-        restarted_at = time.time()
-        wait_for(lambda: not waiting.exists(), 60, "every row published once in sync")
-        published_after = time.time() - restarted_at
-        assert relay.poll() is None, "the relay exited"
-    finally:
-        code = stop(relay)
-        for node in sorted(cluster.down):
-            cluster.restart(node)
-    relay_log = log_path.read_text()
-    try:
-        assert code == 0, relay_log[-5000:]
+        with worker(cluster, tmp_path / "relay.log", relay):
+            publish_event("cluster.tick", {"n": -1}, key="warm-up")
+            wait_for(lambda: not rows.filter(status=Status.PENDING).exists(), 60, "the warm-up")
+            (partition,) = cluster.partitions(topic).values()
+            follower = next(n for n in partition["replica_nodes"] if n != partition["leader_id"])
+            cluster.kill(follower)
+            wait_for(
+                lambda: len(cluster.partitions(topic)[0]["isr_nodes"]) == 1,
+                30,
+                "the ISR to shrink",
+            )
+            for n in range(20):
+                publish_event("cluster.tick", {"n": n}, key=f"key-{n % 4}")
+            time.sleep(8)  # the relay tries, and retries
+            waiting = rows.filter(status=Status.PENDING)
+            assert waiting.count() == 20 and not rows.filter(status=Status.DEAD).exists()
+            # unacknowledged is not a failure of the rows: no retry spent on them
+            assert not waiting.filter(retry_count__gt=0).exists()
+            cluster.restart(follower)
+            restarted_at = time.time()
+            wait_for(lambda: not waiting.exists(), 60, "every row published once in sync")
+            published_after = time.time() - restarted_at
         assert rows.filter(status=Status.PUBLISHED).count() == 21
         records = read_topic(cluster.bootstrap, topic, 21, timeout=30)
         in_topic = {int(dict(r.headers)[HEADER_OUTBOX_ID]) for r in records}
         assert in_topic == set(rows.values_list("pk", flat=True))
-        with capsys.disabled():
-            print(
-                "\ncluster: 20 rows held pending while 1 replica was in sync; published "
-                f"{published_after:.1f} s after the follower was back in sync"
-            )
     finally:
         delete_topic(cluster.bootstrap, topic)
+    with capsys.disabled():
+        print(
+            "\ncluster: 20 rows held pending while 1 replica was in sync; published "
+            f"{published_after:.1f} s after the follower was back in sync"
+        )
