@@ -19,6 +19,8 @@ class OutboxConfig(AppConfig):
 
         for check in outbox_checks.ALL:
             checks.register(check, outbox_checks.TAG)
+        for check in outbox_checks.DEPLOY:
+            checks.register(check, outbox_checks.TAG, deploy=True)
         # Like admin.py for the admin: every installed app's events.py registers its handlers.
         autodiscover_modules("events", register_to=registry)
         metrics.enable_from_settings()

@@ -419,6 +419,39 @@ def check_kafka_client(**kwargs: Any) -> Messages:
     return messages
 
 
+def check_replication(**kwargs: Any) -> Messages:
+    """W050 (``check --deploy`` only: it asks the cluster, for 2 s at most): a topic the
+    outbox writes to has one copy on a cluster of several brokers. Silent when no broker
+    answers (``outbox_ready`` reports that)."""
+    from . import kafka
+    from .topics import SINGLE_COPY_FIX, implied_topics, single_copy_problem
+
+    names = implied_topics()
+    if not names:
+        return []
+    try:
+        admin = kafka.admin_client(timeout=2.0)
+    except Exception:
+        return []
+    try:
+        brokers = kafka.cluster_brokers(admin)
+        topics = kafka.describe_topics(admin, names)
+    except Exception:
+        return []
+    finally:
+        admin.close()
+    problems = [single_copy_problem(t.name, t.replication, brokers) for t in topics if t.exists]
+    return [
+        Warning(f"Outbox {problem}.", hint=SINGLE_COPY_FIX, id="django_outbox.W050")
+        for problem in problems
+        if problem
+    ]
+
+
+#: Checks that need the network: registered with ``deploy=True``, so that a plain
+#: ``manage.py check`` never waits for Kafka.
+DEPLOY: Sequence[Callable[..., Messages]] = (check_replication,)
+
 ALL: Sequence[Callable[..., Messages]] = (
     check_bootstrap_servers,
     check_databases,

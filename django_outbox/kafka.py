@@ -780,12 +780,20 @@ def describe_topics(admin: KafkaAdminClient, names: Sequence[str]) -> list[Topic
 
 
 def create_topics(
-    admin: KafkaAdminClient, names: Sequence[str], partitions: int, replication: int
+    admin: KafkaAdminClient,
+    names: Sequence[str],
+    partitions: int,
+    replication: int,
+    configs: dict[str, str] | None = None,
 ) -> None:
-    """Create ``names`` with ``partitions`` and ``replication``; wait until they are usable."""
-    admin.create_topics(
-        [NewTopic(name, partitions, replication) for name in names], wait_for_metadata=True
-    )
+    """Create ``names`` with ``partitions``, ``replication`` and topic ``configs`` (e.g.
+    ``min.insync.replicas``); wait until they are usable."""
+    options = {
+        "num_partitions": partitions,
+        "replication_factor": replication,
+        "configs": dict(configs or {}),
+    }
+    admin.create_topics({name: dict(options) for name in names}, wait_for_metadata=True)
 
 
 def cluster_brokers(admin: KafkaAdminClient) -> int:

@@ -114,9 +114,10 @@ def foreign_record(
 
 
 def consumer_process(
-    bootstrap: str, *args: str, env: dict[str, str] | None = None
+    bootstrap: str, *args: str, env: dict[str, str] | None = None, output: Any = subprocess.PIPE
 ) -> subprocess.Popen[str]:
-    """``manage.py outbox_consume`` on the test database, in tests/consumer_subprocess.py."""
+    """``manage.py outbox_consume`` on the test database, in tests/consumer_subprocess.py;
+    its output goes to a pipe, or to ``output`` (a file, for a long test)."""
     environment = dict(os.environ)
     environment.update(
         {
@@ -131,7 +132,7 @@ def consumer_process(
         [sys.executable, str(REPO_ROOT / "tests" / "consumer_subprocess.py"), *args],
         env=environment,
         cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )

@@ -14,16 +14,24 @@ Loaded from tests/conftest.py with ``pytest_plugins = ["tests.kafka_fixtures"]``
   survive); it is running again after each test. Point the code under test at ``.bootstrap``
   (e.g. with pytest-django's ``settings`` fixture). Started on first use, stopped at the end of
   the session if this session started it.
+- ``kafka_cluster`` (module): the 3-node cluster of ``scripts/kafka-local cluster`` (base port
+  KAFKA_CLUSTER_PORT, default 29092), a ``Cluster`` with ``.bootstrap``, ``.kill(n)``,
+  ``.restart(n)``, ``.leader(topic, partition)``. Held by one test module at a time across
+  pytest processes (a lock file); started on first use, stopped after the module if it started
+  it. Skipped when java is missing, unless OUTBOX_REQUIRE_CLUSTER=1 (CI): then it fails.
 - ``read_topic(bootstrap, topic, expected_count, timeout=30)``: read a topic from its start.
 - ``topic_record_count(bootstrap, topic)``: how many records a topic holds (sum of end offsets).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +40,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = REPO_ROOT / "scripts" / "kafka-local"
@@ -42,15 +51,17 @@ OUTAGE_PORT = int(os.environ.get("KAFKA_OUTAGE_PORT") or 19192)
 # --------------------------------------------------------------------------- scripts/kafka-local
 
 
-def _kafka_local(command: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def _kafka_local(
+    *args: str, port: int | None = None, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(extra_env or {})}
     if port is not None and str(port) != env.get("KAFKA_PORT", str(DEFAULT_PORT)):
         # another broker than the configured one: its own controller port and state dir
         env["KAFKA_PORT"] = str(port)
         env["KAFKA_CONTROLLER_PORT"] = str(port + 1)
         env.pop("KAFKA_STATE_DIR", None)
     return subprocess.run(
-        [sys.executable, str(KAFKA_LOCAL), command],
+        [sys.executable, str(KAFKA_LOCAL), *args],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -61,7 +72,7 @@ def _kafka_local(command: str, port: int | None = None) -> subprocess.CompletedP
 
 def start_broker(port: int | None = None) -> str:
     """Start (or reuse) the local broker; return its bootstrap address. Keeps existing data."""
-    result = _kafka_local("start", port)
+    result = _kafka_local("start", port=port)
     if result.returncode != 0:
         raise RuntimeError(
             f"scripts/kafka-local start failed (exit code {result.returncode}):\n"
@@ -72,14 +83,14 @@ def start_broker(port: int | None = None) -> str:
 
 def stop_broker(port: int | None = None) -> None:
     """Stop the local broker (no-op when it is not running)."""
-    result = _kafka_local("stop", port)
+    result = _kafka_local("stop", port=port)
     if result.returncode != 0:
         raise RuntimeError(f"scripts/kafka-local stop failed:\n{result.stdout}\n{result.stderr}")
 
 
 def broker_running(port: int | None = None) -> bool:
     """True when scripts/kafka-local runs a broker on that port."""
-    return _kafka_local("status", port).returncode == 0
+    return _kafka_local("status", port=port).returncode == 0
 
 
 # --------------------------------------------------------------------------- Kafka helpers
@@ -248,3 +259,103 @@ def order_inversions(records: list) -> int:
             inversions += 1
         highest[record.key] = max(highest.get(record.key, 0), pk)
     return inversions
+
+
+class Cluster:
+    """``scripts/kafka-local cluster``: three nodes, each broker and controller; node N is
+    Kafka's broker id N."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.bootstrap = ""
+        self.down: set[int] = set()  # nodes killed and not restarted yet
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return _kafka_local("cluster", *args, extra_env={"KAFKA_CLUSTER_PORT": str(self.port)})
+
+    def _command(self, *args: str) -> str:
+        """Run ``scripts/kafka-local cluster ARGS``; return its last stdout line."""
+        result = self._run(*args)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"scripts/kafka-local cluster {' '.join(args)} failed (exit code "
+                f"{result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
+        return (result.stdout.strip().splitlines() or [""])[-1]
+
+    def start(self) -> str:
+        self.bootstrap = self._command("start")
+        return self.bootstrap
+
+    def stop(self) -> None:
+        self._command("stop")
+
+    def running(self) -> bool:
+        """True when all three nodes run."""
+        return self._run("status").returncode == 0
+
+    def kill(self, node: int) -> None:
+        """SIGKILL node ``node``'s JVM."""
+        self._command("kill", str(node))
+        self.down.add(node)
+
+    def restart(self, node: int) -> None:
+        """Start node ``node`` again; return once it is back in sync."""
+        self._command("restart", str(node))
+        self.down.discard(node)
+
+    def live_bootstrap(self) -> str:
+        """The addresses of the nodes that run."""
+        addresses = enumerate(self.bootstrap.split(","), start=1)
+        return ",".join(address for node, address in addresses if node not in self.down)
+
+    def partitions(self, topic: str, timeout: float = 30) -> dict[int, dict]:
+        """Partition index -> kafka-python's description (leader_id, replica_nodes, isr_nodes),
+        asked of the nodes that run (retried while a node's death confuses the client)."""
+        live = self.live_bootstrap()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with KafkaAdminClient(
+                    bootstrap_servers=live, client_id="tests-admin", request_timeout_ms=5000
+                ) as admin:
+                    (described,) = admin.describe_topics([topic])
+                return {p["partition_index"]: p for p in described["partitions"]}
+            except KafkaError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def leader(self, topic: str, partition: int) -> int:
+        return int(self.partitions(topic)[partition]["leader_id"])
+
+
+def java_missing() -> str | None:
+    java_home = os.environ.get("JAVA_HOME")
+    if shutil.which("java") or (java_home and Path(java_home, "bin", "java").exists()):
+        return None
+    return "java is not installed: the cluster tests need a JDK 17+ (scripts/kafka-local)"
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster() -> Iterator[Cluster]:
+    """The 3-node cluster (see the module docstring)."""
+    problem = java_missing()
+    if problem:
+        if os.environ.get("OUTBOX_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"{problem} (OUTBOX_REQUIRE_CLUSTER=1 makes this a failure)")
+        pytest.skip(problem)
+    cluster = Cluster(int(os.environ.get("KAFKA_CLUSTER_PORT") or 29092))
+    lock_path = Path(tempfile.gettempdir(), f"django-outbox-kafka-cluster-{cluster.port}.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            started_here = not cluster.running()
+            cluster.start()
+            try:
+                yield cluster
+            finally:
+                if started_here:
+                    cluster.stop()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

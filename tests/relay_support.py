@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from django.db import connections
 
@@ -127,9 +128,10 @@ def database_url(alias: str = "default") -> str:
 
 
 def relay_process(
-    *args: str, bootstrap: str, env: dict[str, str] | None = None
+    *args: str, bootstrap: str, env: dict[str, str] | None = None, output: Any = subprocess.PIPE
 ) -> subprocess.Popen[str]:
-    """Start ``manage.py outbox_relay`` on the test database in a subprocess."""
+    """Start ``manage.py outbox_relay`` on the test database in a subprocess; its output
+    goes to a pipe, or to ``output`` (a file: a long test that does not read the pipe)."""
     environment = dict(os.environ)
     environment.update(
         {
@@ -145,7 +147,7 @@ def relay_process(
         [sys.executable, str(REPO_ROOT / "testproject" / "manage.py"), "outbox_relay", *args],
         env=environment,
         cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )

@@ -143,3 +143,41 @@ def test_a_handler_annotated_against_its_kind_is_a_warning():
     assert "drop batch=True" in messages["django_outbox.W060"].hint
     assert "check.many" in messages["django_outbox.W061"].msg
     assert "add batch=True" in messages["django_outbox.W061"].hint
+
+
+@pytest.mark.parametrize(
+    ("brokers", "replication", "warned"), [(3, 1, True), (3, 3, False), (1, 1, False)]
+)
+def test_single_copy_topic_on_a_cluster_is_a_deploy_warning(
+    monkeypatch, settings, brokers, replication, warned
+):
+    from django_outbox import kafka
+
+    settings.OUTBOX_TOPICS = {}
+    settings.OUTBOX_DEFAULT_TOPIC = "orders"
+    admin = type("Admin", (), {"close": lambda self: None})()
+    monkeypatch.setattr(kafka, "admin_client", lambda timeout: admin)
+    monkeypatch.setattr(kafka, "cluster_brokers", lambda admin: brokers)
+    monkeypatch.setattr(
+        kafka, "describe_topics", lambda admin, names: [kafka.TopicInfo("orders", 3, replication)]
+    )
+    assert "django_outbox.W050" not in outbox_ids()  # a plain check never asks Kafka
+    deploy = {m.id: m for m in run_checks(tags=["django_outbox"], include_deployment_checks=True)}
+    assert ("django_outbox.W050" in deploy) is warned
+    if warned:
+        assert (
+            "topic orders has replication factor 1 on a cluster of 3"
+            in deploy["django_outbox.W050"].msg
+        )
+
+
+def test_the_deploy_check_is_silent_when_no_broker_answers(monkeypatch, settings):
+    from django_outbox import kafka
+
+    def unreachable(timeout: float) -> None:
+        assert timeout <= 2.0  # `check --deploy` must not hang on a dead cluster
+        raise kafka.KafkaTimeoutError("no broker")
+
+    monkeypatch.setattr(kafka, "admin_client", unreachable)
+    messages = run_checks(tags=["django_outbox"], include_deployment_checks=True)
+    assert "django_outbox.W050" not in {m.id for m in messages}

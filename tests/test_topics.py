@@ -74,6 +74,25 @@ def test_create_needs_both_numbers(topics):
         run("outbox_topics", "--partitions", "0")
 
 
+def test_replication_checked_against_the_brokers(topics):
+    chat, default = topics
+    with pytest.raises(CommandError, match="--replication-factor 2 needs 2 brokers; the cluster"):
+        run("outbox_topics", "--create", "--partitions", "1", "--replication-factor", "2")
+    with pytest.raises(CommandError, match="--min-insync-replicas 2 exceeds --replication-fa"):
+        run(
+            "outbox_topics", "--create", "--partitions", "1",
+            "--replication-factor", "1", "--min-insync-replicas", "2",
+        )  # fmt: skip
+    out, _ = run("outbox_topics")
+    assert table(out) == {chat: ["missing"], default: ["missing"]}  # nothing was created
+    out, err = run(
+        "outbox_topics", "--create", "--partitions", "1",
+        "--replication-factor", "1", "--min-insync-replicas", "1",
+    )  # fmt: skip
+    assert table(out) == {chat: ["1", "1"], default: ["1", "1"]}
+    assert err == ""  # one copy on a single broker: nothing to warn about
+
+
 def test_no_topic_configured(settings):
     settings.OUTBOX_TOPICS = {}
     settings.OUTBOX_DEFAULT_TOPIC = None
