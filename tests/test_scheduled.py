@@ -90,6 +90,18 @@ def test_bad_times_write_nothing(when, message):
     assert not OutboxMessage.objects.exists()
 
 
+def test_without_use_tz_an_aware_time_is_made_local(settings):
+    from django_outbox.publishing import _not_before
+
+    settings.USE_TZ = False
+    now = timezone.now()  # naive, local
+    aware = timezone.make_aware(now + datetime.timedelta(hours=1), datetime.timezone.utc)
+    held = _not_before(now, aware, None)
+    assert held is not None and timezone.is_naive(held)
+    assert held == scheduled_time(now, timezone.make_naive(aware))
+    assert _not_before(now, now + datetime.timedelta(hours=1), None) is not None  # naive: fine
+
+
 def test_a_rollback_takes_the_scheduled_row_with_it():
     with pytest.raises(RuntimeError), transaction.atomic():
         publish_event(TYPE, {}, delay=datetime.timedelta(seconds=30))

@@ -24,6 +24,7 @@ from .framework import (
     TaskResult,
     TaskResultDoesNotExist,
     TaskResultStatus,
+    set_return_value,
     task_enqueued,
 )
 
@@ -161,5 +162,5 @@ def to_result(record: TaskRecord, task: Task | None = None) -> TaskResult:
         errors=[TaskError(**error) for error in record.errors],
         worker_ids=list(record.worker_ids),
     )
-    object.__setattr__(result, "_return_value", record.return_value)
+    set_return_value(result, record.return_value)
     return result

@@ -7,7 +7,7 @@ an invalid task, gets one name here. The type checker reads Django 6's (django-s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from django.tasks import TaskResultStatus, exceptions, task, task_backends
@@ -21,6 +21,15 @@ else:
         from django.tasks.base import Task, TaskContext, TaskError, TaskResult
         from django.tasks.signals import task_enqueued, task_finished, task_started
     except ImportError:
+        try:
+            import django_tasks  # noqa: F401
+        except ImportError as exc:
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                "django_outbox.tasks needs Django's Tasks framework: Django 6's django.tasks, "
+                'or on Django 5.2 the backport: pip install "django-outbox[tasks]"'
+            ) from exc
         from django_tasks import TaskResultStatus, exceptions, task, task_backends
         from django_tasks.backends.base import BaseTaskBackend
         from django_tasks.base import Task, TaskContext, TaskError, TaskResult
@@ -31,6 +40,14 @@ InvalidTask: type[Exception] = (
     vars(exceptions).get("InvalidTask") or vars(exceptions)["InvalidTaskError"]
 )
 TaskResultDoesNotExist = exceptions.TaskResultDoesNotExist
+
+
+def set_return_value(result: TaskResult, value: Any) -> None:
+    """Give a stored result its return value. The one private name used: both frameworks
+    keep it in the frozen dataclass's ``_return_value`` (read by ``return_value``;
+    tests/test_tasks.py reads it back through the public property)."""
+    object.__setattr__(result, "_return_value", value)
+
 
 __all__ = [
     "BaseTaskBackend",
@@ -46,4 +63,5 @@ __all__ = [
     "task_enqueued",
     "task_finished",
     "task_started",
+    "set_return_value",
 ]
