@@ -825,4 +825,5 @@ def _history_message(verb: str, row: OutboxMessage) -> str:
     return gettext("Key released (strict order).")
 
 
-from . import admin_inbox  # noqa: E402,F401  (the consumer's tables)
+# The consumer's tables; the results of tasks (django_outbox.tasks).
+from . import admin_inbox, admin_tasks  # noqa: E402,F401

@@ -11,6 +11,7 @@ import uuid
 import pytest
 from django.db import transaction
 from django.test import override_settings
+from django.urls import reverse
 from django.utils import timezone
 
 from django_outbox.envelope import Event
@@ -127,6 +128,31 @@ def test_an_unknown_result_does_not_exist():
     for result_id in (str(uuid.uuid4()), "not-a-uuid"):
         with pytest.raises(TaskResultDoesNotExist):
             backend.get_result(result_id)
+
+
+def test_outbox_tasks_modules_are_discovered_only_with_the_backend(settings):
+    from django_outbox.apps import uses_outbox_tasks
+
+    assert uses_outbox_tasks()
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.dummy.DummyBackend"}}
+    assert not uses_outbox_tasks()
+
+
+def test_the_admin_shows_a_result(admin_client):
+    result = task_functions.add.enqueue(1, 2)
+    TaskRecord.objects.filter(pk=result.id).update(
+        status="FAILED",
+        errors=[{"exception_class_path": "builtins.RuntimeError", "traceback": "<boom>"}],
+    )
+    listing = admin_client.get(reverse("admin:django_outbox_taskrecord_changelist"))
+    assert result.id in listing.content.decode()
+    page = admin_client.get(reverse("admin:django_outbox_taskrecord_change", args=[result.id]))
+    html = page.content.decode()
+    assert page.status_code == 200 and "builtins.RuntimeError" in html
+    assert "&lt;boom&gt;" in html  # escaped
+    row = OutboxMessage.objects.get()
+    assert reverse("admin:django_outbox_outboxmessage_change", args=[row.pk]) in html
+    assert "&quot;args&quot;" in html  # the arguments, pretty-printed and escaped
 
 
 # ------------------------------------------------------- through the relay and the consumer
