@@ -464,6 +464,8 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     # Operators' transitions (the admin's actions). Rows a relay holds are left alone.
     # ``last_error`` stays what it was: who did what is in the admin's LogEntry history.
+    # (Except ``cancel_scheduled``: a scheduled row has no error, and a dead row needs a
+    # reason the Go side can read.)
 
     def retryable(self, now: datetime.datetime) -> OutboxMessageQuerySet:
         """The rows ``retry_now`` changes: dead, due or backing-off pending."""
