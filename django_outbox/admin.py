@@ -51,16 +51,19 @@ HISTORY_ROWS = 50
 
 STATE_LABELS = {
     "ready": _("ready"),
+    "scheduled": _("scheduled"),
     "backing_off": _("backing off"),
     "in_flight": _("in flight"),
 }
 
 
 def pending_state(message: OutboxMessage, now: datetime.datetime) -> str | None:
-    """Which of ready / backing_off / in_flight a pending row is in (None if not pending).
+    """Which of ready / scheduled / backing_off / in_flight a pending row is in (None if
+    not pending).
 
-    The same rule as ``OutboxMessageQuerySet.due()/in_flight()/backing_off()``: a
-    relay's lease ends on a whole second, a backoff never does.
+    The same rule as ``OutboxMessageQuerySet.due()/in_flight()/scheduled()/backing_off()``:
+    a relay's lease ends on a whole second, a backoff or a scheduled time never does; a
+    scheduled row was never tried and has no error.
     """
     if message.status != Status.PENDING:
         return None
@@ -69,6 +72,8 @@ def pending_state(message: OutboxMessage, now: datetime.datetime) -> str | None:
         return "ready"
     if moment.microsecond == 0:
         return "in_flight"
+    if message.retry_count == 0 and message.last_error is None:
+        return "scheduled"
     return "backing_off"
 
 
@@ -140,7 +145,7 @@ _MAIN_FIELDS = (
 _TIME_FIELDS = (("created_text", "published_text"), ("consumed_text", "updated_text"))
 _ALL_FIELDS = [name for pair in _MAIN_FIELDS + _TIME_FIELDS for name in pair]
 #: Columns an action reads to say in the history what a row was.
-_LOGGED = ("pk", "event_type", "status", "retry_count", "max_retry")
+_LOGGED = ("pk", "event_type", "status", "retry_count", "max_retry", "next_retry_at")
 
 
 class OutboxMedia:
@@ -181,7 +186,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER  # a count per filter choice reads the whole table
     paginator = OutboxPaginator
     list_per_page = 100
-    actions = ("retry_now", "give_up", "redeliver", "release_key")
+    actions = ("retry_now", "give_up", "send_now", "cancel_scheduled", "redeliver", "release_key")
     fieldsets = (
         (None, {"fields": _MAIN_FIELDS}),
         (_("Timeline"), {"fields": _TIME_FIELDS}),
@@ -197,6 +202,8 @@ class OutboxMessageAdmin(admin.ModelAdmin):
     give_up_permission = "give_up_outboxmessage"
     redeliver_permission = "redeliver_outboxmessage"
     release_key_permission = "release_key_outboxmessage"
+    send_now_permission = "send_now_outboxmessage"
+    cancel_permission = "cancel_outboxmessage"
 
     # -- access -----------------------------------------------------------------
 
@@ -227,6 +234,12 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     def has_release_key_permission(self, request: HttpRequest) -> bool:
         return self._has(request, self.release_key_permission)
+
+    def has_send_now_permission(self, request: HttpRequest) -> bool:
+        return self._has(request, self.send_now_permission)
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return self._has(request, self.cancel_permission)
 
     def has_redeliver_permission(self, request: HttpRequest) -> bool:
         return self._has(request, self.redeliver_permission)
@@ -680,6 +693,68 @@ class OutboxMessageAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
 
+    @admin.action(permissions=["send_now"], description=_("Send now (scheduled messages)"))
+    def send_now(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
+        """Scheduled rows become due now; their retry budget is not touched."""
+        now = timezone.now()
+        changed = self._apply(
+            request, queryset.scheduled(now), lambda q: q.send_now(now), now, "send_now"
+        )
+        self._report(
+            request,
+            changed,
+            ngettext(
+                "%(count)d scheduled message will be sent now.",
+                "%(count)d scheduled messages will be sent now.",
+                changed,
+            ),
+            gettext(
+                "No message was sent now: only scheduled messages (pending, not due yet, "
+                "never tried) can be."
+            ),
+        )
+
+    @admin.action(permissions=["cancel"], description=_("Cancel (scheduled messages: mark dead)"))
+    def cancel_scheduled(self, request: HttpRequest, queryset: OutboxMessageQuerySet) -> None:
+        """Scheduled rows become dead, "cancelled by <user>"; in strict order their keys
+        are released at once (a cancelled event holds back nothing)."""
+        now = timezone.now()
+        who = str(request.user)
+        error = gettext("cancelled by %(user)s (admin)") % {"user": who}
+        before = set(queryset.scheduled(now).values_list("pk", flat=True))
+        changed = self._apply(
+            request,
+            queryset.scheduled(now),
+            lambda q: q.cancel_scheduled(now, error),
+            now,
+            "cancel",
+        )
+        if changed and outbox_settings.strict_order is not False:
+            cancelled = queryset.filter(
+                pk__in=before, status=Status.DEAD, updated_at=truncate_to_millis(now)
+            )
+            release_keys(cancelled, queryset.db, who)
+        self._report(
+            request,
+            changed,
+            ngettext(
+                "%(count)d scheduled message was cancelled (now dead).",
+                "%(count)d scheduled messages were cancelled (now dead).",
+                changed,
+            ),
+            gettext(
+                "No message was cancelled: only scheduled messages (pending, not due yet, "
+                "never tried) can be."
+            ),
+        )
+
+    def _report(self, request: HttpRequest, changed: int, done: str, nothing: str) -> None:
+        """``done`` (with ``%(count)d``) as a success when rows changed, else ``nothing``."""
+        if changed:
+            self.message_user(request, done % {"count": changed}, messages.SUCCESS)
+        else:
+            self.message_user(request, nothing, messages.WARNING)
+
     @admin.action(
         permissions=["redeliver"],
         description=_("Deliver again: re-run handlers of published or consumed messages"),
@@ -739,7 +814,16 @@ def _history_message(verb: str, row: OutboxMessage) -> str:
         return gettext("Given up (was %(status)s, %(retries)d/%(max)d retries).") % was
     if verb == "redeliver":
         return gettext("Delivery requested again (was %(status)s).") % was
+    if verb == "send_now":
+        return gettext("Sent now (was scheduled for %(at)s).") % {
+            "at": long_time(row.next_retry_at)
+        }
+    if verb == "cancel":
+        return gettext("Cancelled (was scheduled for %(at)s).") % {
+            "at": long_time(row.next_retry_at)
+        }
     return gettext("Key released (strict order).")
 
 
-from . import admin_inbox  # noqa: E402,F401  (the consumer's tables)
+# The consumer's tables; the results of tasks (django_outbox.tasks).
+from . import admin_inbox, admin_tasks  # noqa: E402,F401

@@ -97,6 +97,7 @@ class Summary:
 #: (filter value, label, css class) of the states the summary counts, in display order.
 SUMMARY_STATES = (
     ("ready", gettext_lazy("ready"), "ready"),
+    ("scheduled", gettext_lazy("scheduled"), "scheduled"),
     ("backing_off", gettext_lazy("backing off"), "backing-off"),
     ("in_flight", gettext_lazy("in flight"), "in-flight"),
     ("published", gettext_lazy("published"), "published"),
@@ -111,6 +112,8 @@ def state_queryset(
     """Narrow ``queryset`` to one operator state (the values of ``StateFilter``)."""
     if state == "ready":
         return queryset.due(now)
+    if state == "scheduled":
+        return queryset.scheduled(now)
     if state == "backing_off":
         return queryset.backing_off(now)
     if state == "in_flight":

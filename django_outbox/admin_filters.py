@@ -21,7 +21,8 @@ RECENT_ROWS = 10_000
 
 
 class StateFilter(admin.SimpleListFilter):
-    """The states operators think in; ``pending`` splits into ready, backing off, in flight."""
+    """The states operators think in; ``pending`` splits into ready, scheduled, backing off,
+    in flight."""
 
     title = _("state")
     parameter_name = "state"

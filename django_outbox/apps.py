@@ -1,9 +1,20 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.conf import settings
 from django.core import checks
 from django.utils.module_loading import autodiscover_modules
 from django.utils.translation import gettext_lazy as _
+
+
+def uses_outbox_tasks() -> bool:
+    """Whether a backend of ``settings.TASKS`` is ``django_outbox.tasks.OutboxBackend``."""
+    backends = getattr(settings, "TASKS", None) or {}
+    return any(
+        str(config.get("BACKEND", "")).startswith("django_outbox.tasks")
+        for config in backends.values()
+        if isinstance(config, dict)
+    )
 
 
 class OutboxConfig(AppConfig):
@@ -23,4 +34,8 @@ class OutboxConfig(AppConfig):
             checks.register(check, outbox_checks.TAG, deploy=True)
         # Like admin.py for the admin: every installed app's events.py registers its handlers.
         autodiscover_modules("events", register_to=registry)
+        if uses_outbox_tasks():
+            # Declaring a task on OutboxBackend registers the handler that runs it
+            # (django_outbox/tasks/running.py): the consumer needs every task declared.
+            autodiscover_modules("tasks")
         metrics.enable_from_settings()

@@ -52,7 +52,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 #: Seconds a handler or a relay batch takes.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 #: The derived states of ``django_outbox_backlog_rows`` (see ``status.py``).
-BACKLOG_STATES = ("ready", "backing_off", "in_flight", "dead")
+BACKLOG_STATES = ("ready", "scheduled", "backing_off", "in_flight", "dead")
 
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,79}(?=:|$)")
 
@@ -331,6 +331,7 @@ def refresh_backlog(aliases: Sequence[str], now: datetime.datetime | None = None
         rows = OutboxMessage.objects.using(alias)
         counts = {
             "ready": rows.due(now).count(),
+            "scheduled": rows.scheduled(now).count(),
             "backing_off": rows.backing_off(now).count(),
             "in_flight": rows.in_flight(now).count(),
             "dead": rows.dead().count(),

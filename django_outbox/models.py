@@ -63,6 +63,20 @@ def retry_time(now: datetime.datetime, delay: float) -> datetime.datetime:
     return moment
 
 
+#: A pending row's "scheduled" marks (with a future ``next_retry_at`` not on a whole second).
+_SCHEDULED = Q(retry_count=0, last_error__isnull=True)
+
+
+def scheduled_time(now: datetime.datetime, at: datetime.datetime) -> datetime.datetime | None:
+    """When a row published at ``now`` for ``at`` is due: ``None`` (now) if ``at`` is not
+    later than ``now``, else ``at`` at millisecond precision and never on a whole second
+    (a whole second is a relay's lease, see ``lease_expiry``)."""
+    moment = truncate_to_millis(at)
+    if moment.microsecond == 0:
+        moment += datetime.timedelta(milliseconds=1)
+    return moment if moment > now else None
+
+
 def _whole_second() -> TruncSecond:
     # Truncated in UTC, whatever TIME_ZONE says: in another zone PostgreSQL truncates
     # the local time and the result never equals the stored lease.
@@ -88,9 +102,23 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         )
 
     def backing_off(self, now: datetime.datetime | None = None) -> OutboxMessageQuerySet:
-        """Pending rows waiting for their retry window after a failure."""
+        """Pending rows waiting for their retry window after a failure (not ``scheduled``)."""
         now = now or timezone.now()
-        return self.filter(status=Status.PENDING, next_retry_at__gt=now).exclude(
+        return (
+            self.filter(status=Status.PENDING, next_retry_at__gt=now)
+            .exclude(next_retry_at=_whole_second())
+            .exclude(_SCHEDULED)
+        )
+
+    def scheduled(self, now: datetime.datetime | None = None) -> OutboxMessageQuerySet:
+        """Pending rows published for later (``publish_event(deliver_at=...)``), not yet due.
+
+        Like a backoff, never a whole second; unlike one, never tried and no error:
+        ``retry_count = 0`` and ``last_error IS NULL`` (a failure sets both, a relay
+        giving a row back later sets ``last_error``).
+        """
+        now = now or timezone.now()
+        return self.filter(_SCHEDULED, status=Status.PENDING, next_retry_at__gt=now).exclude(
             next_retry_at=_whole_second()
         )
 
@@ -436,6 +464,8 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
 
     # Operators' transitions (the admin's actions). Rows a relay holds are left alone.
     # ``last_error`` stays what it was: who did what is in the admin's LogEntry history.
+    # (Except ``cancel_scheduled``: a scheduled row has no error, and a dead row needs a
+    # reason the Go side can read.)
 
     def retryable(self, now: datetime.datetime) -> OutboxMessageQuerySet:
         """The rows ``retry_now`` changes: dead, due or backing-off pending."""
@@ -454,6 +484,26 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
         """pending rows no relay holds -> dead."""
         return (self.due(now) | self.backing_off(now)).update(
             status=Status.DEAD, next_retry_at=None, updated_at=now
+        )
+
+    def hold_until(self, pk: int, at: datetime.datetime) -> int:
+        """pending, just written -> scheduled: not due before ``at`` (see ``scheduled_time``).
+
+        ``publish_event(deliver_at=...)``, in the transaction of the ``INSERT``.
+        """
+        return self.filter(pk=pk, status=Status.PENDING, retry_count=0).update(next_retry_at=at)
+
+    def send_now(self, now: datetime.datetime) -> int:
+        """scheduled -> pending, due now; the retry budget is left as it is (unspent)."""
+        due = truncate_to_millis(now)
+        if due.microsecond == 0:
+            due -= datetime.timedelta(milliseconds=1)
+        return self.scheduled(now).update(next_retry_at=due, updated_at=now)
+
+    def cancel_scheduled(self, now: datetime.datetime, error: str) -> int:
+        """scheduled -> dead, with ``error`` (who cancelled) in ``last_error``."""
+        return self.scheduled(now).update(
+            status=Status.DEAD, next_retry_at=None, last_error=clip_error(error), updated_at=now
         )
 
     def deliver_again(self, now: datetime.datetime) -> int:
@@ -662,6 +712,8 @@ class OutboxMessage(models.Model):
             ("give_up_outboxmessage", _("Can give up outbox messages (mark dead)")),
             ("redeliver_outboxmessage", _("Can deliver published or consumed messages again")),
             ("release_key_outboxmessage", _("Can release the key a dead message holds")),
+            ("send_now_outboxmessage", _("Can send scheduled outbox messages now")),
+            ("cancel_outboxmessage", _("Can cancel scheduled outbox messages")),
         ]
         indexes = [
             models.Index(
@@ -687,3 +739,4 @@ from .attempts import FailedAttempt  # noqa: E402,F401
 from .buckets import RelayBucket, RelayMember  # noqa: E402,F401
 from .inbox import InboxEntry, RejectedRecord  # noqa: E402,F401
 from .ordering import ReleasedRow  # noqa: E402,F401
+from .task_results import TaskRecord  # noqa: E402,F401

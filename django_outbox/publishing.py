@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils import timezone
 
 from . import compat, tracing, wakeup
 from .conf import outbox_settings
 from .envelope import RESERVED_HEADERS, Event
 from .exceptions import ImproperlyConfiguredOutbox, InvalidEvent
-from .models import OutboxMessage
+from .models import OutboxMessage, scheduled_time
 from .topics import topic_problem
 
 EVENT_TYPE_MAX = 64
@@ -29,6 +33,8 @@ def publish_event(
     using: str | None = None,
     max_retry: int | None = None,
     version: int = 1,
+    deliver_at: datetime.datetime | None = None,
+    delay: datetime.timedelta | None = None,
 ) -> OutboxMessage:
     """Write ``data`` as a ``pending`` event of ``event_type`` and return the new row.
 
@@ -37,6 +43,10 @@ def publish_event(
     commits or rolls back with the business data. Everything is validated first:
     bad input raises ``InvalidEvent`` (or ``ImproperlyConfiguredOutbox`` when no
     topic is configured) and writes nothing.
+
+    ``deliver_at`` (an aware datetime) or ``delay`` (a ``timedelta``), not both,
+    schedules the event: the row waits ``pending`` until then and no relay sends it
+    earlier (docs/scheduling.rst). A time that is not in the future means now.
     """
     alias = using or outbox_settings.database or DEFAULT_DB_ALIAS
     if alias not in connections:
@@ -91,6 +101,8 @@ def publish_event(
         raise InvalidEvent(f"max_retry must be a non-negative integer, not {max_retry!r}")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InvalidEvent(f"version must be a positive integer, not {version!r}")
+    now = timezone.now()
+    not_before = _not_before(now, deliver_at, delay)
 
     event = Event(
         event_type=event_type,
@@ -106,18 +118,51 @@ def publish_event(
         raise InvalidEvent(f"data of {event_type!r} cannot be serialised to JSON: {exc}") from exc
 
     wake = outbox_settings.wake_relay
-    message = OutboxMessage.objects.using(alias).create_pending(
-        event_type=event_type,
-        topic=topic,
-        message_key=key,
-        payload=payload,
-        max_retry=max_retry,
-        notify=wake,
-    )
+    rows = OutboxMessage.objects.using(alias)
+    # A scheduled row is inserted and held in one transaction: no relay sees it due.
+    with transaction.atomic(using=alias) if not_before else contextlib.nullcontext():
+        message = rows.create_pending(
+            event_type=event_type,
+            topic=topic,
+            message_key=key,
+            payload=payload,
+            max_retry=max_retry,
+            notify=wake,
+        )
+        if not_before:
+            rows.hold_until(message.pk, not_before)
+            message.next_retry_at = not_before
     if wake and connections[alias].vendor != "postgresql":
         # PostgreSQL's NOTIFY (sent with the row) reaches this process's relays too.
         _wake_relay_at_commit(alias)
     return message
+
+
+def _not_before(
+    now: datetime.datetime,
+    deliver_at: datetime.datetime | None,
+    delay: datetime.timedelta | None,
+) -> datetime.datetime | None:
+    """When a scheduled event is due (``None``: now); ``InvalidEvent`` on bad input."""
+    if deliver_at is not None and delay is not None:
+        raise InvalidEvent("pass deliver_at or delay, not both")
+    if delay is not None:
+        if not isinstance(delay, datetime.timedelta):
+            raise InvalidEvent(f"delay must be a datetime.timedelta, not {delay!r}")
+        return scheduled_time(now, now + delay)
+    if deliver_at is None:
+        return None
+    if not isinstance(deliver_at, datetime.datetime):
+        raise InvalidEvent(f"deliver_at must be a datetime.datetime, not {deliver_at!r}")
+    if settings.USE_TZ:
+        if timezone.is_naive(deliver_at):
+            raise InvalidEvent(
+                f"deliver_at {deliver_at.isoformat()} has no time zone: pass an aware "
+                "datetime (timezone.now() + timedelta(...), or datetime(..., tzinfo=...))"
+            )
+    elif timezone.is_aware(deliver_at):
+        deliver_at = timezone.make_naive(deliver_at)
+    return scheduled_time(now, deliver_at)
 
 
 def _wake_relay_at_commit(alias: str) -> None:

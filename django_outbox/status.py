@@ -90,7 +90,7 @@ class DatabaseStatus:
     statuses: dict[str, int] = field(default_factory=dict)
     #: False when ``statuses["consumed"]`` is an estimate (more than ``COUNT_CAP`` rows).
     consumed_exact: bool = True
-    #: Pending rows split by what happens next: ready, backing_off, in_flight.
+    #: Pending rows split by what happens next: ready, scheduled, backing_off, in_flight.
     pending: dict[str, int] = field(default_factory=dict)
     #: {event type: {status: count}}, with ``by_type`` only.
     by_type: dict[str, dict[str, int]] | None = None
@@ -139,6 +139,7 @@ def database_status(
     result.statuses.update(counted)  # a status the Go side wrote that we do not know
     result.pending = {
         "ready": rows.due(now).count(),
+        "scheduled": rows.scheduled(now).count(),
         "backing_off": rows.backing_off(now).count(),
         "in_flight": rows.in_flight(now).count(),
     }
@@ -210,7 +211,8 @@ def render(db: DatabaseStatus) -> str:
     lines = [
         f"{db.alias} ({db.vendor}): {'' if db.consumed_exact else 'about '}{db.total:,} row(s)",
         f"  pending    {db.statuses.get(Status.PENDING, 0):>12,}   ready {pending['ready']:,}, "
-        f"backing off {pending['backing_off']:,}, in flight {pending['in_flight']:,}",
+        f"scheduled {pending['scheduled']:,}, backing off {pending['backing_off']:,}, "
+        f"in flight {pending['in_flight']:,}",
         f"  published  {db.statuses.get(Status.PUBLISHED, 0):>12,}   "
         f"{db.published_older:,} published more than {duration(db.published_older_than)} ago",
         f"  consumed   {consumed_text(db):>12}",

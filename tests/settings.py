@@ -54,3 +54,6 @@ for alias, config in DATABASES.items():
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False}
 OUTBOX_DEFAULT_TOPIC = "outbox.test"
+
+# django_outbox.tasks: tests/task_functions.py declares its tasks on this backend.
+TASKS = {"default": {"BACKEND": "django_outbox.tasks.OutboxBackend"}}

@@ -118,6 +118,8 @@ def test_pending_state_follows_the_lease_and_backoff_rule():
     row.next_retry_at = lease_expiry(now, 30)
     assert pending_state(row, now) == "in_flight"
     row.next_retry_at = retry_time(now, 30)
+    assert pending_state(row, now) == "scheduled"  # never tried, no error
+    row.retry_count, row.last_error = 1, "boom"
     assert pending_state(row, now) == "backing_off"
     row.status = Status.DEAD
     assert pending_state(row, now) is None
@@ -137,6 +139,7 @@ def test_list_shows_every_row_with_badges_and_summary(admin_client, rows):
     counts = {box.state: box.count for box in response.context["outbox_summary"].counts}
     assert counts == {
         "ready": 1,
+        "scheduled": 0,
         "backing_off": 1,
         "in_flight": 1,
         "published": 1,

@@ -143,7 +143,7 @@ def test_the_backlog_gauges_count_each_state(metrics_on):
     ready = make_rows(4, "t")
     backing_off, in_flight, dead = make_rows(3, "t")
     OutboxMessage.objects.filter(pk=backing_off.pk).update(
-        next_retry_at=now + datetime.timedelta(seconds=30, milliseconds=500)
+        retry_count=1, next_retry_at=now + datetime.timedelta(seconds=30, milliseconds=500)
     )
     OutboxMessage.objects.filter(pk=in_flight.pk).update(next_retry_at=lease_expiry(now, 60))
     OutboxMessage.objects.filter(pk=dead.pk).update(status=Status.DEAD)
@@ -156,7 +156,7 @@ def test_the_backlog_gauges_count_each_state(metrics_on):
         state: value("django_outbox_backlog_rows", database="default", state=state)
         for state in metrics.BACKLOG_STATES
     }
-    assert states == {"ready": 4, "backing_off": 1, "in_flight": 1, "dead": 1}
+    assert states == {"ready": 4, "scheduled": 0, "backing_off": 1, "in_flight": 1, "dead": 1}
     age = value("django_outbox_oldest_due_age_seconds", database="default")
     assert 3599 <= age <= 3601
     assert value("django_outbox_backlog_refreshed_timestamp_seconds", database="default") > 0

@@ -54,7 +54,7 @@ def rows() -> dict[str, OutboxMessage]:
 def test_counts_per_status_and_pending_state(rows):
     db = database_status("default")
     assert db.statuses == {"pending": 5, "published": 2, "consumed": 1, "dead": 2}
-    assert db.pending == {"ready": 3, "backing_off": 1, "in_flight": 1}
+    assert db.pending == {"ready": 3, "scheduled": 0, "backing_off": 1, "in_flight": 1}
     assert db.total == 10
     assert db.dead_recently == 1
     assert db.published_older == 1
@@ -82,7 +82,7 @@ def test_published_threshold_is_an_option(rows):
 def test_human_output(rows):
     text = status()
     assert text.startswith(f"default ({connections['default'].vendor}): 10 row(s)")
-    assert "ready 3, backing off 1, in flight 1" in text
+    assert "ready 3, scheduled 0, backing off 1, in flight 1" in text
     assert "1 in the last hour" in text
     assert f"oldest due: #{rows['ready_old'].pk}, waiting 10 min" in text
 

@@ -1,0 +1,140 @@
+"""The consumer's side of ``OutboxBackend``: the handler that runs a task once.
+
+Each task declared on an ``OutboxBackend`` gets a handler for its event type in the
+outbox's registry (``backend.validate_task``). The consumer calls it in the
+transaction that marks the row ``consumed`` (docs/consumer.rst): the task's own
+writes to that database, its result and the row commit together, once.
+
+A task that raises is ``FAILED`` at once and its row ``consumed``: its writes are
+rolled back (a savepoint), the error is recorded, it is not run again (as with
+Django's ``ImmediateBackend``; enqueue it again to retry). Database errors that
+lose the connection (``OperationalError``, ``InterfaceError``) are not the task's
+outcome: they propagate, and the consumer retries the same record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from ..attempts import worker_name
+from ..conf import outbox_settings
+from ..consumer.database import DATABASE_ERRORS
+from ..registry import registry
+from ..task_results import TaskRecord, TaskStatus
+from .framework import (
+    Task,
+    TaskContext,
+    task_backends,
+    task_finished,
+    task_started,
+)
+
+if TYPE_CHECKING:
+    from ..envelope import Event
+
+logger = logging.getLogger("django_outbox.tasks")
+
+
+class TaskHandler:
+    """The handler of one task's events (named after the task, for the registry)."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.__module__ = task.func.__module__
+        self.__qualname__ = task.func.__qualname__
+
+    def __call__(self, event: Event) -> None:
+        run(self.task, event)
+
+
+def register(event_type: str, task: Task) -> None:
+    """Make ``task`` run for the events of ``event_type`` (again: the same name, no error)."""
+    registry.register(event_type, TaskHandler(task))
+
+
+def _arguments(data: Any) -> tuple[list[Any], dict[str, Any]] | None:
+    if not isinstance(data, dict) or set(data) - {"args", "kwargs"}:
+        return None
+    args, kwargs = data.get("args", []), data.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        return None
+    return args, kwargs
+
+
+def run(task: Task, event: Event) -> None:
+    """Run ``task`` for ``event`` unless its result is final already; record the outcome."""
+    from .backend import OutboxBackend, to_result
+
+    backend = task_backends[task.backend]
+    alias = backend.database if isinstance(backend, OutboxBackend) else outbox_settings.database
+    now = timezone.now()
+    records = TaskRecord.objects.using(alias)
+    record = records.select_for_update().filter(pk=str(event.event_id)).first()
+    if record is None:  # enqueued by another service, straight into the table
+        record = records.create(
+            id=str(event.event_id),
+            task_path=task.module_path,
+            event_type=event.event_type,
+            backend=task.backend,
+            enqueued_at=event.occurred_at,
+        )
+    if record.status in (TaskStatus.SUCCESSFUL, TaskStatus.FAILED):
+        return  # delivered again after its outcome committed (another consumer group)
+    record.status = TaskStatus.RUNNING
+    record.started_at = record.last_attempted_at = now
+    record.worker_ids = [*record.worker_ids, worker_name()]
+    arguments = _arguments(event.data)
+    if arguments is not None:
+        record.args, record.kwargs = arguments
+    result = to_result(record)
+    task_started.send(type(backend), task_result=result)
+    try:
+        if arguments is None:
+            raise ValueError(
+                f"the data of task event {event.event_id} must be "
+                f'{{"args": [...], "kwargs": {{...}}}}, not {event.data!r}'
+            )
+        with transaction.atomic(using=alias):
+            if task.takes_context:
+                value = task.call(TaskContext(task_result=result), *record.args, **record.kwargs)
+            else:
+                value = task.call(*record.args, **record.kwargs)
+            record.return_value = _json_value(value, task)
+    except DATABASE_ERRORS:
+        raise
+    except Exception as exc:
+        record.status = TaskStatus.FAILED
+        record.errors = [
+            *record.errors,
+            {
+                "exception_class_path": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "traceback": "".join(traceback.format_exception(exc)),
+            },
+        ]
+        logger.warning(
+            "task %s (result %s) failed: %s",
+            task.module_path,
+            record.pk,
+            exc,
+            extra={"event_id": str(event.event_id)},
+        )
+    else:
+        record.status = TaskStatus.SUCCESSFUL
+    record.finished_at = timezone.now()
+    record.save(using=alias)
+    task_finished.send(type(backend), task_result=to_result(record))
+
+
+def _json_value(value: Any, task: Task) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the return value of task {task.module_path!r} is not a JSON value: {exc}"
+        ) from exc
