@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('django_outbox', '0008_claim_fence'),
+        ('django_outbox', '0009_relay_buckets'),
     ]
 
     operations = [
