@@ -74,3 +74,17 @@ def producer_client(request, relay_settings):
     asks for it runs on both."""
     relay_settings.OUTBOX_KAFKA_CLIENT = request.param
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_left_over(request):
+    """A transactional test starts with no relay membership or bucket left by an earlier
+    test: a relay's database thread commits its own, outside a test's transaction."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None or not marker.kwargs.get("transaction"):
+        return
+    request.getfixturevalue("transactional_db")
+    from django_outbox.buckets import RelayBucket, RelayMember
+
+    RelayMember.objects.all().delete()
+    RelayBucket.objects.all().delete()

@@ -324,7 +324,7 @@ def test_a_command_turns_metrics_off_again_at_exit(relay_settings):
         metrics.disable()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the relay's database thread commits its own
 def test_buckets_owned_per_relay(metrics_on, vendor):
     from django_outbox import buckets
     from django_outbox.relay import Relay
