@@ -86,6 +86,11 @@ class _Metrics:
         self.rejected = counter(
             f"{prefix}rejected", "Records kept as rejected (RejectedRecord).", ["reason"]
         )
+        self.on_commit_failed = counter(
+            f"{prefix}on_commit_failed",
+            "Callbacks a handler registered with transaction.on_commit() that raised.",
+            ["event_type"],
+        )
         self.ordering_violations = counter(
             f"{prefix}ordering_violations",
             "Records handled after a later record of their key (ordering detector).",
@@ -231,6 +236,12 @@ def buckets_owned(alias: str, relay: str, count: int) -> None:
     on = _on
     if on is not None:
         on.buckets_owned.labels(alias, relay).set(count)
+
+
+def on_commit_failed(event_type: str) -> None:
+    on = _on
+    if on is not None:
+        on.on_commit_failed.labels(event_type).inc()
 
 
 def ordering_violation(topic: str) -> None:

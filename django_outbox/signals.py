@@ -29,6 +29,11 @@ timestamp), ``reason`` the ``RejectionReason`` of a rejected record (empty other
     The handler raised; the event will be delivered again.
 ``event_dead(group, record, error)``
     The handler raised and the row ran out of retries.
+``on_commit_failed(events, alias, error)``
+    A callback a handler registered with ``transaction.on_commit()`` raised after its
+    chunk committed (``events``: the ``Event`` list of that handler call; ``error``: the
+    exception). The event stays consumed; the other callbacks still ran. Sent with
+    ``sender`` ``"consumer"``, from the committing thread.
 ``record_rejected(group, record, error, reason)``
     A record nobody can handle (malformed, without headers, of an unknown event type,
     or an inbox event that kept failing): it is stored as a ``RejectedRecord``.
@@ -52,6 +57,7 @@ event_failed = Signal()
 event_dead = Signal()
 event_consumed = Signal()
 record_rejected = Signal()
+on_commit_failed = Signal()
 
 
 def send(signal: Signal, sender: Any, **arguments: Any) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from django.db import connections, transaction
 from django.db.transaction import TransactionManagementError
 
-from .. import metrics, tracing
+from .. import compat, metrics, signals, tracing
 from ..conf import outbox_settings
 from ..envelope import Event
 from ..inbox import RejectedRecord, RejectionReason
@@ -81,7 +81,11 @@ def _run(registration: Registration, events: list[Event], alias: str) -> Excepti
     """Call the user's handler: the only place that does. What it raised, or None.
 
     A batch handler gets ``events`` (a list of its own), any other the one event.
+    The ``transaction.on_commit()`` callbacks it registers are isolated
+    (``_isolate_on_commit``): one that raises at commit does not cancel the others.
     """
+    connection = connections[alias]
+    hooks_before = compat.on_commit_count(connection)
     try:
         with (
             tracing.consuming(events, alias),
@@ -94,6 +98,10 @@ def _run(registration: Registration, events: list[Event], alias: str) -> Excepti
                 registration.func(events[0])
     except Exception as exc:
         return exc
+    finally:
+        compat.wrap_on_commit_callbacks(
+            connection, hooks_before, lambda func: _isolate_on_commit(func, events, alias)
+        )
     if transaction.get_rollback(using=alias):
         # It caught a database error without a savepoint: nothing it wrote can commit.
         return TransactionManagementError(
@@ -102,6 +110,40 @@ def _run(registration: Registration, events: list[Event], alias: str) -> Excepti
             "transaction.atomic()"
         )
     return None
+
+
+def _isolate_on_commit(
+    func: Callable[[], object], events: Sequence[Event], alias: str
+) -> Callable[[], None]:
+    """``func`` as a callback that never raises into Django's commit.
+
+    Django runs a transaction's on-commit callbacks in order and stops at the first
+    that raises; the chunk holds the callbacks of many events, so one event's failing
+    callback (an SMTP server down) would cancel the callbacks of the events after it,
+    whose effects are committed. The event stays consumed: the callback runs after
+    its effects committed, it is not a handler failure.
+    """
+
+    def isolated() -> None:
+        try:
+            func()
+        except Exception as exc:
+            ids = ", ".join(str(event.event_id) for event in events)
+            logger.error(
+                "outbox consumer: an on_commit callback of %s (event %s, database %r) "
+                "raised; the event stays consumed, the other callbacks still run",
+                events[0].event_type,
+                ids,
+                alias,
+                exc_info=True,
+                extra={"event_ids": ids, "event_type": events[0].event_type},
+            )
+            metrics.on_commit_failed(events[0].event_type)
+            signals.send(
+                signals.on_commit_failed, "consumer", events=list(events), alias=alias, error=exc
+            )
+
+    return isolated
 
 
 class Handling:

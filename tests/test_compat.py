@@ -1,0 +1,39 @@
+"""The private APIs compat.py touches, pinned to the Django versions we support."""
+
+from __future__ import annotations
+
+import django
+import pytest
+from django.db import connection, transaction
+
+from django_outbox import compat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_django_is_a_version_whose_on_commit_list_we_know():
+    # (savepoint ids, callable, robust) entries in connection.run_on_commit: Django 4.2-5.2
+    assert (4, 2) <= django.VERSION[:2] <= (6, 0), django.VERSION
+
+
+def test_wrapping_keeps_order_savepoints_and_robust():
+    ran: list[str] = []
+    with transaction.atomic():
+        transaction.on_commit(lambda: ran.append("before"))
+        start = compat.on_commit_count(connection)
+        transaction.on_commit(lambda: ran.append("a"), robust=True)
+        try:
+            with transaction.atomic():
+                transaction.on_commit(lambda: ran.append("rolled back"))
+                raise ValueError
+        except ValueError:
+            pass
+        transaction.on_commit(lambda: ran.append("b"))
+        hooks = compat.on_commit_callbacks(connection)
+        assert [robust for _, _, robust in hooks[start:]] == [True, False]
+
+        def wrap(func):
+            return lambda: ran.append("wrapped") or func()
+
+        assert compat.wrap_on_commit_callbacks(connection, start, wrap) == 2
+    assert ran == ["before", "wrapped", "a", "wrapped", "b"]
