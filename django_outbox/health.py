@@ -7,12 +7,23 @@ broker is down (every pause between attempts, at most 30 s). A worker stuck insi
 one turn (a handler that never returns, a hung database call) stops touching it,
 and a probe that checks the file's age restarts it (see docs/operations.rst).
 
+The file is empty while all is well. A consumer the broker refuses (an ACL missing,
+see docs/consumer.rst, "Errors from the broker") keeps touching it, since a restart
+would not help, and writes what blocks it into it, one ``name=value`` per line::
+
+    blocked_by=TopicAuthorizationFailedError
+    blocked_since=2026-01-01T12:00:00+00:00
+
+A probe that only checks the file's age sees no difference; one that wants to alert
+on a blocked consumer checks for ``blocked_by=``.
+
 Readiness, whether the database and the broker answer, is a different question:
 ``manage.py outbox_ready``.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -32,13 +43,36 @@ class HealthFile:
         self.min_interval = min_interval
         self._touched_at: float | None = None
         self._failing = False
+        self._state = ""
+        self._written: str | None = None  # None: a file left by an earlier run is rewritten
+
+    def set_blocked(self, error: str | None, since: float | None = None) -> None:
+        """Say in the file what blocks the worker (an error's name, a Unix time), or nothing."""
+        if error is None:
+            self._state = ""
+            return
+        when = datetime.datetime.fromtimestamp(since or time.time(), datetime.UTC)
+        self._state = f"blocked_by={error}\nblocked_since={when.isoformat(timespec='seconds')}\n"
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self._state)
 
     def __call__(self) -> None:
         now = time.monotonic()
-        if self._touched_at is not None and now - self._touched_at < self.min_interval:
+        changed = self._state != self._written
+        if (
+            not changed
+            and self._touched_at is not None
+            and now - self._touched_at < self.min_interval
+        ):
             return
         try:
-            self.path.touch()
+            if changed:
+                self.path.write_text(self._state)
+                self._written = self._state
+            else:
+                self.path.touch()
         except OSError as exc:
             # The probe will see a stale file and restart us; say why once, keep working.
             if not self._failing:

@@ -96,6 +96,12 @@ class _Metrics:
             "Records handled after a later record of their key (ordering detector).",
             ["topic"],
         )
+        self.consumer_blocked = counter(
+            f"{prefix}consumer_blocked",
+            "Consumer polls or commits the broker refused (rights, settings, group state); "
+            "nothing is skipped meanwhile.",
+            ["error"],
+        )
         self.commit_to_published = histogram(
             f"{prefix}commit_to_published_seconds",
             "From a row's created_at to Kafka's acknowledgement, recorded.",
@@ -242,6 +248,13 @@ def on_commit_failed(event_type: str) -> None:
     on = _on
     if on is not None:
         on.on_commit_failed.labels(event_type).inc()
+
+
+def consumer_blocked(error: str) -> None:
+    """One poll or commit the broker refused (``kafka.BLOCKED``), by the error's name."""
+    on = _on
+    if on is not None:
+        on.consumer_blocked.labels(error).inc()
 
 
 def ordering_violation(topic: str) -> None:

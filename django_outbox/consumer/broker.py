@@ -69,3 +69,72 @@ class BrokerWatch:
             return False
         self.trouble_since = self.reachable_since = None
         return True
+
+
+#: Pauses while blocked: from the first, doubling, up to the last (seconds).
+BLOCKED_FIRST_DELAY = 1.0
+BLOCKED_MAX_DELAY = 30.0
+#: While blocked, the ERROR line again this often (seconds), to whoever reads the log now.
+BLOCKED_REMINDER = 30.0
+
+
+class Blockage:
+    """The broker refuses the consumer (``kafka.BLOCKED``): rights, settings, group state.
+
+    Not a fact about any record: nothing is skipped and nothing committed while it
+    lasts. Says so at ERROR once per change (another error), and again every
+    ``BLOCKED_REMINDER`` seconds, naming the fix; says "resumed" once it is over.
+    """
+
+    def __init__(self, topics: list[str], group: str) -> None:
+        self.topics = topics
+        self.group = group
+        #: The error's class name while blocked, else None; since when (``time.time()``).
+        self.error: str | None = None
+        self.since: float | None = None
+        self.where = ""
+        self.turns = 0
+        self._last_log = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.error is not None
+
+    def blocked(self, exc: BaseException, where: str) -> float:
+        """Note one refusal (``where``: "poll" or "commit"); return the pause before the next."""
+        name = type(exc).__name__
+        now = time.monotonic()
+        changed = name != self.error or where != self.where
+        if self.error is None:
+            self.since = time.time()
+        self.error, self.where = name, where
+        self.turns += 1
+        delay = min(BLOCKED_FIRST_DELAY * 2 ** min(self.turns - 1, 10), BLOCKED_MAX_DELAY)
+        if changed or now - self._last_log >= BLOCKED_REMINDER:
+            self._last_log = now
+            logger.error(
+                "outbox consumer: blocked: %s refused by the broker (%s: %s) for %.0f s; "
+                "nothing is skipped or committed meanwhile; to fix: %s; retrying in %.0f s",
+                where,
+                name,
+                kafka.redact(str(exc)),
+                time.time() - (self.since or time.time()),
+                kafka.blocked_fix(exc, self.topics, self.group),
+                delay,
+                extra={"blocked_by": name, "blocked_where": where},
+            )
+        return delay
+
+    def cleared(self, where: str) -> bool:
+        """A ``where`` that worked; True when that ended the blockage (logged "resumed")."""
+        if self.error is None or where != self.where:
+            return False
+        logger.warning(
+            "outbox consumer: resumed: %s works again after %.0f s blocked by %s",
+            where,
+            time.time() - (self.since or time.time()),
+            self.error,
+        )
+        self.error = self.since = None
+        self.where, self.turns, self._last_log = "", 0, 0.0
+        return True

@@ -20,8 +20,14 @@ after each poll (while a backlog is read, once per ``commit_interval``).
   "broker HOST:PORT unreachable" at once), retries with a backoff, survives any
   error out of ``poll()`` and replaces a client that stops making progress. A
   record kafka-python cannot decode (a codec it lacks, a bad CRC) is kept as a
-  rejected record and passed. Any other exception is logged and backed off from:
-  the loop never exits on its own but for ``burst``/``max_messages``.
+  rejected record and passed: only then (``kafka.classify_poll_error``).
+- The broker may refuse the consumer: an ACL missing, bad credentials, a topic
+  that does not exist, a group that keeps rebalancing. That says nothing about any
+  record: the loop skips and commits nothing, pauses (1 s doubling to 30 s), says
+  so at ERROR with the fix, in ``ConsumerStats.blocked_by``, the progress line, the
+  health file and ``django_outbox_consumer_blocked_total``, and resumes by itself.
+  Any other exception is logged and backed off from: the loop never exits on its
+  own but for ``burst``/``max_messages``.
 - ``burst`` stops once every assigned partition is read to its end offset,
   ``max_messages`` after that many records; SIGTERM/SIGINT stop after the record in
   hand, once the chunk's transaction has committed the records handled so far.
@@ -38,14 +44,14 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from .. import kafka, signals
+from .. import kafka, metrics, signals
 from ..backoff import backoff_delay, retry_delay
 from ..conf import outbox_settings
 from ..exceptions import ImproperlyConfiguredOutbox
 from ..inbox import RejectionReason
 from ..registry import HandlerRegistry, registry
 from ..shutdown import Shutdown
-from .broker import BrokerWatch
+from .broker import Blockage, BrokerWatch
 from .database import DATABASE_ERRORS, databases_answer, drop_connections
 from .handling import Handling, Outcome, Result
 from .ordering_detector import OrderingDetector
@@ -91,6 +97,12 @@ class ConsumerStats:
     #: offsets of the last ones were committed: ``busy_seconds()`` is between them.
     first_records_at: float | None = None
     last_commit_at: float | None = None
+    #: While the broker refuses the consumer (``kafka.BLOCKED``): the error's class
+    #: name and since when (``time.time()``); None otherwise.
+    blocked_by: str | None = None
+    blocked_since: float | None = None
+    #: Polls and commits the broker refused, in all.
+    blocked_turns: int = 0
 
     def add(self, result: Result) -> None:
         self.records += 1
@@ -187,6 +199,8 @@ class Consumer:
         self._idle = True
         self._positions: dict[Any, int] = {}  # next offset after the last recorded outcome
         self._broker = BrokerWatch(broker_probe_interval, client_stall_timeout)
+        self._blockage = Blockage(self.topics, self.group)
+        self._commit_refused: BaseException | None = None
         self.ordering = OrderingDetector(outbox_settings.ordering_keys)
         self._last_refresh = self._unassigned_since = time.monotonic()
 
@@ -227,8 +241,13 @@ class Consumer:
             except Exception as exc:
                 failures += 1
                 delay = backoff_delay(failures, 0.5, self.broker_retry_max_delay)
-                if kafka.is_transport_error(exc):
+                kind = kafka.classify_poll_error(exc)
+                if kind == kafka.TRANSPORT and not isinstance(exc, OSError):
                     self._broker.failed(exc, delay)
+                elif isinstance(exc, kafka.KafkaError):
+                    # Out of position(), end_offsets()... as out of poll(): waited out.
+                    self._pause_blocked(exc, "poll")
+                    continue
                 else:
                     logger.exception(
                         "outbox consumer: unexpected error (%s); going on in %.1f s", exc, delay
@@ -264,10 +283,16 @@ class Consumer:
         try:
             batch = client.poll(timeout_ms=int(self.poll_timeout * 1000), max_records=max_records)
         except Exception as exc:
-            if kafka.is_transport_error(exc):
+            kind = kafka.classify_poll_error(exc)
+            if kind == kafka.TRANSPORT:
                 raise
+            if kind == kafka.BLOCKED:
+                self._pause_blocked(exc, "poll")
+                return False
             self._skip_unreadable(exc)
             batch = {}
+        if self._blockage.cleared("poll"):
+            self._show_blocked()
         deliveries = [Delivery.from_record(r) for records in batch.values() for r in records]
         self._idle = not deliveries
         if deliveries and self.stats.first_records_at is None:
@@ -289,6 +314,10 @@ class Consumer:
         if not backlog or time.monotonic() - self._last_commit >= self.commit_interval:
             self._commit()
         self._maybe_log_progress()
+        if self._commit_refused is not None:
+            refused, self._commit_refused = self._commit_refused, None
+            self._pause_blocked(refused, "commit")
+            return False
         if self._limit_reached():
             logger.info("outbox consumer: %d records handled; stopping", self.stats.records)
             return True
@@ -319,6 +348,22 @@ class Consumer:
         if missing:
             logger.warning("outbox consumer: topics %s do not exist (yet)", missing)
 
+    def _pause_blocked(self, exc: BaseException, where: str) -> None:
+        """The broker refused a poll or a commit: say so everywhere, wait, skip nothing."""
+        delay = self._blockage.blocked(exc, where)
+        self.stats.blocked_turns += 1
+        metrics.consumer_blocked(type(exc).__name__)
+        self._show_blocked()
+        self._beat()  # the health file says it at once
+        self.shutdown.wait(delay)
+
+    def _show_blocked(self) -> None:
+        self.stats.blocked_by = self._blockage.error
+        self.stats.blocked_since = self._blockage.since
+        set_blocked = getattr(self.heartbeat, "set_blocked", None)  # a HealthFile
+        if set_blocked is not None:
+            set_blocked(self._blockage.error, self._blockage.since)
+
     def _replace_client(self, why: str) -> None:
         logger.warning("outbox consumer: replacing the Kafka client (%s)", why)
         self._close()
@@ -328,7 +373,8 @@ class Consumer:
 
         The fetcher does not say which partition failed: the record at the position
         of each assigned partition is read again by a throwaway client
-        (``kafka.read_error_at``) until one fails.
+        (``kafka.read_error_at``) until one fails with an error about that record
+        (``kafka.RECORD``); any other error it meets is raised, so waited out.
         """
         client = self._client
         logger.warning(
@@ -339,9 +385,12 @@ class Consumer:
             if position is None:
                 continue
             error = kafka.read_error_at(tp, position)
-            if error is not None:
-                self._reject_unreadable(tp, position, error)
-                return
+            if error is None:
+                continue
+            if kafka.classify_poll_error(error) != kafka.RECORD:
+                raise error
+            self._reject_unreadable(tp, position, error)
+            return
         raise exc
 
     def _reject_unreadable(self, tp: Any, offset: int, exc: BaseException) -> None:
@@ -563,6 +612,8 @@ class Consumer:
             kafka.commit_offsets(self._client, offsets)
             self.stats.commits += 1
             self.stats.last_commit_at = time.monotonic()
+            if self._blockage.cleared("commit"):
+                self._show_blocked()
         except kafka.CommitFailedError as exc:
             # The group moved these partitions elsewhere; their new owner reads the records
             # again and finds them handled (once-only), so nothing is lost or doubled.
@@ -570,12 +621,16 @@ class Consumer:
         except Exception as exc:
             # The coordinator did not answer (KafkaTimeoutError), the broker went away:
             # the offsets are kept and committed with the next ones.
+            # Refused (an ACL, the group's state): kept likewise, and the loop pauses.
             for tp, offset in offsets.items():
                 self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, offset))
+            if kafka.classify_poll_error(exc) == kafka.BLOCKED:
+                self._commit_refused = exc
+                return
             logger.warning(
                 "outbox consumer: offset commit failed (%s: %s); will retry",
                 type(exc).__name__,
-                exc,
+                kafka.redact(str(exc)),
             )
 
     def _close(self) -> None:
@@ -616,19 +671,25 @@ class Consumer:
                 lag = kafka.consumer_lag(self._client)
             except Exception:  # lag is informative only; a rebalance may be under way
                 lag = None
+        blocked = ""
+        if self.stats.blocked_by is not None:
+            since = time.time() - (self.stats.blocked_since or time.time())
+            blocked = f", BLOCKED by {self.stats.blocked_by} for {since:.0f} s"
         logger.info(
-            "outbox consumer%s: %d records (%s), %.1f/s, lag %s, %d ordering violation(s)",
+            "outbox consumer%s: %d records (%s), %.1f/s, lag %s, %d ordering violation(s)%s",
             " stopped" if final else "",
             self.stats.records,
             ", ".join(f"{n} {k}" for k, n in sorted(self.stats.outcomes.items())) or "none",
             rate,
             "unknown" if lag is None else lag,
             self.stats.ordering_violations,
+            blocked,
             extra={
                 "records": self.stats.records,
                 "rate": rate,
                 "lag": lag,
                 "ordering_violations": self.stats.ordering_violations,
+                "blocked_by": self.stats.blocked_by,
             },
         )
         self._last_progress = (now, self.stats.records)
