@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -87,10 +88,20 @@ class Command(BaseCommand):
                     configs = {} if min_insync is None else {"min.insync.replicas": str(min_insync)}
                     kafka.create_topics(admin, missing, options["partitions"], replication, configs)
                     self.stdout.write(f"created {', '.join(missing)}")
-                    topics = kafka.describe_topics(admin, names)
+                    topics = self._created(admin, names, options["timeout"])
         finally:
             admin.close()
         self._show(topics, options["consumers"], brokers)
+
+    def _created(self, admin: Any, names: list[str], timeout: float) -> list[kafka.TopicInfo]:
+        """The topics once the metadata shows the new ones: on a cluster the broker asked
+        may learn of a topic a moment after the controller created it."""
+        deadline = time.monotonic() + max(timeout, 1.0)
+        while True:
+            topics = kafka.describe_topics(admin, names)
+            if all(topic.exists for topic in topics) or time.monotonic() >= deadline:
+                return topics
+            time.sleep(0.2)
 
     def _show(self, topics: list[kafka.TopicInfo], consumers: int | None, brokers: int) -> None:
         width = max(len(topic.name) for topic in topics)
