@@ -71,9 +71,9 @@ def main() -> None:
     from django.test import Client, RequestFactory
     from django.urls import reverse
 
-    from django_outbox.admin import OutboxMessageAdmin
-    from django_outbox.admin_counts import OutboxPaginator, summary
-    from django_outbox.admin_failures import group_failures
+    from django_outbox.admin.counts import OutboxPaginator, summary
+    from django_outbox.admin.failures import group_failures
+    from django_outbox.admin.messages import OutboxMessageAdmin
     from django_outbox.models import OutboxMessage
 
     seed(options.rows, options.reseed)

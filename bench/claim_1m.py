@@ -76,8 +76,8 @@ def time_claims(runs: int, batch_size: int) -> tuple[list[float], list[float], s
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from django_outbox.claiming import claim
     from django_outbox.models import OutboxMessage
+    from django_outbox.models.claiming import claim
 
     rows = OutboxMessage.objects.using("default")
     claims, empty = [], []

@@ -57,14 +57,15 @@ def main() -> None:
     django.setup()
     from django.utils import timezone
 
-    from django_outbox import metrics, signals
-    from django_outbox.claiming import Claim, ClaimedRow
+    from django_outbox import signals
     from django_outbox.consumer import Consumer
     from django_outbox.consumer.ordering_detector import OrderingDetector
     from django_outbox.consumer.records import Delivery, parse
-    from django_outbox.delivery import Sender, prepare
     from django_outbox.envelope import Event
     from django_outbox.kafka import outbox_headers
+    from django_outbox.models.claiming import Claim, ClaimedRow
+    from django_outbox.ops import metrics
+    from django_outbox.relay.send import Sender, prepare
 
     now = timezone.now()
     events = [

@@ -88,7 +88,7 @@ def main() -> None:
     from django_outbox.conf import outbox_settings
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage, Status
-    from django_outbox.relay import Relay
+    from django_outbox.relay.loop import Relay
 
     settings.OUTBOX_WAKE_RELAY = False
     batch_size = args.batch_size or outbox_settings.batch_size
@@ -432,7 +432,7 @@ class profiled:
     def __enter__(self) -> profiled:
         import cProfile
 
-        from django_outbox import dbthread
+        from django_outbox.relay import dbthread
 
         # CPU time of each thread, not wall time: waiting is not cost here.
         self.main = cProfile.Profile(time.thread_time)
@@ -454,7 +454,7 @@ class profiled:
     def __exit__(self, *exc_info: object) -> None:
         import pstats
 
-        from django_outbox import dbthread
+        from django_outbox.relay import dbthread
 
         self.main.disable()
         dbthread.DatabaseThread._serve = self._serve  # type: ignore[method-assign]
@@ -470,7 +470,9 @@ def time_phases() -> dict[str, list[float]]:
 
     The main thread's steps, then the database thread's (which overlap with them).
     """
-    from django_outbox import delivery, kafka, relay
+    from django_outbox import kafka
+    from django_outbox.relay import loop as relay
+    from django_outbox.relay import write_back as delivery
 
     names = ("wait for claim", "build+send", "wait for acks", "db: claim", "db: write-back")
     totals = {name: [0.0, 0.0] for name in names}

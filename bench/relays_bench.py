@@ -52,9 +52,9 @@ def main() -> None:
     from django.db import connection, transaction
     from django.test.utils import setup_databases, teardown_databases
 
-    from django_outbox import buckets, kafka
+    from django_outbox import kafka
     from django_outbox.envelope import Event
-    from django_outbox.models import OutboxMessage, Status
+    from django_outbox.models import OutboxMessage, Status, buckets
     from tests.kafka_fixtures import order_inversions, read_topic
     from tests.relay_support import database_url
 

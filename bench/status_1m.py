@@ -106,7 +106,7 @@ def run(options: argparse.Namespace) -> None:
     from django.test.utils import CaptureQueriesContext
 
     from django_outbox.models import OutboxMessage
-    from django_outbox.status import database_status
+    from django_outbox.ops.status import database_status
 
     sizes = {"default": options.rows, "small": options.small_rows}
     for alias, rows in sizes.items():

@@ -13,23 +13,23 @@ __version__ = "0.1.0"
 __all__ = ["Event", "handler", "publish_event", "registry"]
 
 if TYPE_CHECKING:
-    from .envelope import Event
-    from .publishing import publish_event
-    from .registry import handler, registry
+    from django_outbox.envelope import Event
+    from django_outbox.publish.write import publish_event
+    from django_outbox.registry import handler, registry
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing the package never imports models before apps are ready.
     if name == "publish_event":
-        from .publishing import publish_event
+        from django_outbox.publish.write import publish_event
 
         return publish_event
     if name == "Event":
-        from .envelope import Event
+        from django_outbox.envelope import Event
 
         return Event
     if name in {"handler", "registry"}:
-        from . import registry as registry_module
+        from django_outbox import registry as registry_module
 
         return getattr(registry_module, name)
     raise AttributeError(f"module 'django_outbox' has no attribute {name!r}")

@@ -1,3 +1,6 @@
+"""The app: its system checks, its metrics switch and the discovery of ``events`` modules
+(the handlers), done once Django is ready."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig
@@ -24,9 +27,9 @@ class OutboxConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks as outbox_checks
-        from . import metrics
-        from .registry import registry
+        from django_outbox import checks as outbox_checks
+        from django_outbox.ops import metrics
+        from django_outbox.registry import registry
 
         for check in outbox_checks.ALL:
             checks.register(check, outbox_checks.TAG)

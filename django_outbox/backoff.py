@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from .conf import outbox_settings
+from django_outbox.conf import outbox_settings
 
 #: Past this many doublings the cap always wins; keeps ``2 ** n`` a small float.
 _MAX_EXPONENT = 62

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-from .conf import outbox_settings
-from .envelope import _format_time, _parse_time
+from django_outbox.conf import outbox_settings
+from django_outbox.envelope import _format_time, _parse_time
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"

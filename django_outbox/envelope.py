@@ -41,7 +41,7 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from .exceptions import MalformedEvent
+from django_outbox.exceptions import MalformedEvent
 
 #: Kafka headers every outbox record carries (values are UTF-8 bytes); the
 #: envelope's own ``headers`` are copied too, but may not use these names.

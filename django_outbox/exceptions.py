@@ -25,3 +25,10 @@ class HandlerAlreadyRegistered(OutboxError):
 
 class UnknownEventType(OutboxError, LookupError):
     """No handler is registered for an event type."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error as stored in ``last_error``: its type and message."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .exceptions import HandlerAlreadyRegistered, UnknownEventType
+from django_outbox.exceptions import HandlerAlreadyRegistered, UnknownEventType
 
 if TYPE_CHECKING:
-    from .envelope import Event
+    from django_outbox.envelope import Event
 
 Handler = Callable[["Event"], Any]
 BatchHandler = Callable[[list["Event"]], Any]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from .conf import outbox_settings
+from django_outbox.conf import outbox_settings
 
 #: Kafka's own rule: ASCII letters, digits, '.', '_' and '-'; not '.' or '..'.
 _LEGAL = re.compile(r"[a-zA-Z0-9._-]+")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .metrics import metrics_view
+from django_outbox.ops.metrics import metrics_view
 
 app_name = "django_outbox"
 

@@ -84,7 +84,7 @@ def _no_relay_left_over(request):
     if marker is None or not marker.kwargs.get("transaction"):
         return
     request.getfixturevalue("transactional_db")
-    from django_outbox.buckets import RelayBucket, RelayMember
+    from django_outbox.models.buckets import RelayBucket, RelayMember
 
     RelayMember.objects.all().delete()
     RelayBucket.objects.all().delete()

@@ -15,9 +15,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from django_outbox import admin_counts
-from django_outbox.admin import pending_state
-from django_outbox.admin_counts import OutboxPaginator, capped_count, summary
+from django_outbox.admin import counts as admin_counts
+from django_outbox.admin.counts import OutboxPaginator, capped_count, summary
+from django_outbox.admin.messages import pending_state
 from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
 
 pytestmark = pytest.mark.django_db
@@ -192,7 +192,7 @@ def test_search_by_event_id_uses_the_key_then_the_payload(admin_client, rows):
 
 
 def test_search_with_many_matches_keeps_the_plain_filter(admin_client, monkeypatch):
-    monkeypatch.setattr("django_outbox.admin.SEARCH_IDS", 2)
+    monkeypatch.setattr("django_outbox.admin.messages.SEARCH_IDS", 2)
     made = {make(event_type="bulk.type").pk for _ in range(3)}
     assert listed_ids(admin_client.get(LIST_URL, {"q": "bulk.type"})) == made
 

@@ -23,10 +23,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from django_outbox import attempts
-from django_outbox.inbox import RejectedRecord, RejectionReason, encode_headers
 from django_outbox.kafka import record_headers
-from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
+from django_outbox.models import OutboxMessage, Status, attempts, lease_expiry, retry_time
+from django_outbox.models.inbox import RejectedRecord, RejectionReason, encode_headers
 from tests.consumer_support import registered
 
 CHROMIUM = Path("/usr/bin/chromium")

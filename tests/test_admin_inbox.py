@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 
-from django_outbox.inbox import InboxEntry, RejectedRecord, RejectionReason
+from django_outbox.models.inbox import InboxEntry, RejectedRecord, RejectionReason
 
 pytestmark = pytest.mark.django_db
 

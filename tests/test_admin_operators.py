@@ -17,21 +17,21 @@ from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from django_outbox import attempts as attempts_module
-from django_outbox.admin_failures import error_group, group_failures
-from django_outbox.attempts import FailedAttempt
+from django_outbox.admin.failures import error_group, group_failures
 from django_outbox.consumer import replay
 from django_outbox.envelope import Event
-from django_outbox.fencing import Fence, hold, new_token
-from django_outbox.inbox import (
+from django_outbox.kafka import record_headers
+from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
+from django_outbox.models import attempts as attempts_module
+from django_outbox.models.attempts import FailedAttempt
+from django_outbox.models.fencing import Fence, hold, new_token
+from django_outbox.models.inbox import (
     RejectedRecord,
     RejectionReason,
     ReplayOutcome,
     decode_headers,
     encode_headers,
 )
-from django_outbox.kafka import record_headers
-from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
 from tests.consumer_support import registered, unique_group
 from tests.test_admin import (
     LIST_URL,
@@ -189,7 +189,7 @@ def test_release_key_is_in_the_history(admin_client):
 
 
 def test_no_action_writes_into_last_error():
-    source = (PACKAGE / "admin.py").read_text()
+    source = "".join(path.read_text() for path in (PACKAGE / "admin").glob("*.py"))
     assert "last_error=" not in source and "_with_note" not in source
 
 

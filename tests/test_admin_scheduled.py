@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from django_outbox import publish_event
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.ordering import ReleasedRow
+from django_outbox.models.ordering import ReleasedRow
 
 from .test_admin import (
     LIST_URL,

@@ -14,7 +14,7 @@ from django.db import transaction
 from django_outbox import cloudevents, kafka, publish_event
 from django_outbox.consumer import Outcome
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic
 
 from .consumer_support import consume, registered, unique_group

@@ -31,7 +31,7 @@ from django.db import connections, transaction
 
 from django_outbox.envelope import HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.publishing import publish_event
+from django_outbox.publish.write import publish_event
 from testproject.chat.models import Conversation
 from tests.consumer_support import COUNTER, consumer_process, send_rows, unique_group
 from tests.kafka_fixtures import Cluster, delete_topic, read_topic, unique_topic_name

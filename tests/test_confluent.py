@@ -16,7 +16,7 @@ from django.core.checks import run_checks
 from django_outbox import kafka
 from django_outbox.envelope import HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic
 
 from .relay_support import (

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from django_outbox import publish_event
 from django_outbox.consumer import Consumer
-from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from testproject.chat.models import ChatHistory, Conversation
 from testproject.chat.services import post_message
 

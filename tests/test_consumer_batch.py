@@ -9,9 +9,9 @@ from django.db import OperationalError
 
 from django_outbox import publish_event
 from django_outbox.consumer import Delivery, Handling
-from django_outbox.inbox import InboxEntry
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.inbox import InboxEntry
 from testproject.chat.models import Conversation
 
 from .consumer_support import (

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from django_outbox import publish_event
 from django_outbox.consumer import Delivery, Handling
 from django_outbox.consumer.records import parse
-from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from testproject.chat.models import ChatHistory, Conversation
 
 from .consumer_support import (

@@ -12,9 +12,9 @@ from django_outbox import publish_event
 from django_outbox.consumer import Consumer, Delivery, Handling, Outcome, subscribed_topics
 from django_outbox.exceptions import ImproperlyConfiguredOutbox
 from django_outbox.fields import truncate_to_millis
-from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from testproject.chat.models import Conversation
 
 from .consumer_support import COUNTER, count_handler, foreign_record, registered

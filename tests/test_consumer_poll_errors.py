@@ -16,8 +16,8 @@ from kafka import errors as kafka_errors
 
 from django_outbox import kafka, publish_event
 from django_outbox.consumer import broker
-from django_outbox.inbox import RejectedRecord
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.inbox import RejectedRecord
 
 from .consumer_support import (
     COUNTER,

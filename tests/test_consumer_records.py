@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from django_outbox import Event, publish_event
 from django_outbox.consumer import Consumer, Delivery, Handling, Outcome
 from django_outbox.consumer.records import Rejected, parse
-from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from testproject.chat.models import Conversation
 
 from .consumer_support import COUNTER, count_handler, foreign_record, registered

@@ -12,9 +12,9 @@ from kafka import KafkaProducer
 
 from django_outbox import kafka, publish_event
 from django_outbox.consumer import Consumer
-from django_outbox.inbox import RejectedRecord
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.inbox import RejectedRecord
 from testproject.chat.models import Conversation
 
 from .consumer_support import (

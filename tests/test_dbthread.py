@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.db import OperationalError, connections
 
-from django_outbox.dbthread import DatabaseThread
 from django_outbox.models import OutboxMessage
+from django_outbox.relay.dbthread import DatabaseThread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

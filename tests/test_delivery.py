@@ -17,10 +17,10 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_outbox import publish_event
-from django_outbox.claiming import claim
 from django_outbox.envelope import HEADER_OUTBOX_ID, Event
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.models.claiming import claim
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import delete_topic, read_topic, topic_record_count, unique_topic_name
 
 from .relay_support import (
@@ -173,7 +173,7 @@ def test_upper_case_event_ids_travel_in_canonical_spelling(relay_settings, kafka
 def test_an_acknowledged_batch_is_written_back_on_a_fresh_connection(
     relay_settings, kafka_bootstrap, monkeypatch, caplog, producer_client
 ):
-    from django_outbox import delivery
+    from django_outbox.relay import write_back as delivery
 
     topic = relay_settings.OUTBOX_DEFAULT_TOPIC
     rows = make_rows(10, topic)
@@ -198,7 +198,7 @@ def test_an_acknowledged_batch_is_written_back_on_a_fresh_connection(
 
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
 def test_one_database_down_does_not_slow_the_others(relay_settings, monkeypatch):
-    from django_outbox import relay as relay_module
+    from django_outbox.relay import loop as relay_module
 
     real = relay_module.claim
     claims: dict[str, int] = defaultdict(int)

@@ -11,8 +11,8 @@ import pytest
 from django.db import connections
 
 from django_outbox.consumer import Consumer
-from django_outbox.health import HealthFile, age
-from django_outbox.relay import Relay
+from django_outbox.ops.health import HealthFile, age
+from django_outbox.relay.loop import Relay
 
 from .consumer_support import FAST_GROUP, registered, send_rows, unique_group
 from .relay_support import (
@@ -56,7 +56,7 @@ def test_health_file_touches_at_most_once_per_interval(tmp_path):
 
 def test_an_unwritable_health_file_is_logged_once_and_never_raises(tmp_path, caplog):
     beat = HealthFile(tmp_path / "missing-dir" / "alive", min_interval=0)
-    with caplog.at_level(logging.ERROR, logger="django_outbox.health"):
+    with caplog.at_level(logging.ERROR, logger="django_outbox.ops.health"):
         beat()
         beat()
     assert caplog.text.count("cannot touch the health file") == 1

@@ -10,8 +10,8 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from django_outbox import pruning
-from django_outbox.inbox import InboxEntry, RejectedRecord, encode_bytes, encode_headers
+from django_outbox.models import pruning
+from django_outbox.models.inbox import InboxEntry, RejectedRecord, encode_bytes, encode_headers
 
 pytestmark = pytest.mark.django_db
 

@@ -27,9 +27,9 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
 from django_outbox import Event, publish_event
-from django_outbox.inbox import RejectedRecord
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.models.inbox import RejectedRecord
+from django_outbox.relay.loop import Relay
 from tests.consumer_support import consume, registered, unique_group
 from tests.legacy import drop_app_tables
 
@@ -343,7 +343,7 @@ def test_relayed_records_read_by_go_are_byte_exact(
 def test_trace_context_and_cloudevents_headers_leave_what_go_relies_on(
     go_peer, outbox_config, kafka_bootstrap, kafka_topic
 ):
-    """An active span's traceparent (django_outbox/tracing.py) and the CloudEvents headers
+    """An active span's traceparent (django_outbox/ops/tracing.py) and the CloudEvents headers
     (OUTBOX_CLOUDEVENTS) are more headers: the Go reader finds everything it reads as before."""
     from opentelemetry import trace
 

@@ -1,4 +1,4 @@
-"""django_outbox.metrics: the signal receivers, the timers, the backlog gauges, the view."""
+"""django_outbox.ops.metrics: the signal receivers, the timers, the backlog gauges, the view."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from django.test import override_settings
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from django_outbox import checks, metrics, signals
-from django_outbox.claiming import Claim, ClaimedRow
+from django_outbox import checks, signals
 from django_outbox.consumer import Consumer
 from django_outbox.consumer.records import Delivery
-from django_outbox.delivery import Sender
 from django_outbox.models import OutboxMessage, Status, lease_expiry
+from django_outbox.models.claiming import Claim, ClaimedRow
+from django_outbox.ops import metrics
+from django_outbox.relay.send import Sender
 
 from .relay_support import make_rows
 
@@ -266,9 +267,10 @@ import django, os, sys
 sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "testproject")]
 os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
 django.setup()
-from django_outbox import metrics, signals
-from django_outbox.claiming import ClaimedRow
-from django_outbox.delivery import Sender
+from django_outbox import signals
+from django_outbox.ops import metrics
+from django_outbox.models.claiming import ClaimedRow
+from django_outbox.relay.send import Sender
 metrics.enable()
 rows = [ClaimedRow(i, "t", "t", "k", "{}", 0, 20, None) for i in range(3)]
 signals.send(signals.event_published, Sender, alias="default", rows=rows)
@@ -326,8 +328,8 @@ def test_a_command_turns_metrics_off_again_at_exit(relay_settings):
 
 @pytest.mark.django_db(transaction=True)  # the relay's database thread commits its own
 def test_buckets_owned_per_relay(metrics_on, vendor):
-    from django_outbox import buckets
-    from django_outbox.relay import Relay
+    from django_outbox.models import buckets
+    from django_outbox.relay.loop import Relay
 
     if not buckets.supported(vendor):
         pytest.skip("relay buckets need PostgreSQL or MariaDB")

@@ -7,12 +7,12 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from django_outbox import metrics
 from django_outbox.consumer import Outcome
 from django_outbox.consumer.ordering_detector import OrderingDetector
 from django_outbox.consumer.records import Delivery
 from django_outbox.envelope import Event
 from django_outbox.kafka import outbox_headers
+from django_outbox.ops import metrics
 
 from .consumer_support import consume, registered, send_raw, unique_group
 

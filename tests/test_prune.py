@@ -88,7 +88,7 @@ def test_old_published_rows_only_when_asked(rows):
 
 
 def test_a_row_that_changed_after_it_was_listed_stays():
-    from django_outbox.pruning import delete_chunk
+    from django_outbox.models.pruning import delete_chunk
 
     group = make_rows(3, "t")
     age(group, Status.CONSUMED, 10)
@@ -167,8 +167,8 @@ def test_gaps_in_the_ids_are_jumped():
 
 
 def test_stale_claim_fences_go_a_live_claim_keeps_its_own():
-    from django_outbox.claiming import claim, record_published
-    from django_outbox.fencing import ClaimFence
+    from django_outbox.models.claiming import claim, record_published
+    from django_outbox.models.fencing import ClaimFence
 
     dead_relay, live = make_rows(2, "t")
     claim("default", 1, 30)  # a relay that took the first row and died

@@ -14,7 +14,7 @@ from django.db import transaction
 from django_outbox import publish_event
 from django_outbox.envelope import HEADER_EVENT_TYPE, HEADER_OUTBOX_DB, HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import delete_topic, read_topic, unique_topic_name
 
 from .relay_support import (
@@ -252,7 +252,7 @@ def test_a_failed_write_back_does_not_escape_run(relay_settings, monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("django_outbox.relay.claim", broken)
+    monkeypatch.setattr("django_outbox.relay.loop.claim", broken)
     relay = Relay(burst=True)
     with caplog.at_level(logging.ERROR, logger="django_outbox"):
         relay.run()
@@ -305,7 +305,8 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
 ):
     from django.db import connection
 
-    from django_outbox import delivery, kafka
+    from django_outbox import kafka
+    from django_outbox.relay import write_back as delivery
 
     make_rows(20, relay_settings.OUTBOX_DEFAULT_TOPIC, keys=["a", "b"])
     log: list[tuple[str, int]] = []

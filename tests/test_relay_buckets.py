@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from django_outbox import buckets
-from django_outbox.buckets import BUCKETS, Coordinator, RelayBucket, RelayMember, bucket_of
-from django_outbox.claiming import Owner, claim
-from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.models import OutboxMessage, Status, buckets
+from django_outbox.models.buckets import BUCKETS, RelayBucket, RelayMember, bucket_of
+from django_outbox.models.claiming import Owner, claim
+from django_outbox.relay.buckets import Coordinator, fair_share
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import order_inversions, read_topic
 
 from .relay_support import FAST_FAIL_PRODUCER, IGNORE_LEAKED_SOCKETS, make_rows, wait_for
@@ -85,7 +85,7 @@ def test_the_database_and_python_agree_on_every_bucket(shared_vendor, pairs):
 
 def test_rows_without_a_key_have_no_bucket():
     assert bucket_of("t", "") is None
-    assert buckets.fair_share(3) == 22 and buckets.fair_share(0) == BUCKETS
+    assert fair_share(3) == 22 and fair_share(0) == BUCKETS
 
 
 # ------------------------------------------------------------------ ownership
@@ -114,7 +114,7 @@ def test_a_second_relay_gets_its_share_and_the_first_gives_it_back(shared_vendor
         relay.give_back(relay.tick())
     c.tick()
     counts = sorted(relay.holding.count for relay in (a, b, c))
-    assert sum(counts) == BUCKETS and counts[-1] <= buckets.fair_share(3)
+    assert sum(counts) == BUCKETS and counts[-1] <= fair_share(3)
 
 
 @pytest.mark.django_db
@@ -241,7 +241,7 @@ def test_three_relays_share_the_keys_and_keep_each_keys_order(
             15,
             "three relays sharing the buckets",
         )
-        assert max(_owned(relays)) <= buckets.fair_share(3)
+        assert max(_owned(relays)) <= fair_share(3)
         keys = [f"order-{i}" for i in range(60)]
         made = make_rows(1800, kafka_topic, keys=keys, size=100)
         wait_for(

@@ -12,7 +12,8 @@ from django.db import connection, transaction
 from django.db.models.functions import TruncSecond
 from django.utils import timezone
 
-from django_outbox.claiming import (
+from django_outbox.models import OutboxMessage, Status, lease_expiry
+from django_outbox.models.claiming import (
     COLUMNS,
     ClaimedRow,
     Failure,
@@ -21,8 +22,7 @@ from django_outbox.claiming import (
     record_published,
     release,
 )
-from django_outbox.fencing import ClaimFence
-from django_outbox.models import OutboxMessage, Status, lease_expiry
+from django_outbox.models.fencing import ClaimFence
 
 from .relay_support import make_rows
 
@@ -245,7 +245,7 @@ def test_a_claim_in_progress_leaves_the_rest_of_the_backlog_to_others(vendor):
     """A claim locks only the rows it takes, not every due row it looked at."""
     if vendor == "sqlite":
         pytest.skip("SQLite has no row locks (one writer at a time)")
-    from django_outbox.claiming import _lock_due_ids
+    from django_outbox.models.claiming import _lock_due_ids
 
     rows = make_rows(300, "t")
     locked, done = threading.Event(), threading.Event()

@@ -8,7 +8,7 @@ import pytest
 from django.db import connection
 
 from django_outbox.models import OutboxMessage
-from django_outbox.relay import Relay
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic, topic_record_count
 
 from .relay_support import FAST_FAIL_PRODUCER, event_ids, make_rows, row_event_ids, run_in_thread

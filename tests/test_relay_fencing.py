@@ -18,11 +18,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from django_outbox import publish_event
-from django_outbox.claiming import Failure, claim, record_failed, record_published, release
 from django_outbox.envelope import HEADER_OUTBOX_ID
-from django_outbox.fencing import ClaimFence
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.models.claiming import Failure, claim, record_failed, record_published, release
+from django_outbox.models.fencing import ClaimFence
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic
 
 from .relay_support import IGNORE_LEAKED_SOCKETS, make_rows
@@ -143,7 +143,7 @@ def test_only_the_claim_that_holds_a_row_writes_it_back(operations):
 
 
 def stored_row(stored: OutboxMessage):
-    from django_outbox.claiming import COLUMNS, ClaimedRow
+    from django_outbox.models.claiming import COLUMNS, ClaimedRow
 
     return ClaimedRow(*(getattr(stored, name) for name in COLUMNS))
 

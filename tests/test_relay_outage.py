@@ -17,7 +17,7 @@ from django.db import transaction
 
 from django_outbox import publish_event
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import (
     BrokerControl,
     create_topic,

@@ -12,9 +12,9 @@ from collections import Counter
 import pytest
 from django.utils import timezone
 
-from django_outbox.buckets import RelayBucket
 from django_outbox.models import OutboxMessage
-from django_outbox.relay import Relay
+from django_outbox.models.buckets import RelayBucket
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic, topic_record_count
 
 from .relay_support import (

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from django_outbox.envelope import HEADER_OUTBOX_ID, Event
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic, topic_record_count
 
 from .relay_support import FAST_FAIL_PRODUCER, IGNORE_LEAKED_SOCKETS

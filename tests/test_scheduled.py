@@ -10,11 +10,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from django_outbox import publish_event
-from django_outbox.claiming import claim
 from django_outbox.exceptions import InvalidEvent
 from django_outbox.models import OutboxMessage, Status, retry_time, scheduled_time
-from django_outbox.relay import Relay
-from django_outbox.status import database_status
+from django_outbox.models.claiming import claim
+from django_outbox.ops.status import database_status
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic
 
 from .relay_support import IGNORE_LEAKED_SOCKETS, make_rows, run_in_thread, wait_for
@@ -91,7 +91,7 @@ def test_bad_times_write_nothing(when, message):
 
 
 def test_without_use_tz_an_aware_time_is_made_local(settings):
-    from django_outbox.publishing import _not_before
+    from django_outbox.publish.write import _not_before
 
     settings.USE_TZ = False
     now = timezone.now()  # naive, local

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from django_outbox import signals
-from django_outbox.delivery import Sender
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.relay.loop import Relay
+from django_outbox.relay.send import Sender
 
 from .consumer_support import (
     COUNTER,

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
-from django_outbox.status import database_status, duration
+from django_outbox.ops.status import database_status, duration
 
 from .test_admin import make
 
@@ -165,7 +165,7 @@ def test_every_query_can_use_the_index(rows, vendor):
 
 def test_consumed_rows_past_the_cap_come_from_the_table_estimate(rows, monkeypatch):
     """Flat cost: past COUNT_CAP consumed rows, the database's own estimate, minus the rest."""
-    from django_outbox import counting
+    from django_outbox.models import counting
 
     for _ in range(3):
         make(Status.CONSUMED)
@@ -188,7 +188,7 @@ def test_consumed_rows_past_the_cap_come_from_the_table_estimate(rows, monkeypat
 
 
 def test_few_consumed_rows_are_counted_exactly(rows, monkeypatch):
-    from django_outbox import counting
+    from django_outbox.models import counting
 
     monkeypatch.setattr(counting, "table_estimate", lambda using: pytest.fail("not needed"))
     db = database_status("default")

@@ -7,11 +7,11 @@ import datetime
 import pytest
 from django.utils import timezone
 
-from django_outbox.claiming import claim
 from django_outbox.envelope import HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.ordering import ReleasedRow, release_keys
-from django_outbox.relay import Relay
+from django_outbox.models.claiming import claim
+from django_outbox.models.ordering import ReleasedRow, release_keys
+from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import read_topic
 
 from .relay_support import FAST_FAIL_PRODUCER, IGNORE_LEAKED_SOCKETS, make_rows

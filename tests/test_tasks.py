@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from django_outbox.envelope import Event
 from django_outbox.models import OutboxMessage, Status
+from django_outbox.models.task_results import TaskRecord
 from django_outbox.registry import registry
-from django_outbox.relay import Relay
-from django_outbox.task_results import TaskRecord
+from django_outbox.relay.loop import Relay
 from django_outbox.tasks import OutboxBackend
 from django_outbox.tasks.framework import (
     InvalidTask,

@@ -1,4 +1,4 @@
-"""Tracing across the outbox (django_outbox/tracing.py) with the OpenTelemetry SDK.
+"""Tracing across the outbox (django_outbox/ops/tracing.py) with the OpenTelemetry SDK.
 
 The chain runs on the real broker: a request span publishes, the in-process relay sends,
 the in-process consumer handles; the in-memory exporter shows how the spans hang together.
@@ -19,12 +19,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from django_outbox import publish_event, tracing
+from django_outbox import publish_event
 from django_outbox.consumer import Delivery, Handling, Outcome
-from django_outbox.delivery import build_record
 from django_outbox.kafka import KafkaTimeoutError
 from django_outbox.models import OutboxMessage, Status
-from django_outbox.relay import Relay
+from django_outbox.ops import tracing
+from django_outbox.relay.loop import Relay
+from django_outbox.relay.send import build_record
 from tests.kafka_fixtures import read_topic
 
 from .consumer_support import consume, registered, unique_group
@@ -241,7 +242,7 @@ import sys
 sys.modules["opentelemetry"] = None  # as if the [otel] extra were not installed
 import django
 django.setup()
-from django_outbox import tracing
+from django_outbox.ops import tracing
 from django_outbox.envelope import Event
 assert tracing.trace is None and tracing.tracer() is None
 headers = {"a": "b"}

@@ -69,7 +69,7 @@ def test_command_logging_sets_the_level_and_restores_it():
     out = io.StringIO()
     with command_logging(out, 0):  # type: ignore[arg-type]
         assert package.level == logging.WARNING
-        logging.getLogger("django_outbox.relay").warning("careful")
-        logging.getLogger("django_outbox.relay").info("chatter")
+        logging.getLogger("django_outbox.relay.loop").warning("careful")
+        logging.getLogger("django_outbox.relay.loop").info("chatter")
     assert package.level == before and not package.handlers
     assert "careful" in out.getvalue() and "chatter" not in out.getvalue()

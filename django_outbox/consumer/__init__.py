@@ -11,9 +11,15 @@
 
 from __future__ import annotations
 
-from .handling import Handling, Outcome, Result
-from .loop import DEFAULT_BATCH_SIZE, Consumer, ConsumerStats, subscribed_topics
-from .records import Delivery
+from django_outbox.consumer.handling import Handling
+from django_outbox.consumer.loop import (
+    DEFAULT_BATCH_SIZE,
+    Consumer,
+    ConsumerStats,
+    subscribed_topics,
+)
+from django_outbox.consumer.outcomes import Outcome, Result
+from django_outbox.consumer.records import Delivery
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .. import kafka
+from django_outbox import kafka
 
 logger = logging.getLogger("django_outbox.consumer")
 

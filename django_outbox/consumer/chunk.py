@@ -24,15 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..envelope import Event
-from ..exceptions import UnknownEventType
-from ..registry import Registration
-from .inbox import Duplicate
-from .local import LocalFailure, LockedRow
-from .records import Delivery, Rejected
+from django_outbox.consumer.inbox import Duplicate
+from django_outbox.consumer.local import LocalFailure, LockedRow
+from django_outbox.consumer.outcomes import Outcome, Result
+from django_outbox.consumer.records import Delivery, Rejected
+from django_outbox.envelope import Event
+from django_outbox.exceptions import UnknownEventType
+from django_outbox.registry import Registration
 
 if TYPE_CHECKING:
-    from .handling import Handling, Result
+    from django_outbox.consumer.handling import Handling
 
 logger = logging.getLogger("django_outbox.consumer")
 
@@ -105,8 +106,6 @@ class ChunkPass:
         stop: Callable[[], bool],
     ) -> None:
         """Decide each record in order; run handlers (per event now, batches when due)."""
-        from .handling import Outcome, Result
-
         handling = self.handling
         first_copy: dict[object, int] = {}
         for index, delivery in enumerate(self.deliveries):
@@ -198,8 +197,6 @@ class ChunkPass:
                 self._execute(Unit(unit.registration, unit.alias, [item], {item.partition}))
 
     def _succeeded(self, unit: Unit, insert_inbox: bool = False) -> None:
-        from .handling import Outcome, Result
-
         for item in unit.items:
             self.results[item.index] = Result(Outcome.HANDLED)
             if item.row is not None:
@@ -208,8 +205,6 @@ class ChunkPass:
                 self.inboxed.append(item)
 
     def _duplicate(self, item: Item) -> None:
-        from .handling import Outcome, Result
-
         self.results[item.index] = Result(Outcome.DUPLICATE)
 
     def _failed(self, item: Item, failure: Exception) -> None:
@@ -224,8 +219,6 @@ class ChunkPass:
 
     def resolve_copies(self) -> None:
         """Later copies of an event: a duplicate of a handled first copy, else its fate."""
-        from .handling import Outcome, Result
-
         for index, first in self.copies:
             decided = self.results[first]
             if decided is None or decided.outcome is Outcome.RETRY_IN_PLACE:

@@ -25,48 +25,29 @@ caller, which retries the same record (or chunk).
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 from django.db import connections, transaction
 from django.db.transaction import TransactionManagementError
 
-from .. import compat, metrics, signals, tracing
-from ..conf import outbox_settings
-from ..envelope import Event
-from ..inbox import RejectedRecord, RejectionReason
-from ..registry import HandlerRegistry, Registration, registry
-from . import records, rejects
-from .chunk import ChunkPass, Fallback, Unit
-from .database import DATABASE_ERRORS
-from .inbox import Duplicate, Inbox
-from .local import LocalFailure, LocalRows, LockedRow, describe_failure, holds
-from .records import Delivery, Rejected
+from django_outbox import compat, signals
+from django_outbox.conf import outbox_settings
+from django_outbox.consumer import records, rejects
+from django_outbox.consumer.chunk import ChunkPass, Fallback, Unit
+from django_outbox.consumer.database import DATABASE_ERRORS
+from django_outbox.consumer.inbox import Duplicate, Inbox
+from django_outbox.consumer.local import LocalFailure, LocalRows, LockedRow, describe_failure, holds
+from django_outbox.consumer.outcomes import Outcome, Result
+from django_outbox.consumer.records import Delivery, Rejected
+from django_outbox.envelope import Event
+from django_outbox.models.inbox import RejectedRecord, RejectionReason
+from django_outbox.ops import metrics, tracing
+from django_outbox.registry import HandlerRegistry, Registration, registry
 
 logger = logging.getLogger("django_outbox.consumer")
-
-
-class Outcome(str, enum.Enum):
-    HANDLED = "handled"  # the handler ran and its effects committed
-    DUPLICATE = "duplicate"  # handled before: nothing done
-    RETRY = "retry"  # handler failed; the row is pending again, the relay re-delivers it
-    DEAD = "dead"  # handler failed and the row ran out of retries
-    RETRY_IN_PLACE = "retry_in_place"  # an inbox event's handler failed; try it here again
-    FAILED = "failed"  # an inbox event's handler kept failing; recorded as rejected
-    SKIPPED = "skipped"  # unknown event type, or a row that is dead already
-    REJECTED = "rejected"  # malformed record, recorded as rejected
-
-
-@dataclass(frozen=True)
-class Result:
-    outcome: Outcome
-    error: str = ""
-    #: Why a record was kept as rejected (a ``RejectionReason``); empty otherwise.
-    reason: str = ""
 
 
 class HandlerBroke(Exception):

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 
 from django.db import IntegrityError
 
-from ..envelope import Event
-from ..inbox import InboxEntry
-from .records import Delivery
+from django_outbox.consumer.records import Delivery
+from django_outbox.envelope import Event
+from django_outbox.models.inbox import InboxEntry
 
 
 class Duplicate(Exception):

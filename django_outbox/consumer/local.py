@@ -33,13 +33,13 @@ from django.db import connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ..backoff import retry_delay
-from ..conf import outbox_settings
-from ..envelope import HEADER_OUTBOX_DB, HEADER_OUTBOX_ID, Event
-from ..exceptions import MalformedEvent
-from ..fields import clip_error
-from ..models import OutboxMessage, OutboxMessageQuerySet, Status
-from .records import Delivery, Rejected, local_reference
+from django_outbox.backoff import retry_delay
+from django_outbox.conf import outbox_settings
+from django_outbox.consumer.records import Delivery, Rejected, local_reference
+from django_outbox.envelope import HEADER_OUTBOX_DB, HEADER_OUTBOX_ID, Event
+from django_outbox.exceptions import MalformedEvent
+from django_outbox.fields import clip_error
+from django_outbox.models import OutboxMessage, OutboxMessageQuerySet, Status
 
 logger = logging.getLogger("django_outbox.consumer")
 

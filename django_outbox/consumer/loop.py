@@ -44,18 +44,19 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from .. import kafka, metrics, signals
-from ..backoff import backoff_delay, retry_delay
-from ..conf import outbox_settings
-from ..exceptions import ImproperlyConfiguredOutbox
-from ..inbox import RejectionReason
-from ..registry import HandlerRegistry, registry
-from ..shutdown import Shutdown
-from .broker import Blockage, BrokerWatch
-from .database import DATABASE_ERRORS, databases_answer, drop_connections
-from .handling import Handling, Outcome, Result
-from .ordering_detector import OrderingDetector
-from .records import Delivery
+from django_outbox import kafka, signals
+from django_outbox.backoff import backoff_delay, retry_delay
+from django_outbox.conf import outbox_settings
+from django_outbox.consumer.broker import Blockage, BrokerWatch
+from django_outbox.consumer.database import DATABASE_ERRORS, databases_answer, drop_connections
+from django_outbox.consumer.handling import Handling, Outcome, Result
+from django_outbox.consumer.ordering_detector import OrderingDetector
+from django_outbox.consumer.records import Delivery
+from django_outbox.exceptions import ImproperlyConfiguredOutbox
+from django_outbox.models.inbox import RejectionReason
+from django_outbox.ops import metrics
+from django_outbox.registry import HandlerRegistry, registry
+from django_outbox.shutdown import Shutdown
 
 logger = logging.getLogger("django_outbox.consumer")
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 
-from .. import metrics
-from .handling import Outcome
-from .records import Delivery, local_reference
+from django_outbox.consumer.handling import Outcome
+from django_outbox.consumer.records import Delivery, local_reference
+from django_outbox.ops import metrics
 
 logger = logging.getLogger("django_outbox.consumer")
 

@@ -22,9 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_OUTBOX_DB, HEADER_OUTBOX_ID, Event
-from ..exceptions import MalformedEvent
-from ..inbox import RejectionReason
+from django_outbox.envelope import (
+    HEADER_EVENT_ID,
+    HEADER_EVENT_TYPE,
+    HEADER_OUTBOX_DB,
+    HEADER_OUTBOX_ID,
+    Event,
+)
+from django_outbox.exceptions import MalformedEvent
+from django_outbox.models.inbox import RejectionReason
 
 _ABSENT = object()
 

@@ -17,17 +17,17 @@ from typing import Any
 
 from django.db import DatabaseError, transaction
 
-from ..envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Event
-from ..fields import clip_error
-from ..inbox import (
+from django_outbox.consumer.database import DATABASE_ERRORS
+from django_outbox.consumer.records import Delivery
+from django_outbox.envelope import HEADER_EVENT_ID, HEADER_EVENT_TYPE, Event
+from django_outbox.fields import clip_error
+from django_outbox.models.inbox import (
     MAX_STORED_BYTES,
     RejectedRecord,
     encode_bytes,
     encode_headers,
     storable_text,
 )
-from .database import DATABASE_ERRORS
-from .records import Delivery
 
 logger = logging.getLogger("django_outbox.consumer")
 

@@ -23,11 +23,11 @@ from typing import cast
 from django.db import connections, models
 from django.utils import timezone
 
-from .. import kafka
-from ..delivery import describe
-from ..inbox import RejectedRecord, ReplayOutcome, decode_headers
-from .handling import Handling, Outcome
-from .records import Delivery
+from django_outbox import kafka
+from django_outbox.consumer.handling import Handling, Outcome
+from django_outbox.consumer.records import Delivery
+from django_outbox.exceptions import describe
+from django_outbox.models.inbox import RejectedRecord, ReplayOutcome, decode_headers
 
 logger = logging.getLogger("django_outbox.consumer")
 

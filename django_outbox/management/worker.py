@@ -15,9 +15,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.db import connections
 
-from django_outbox import metrics
 from django_outbox.conf import outbox_settings
-from django_outbox.health import HealthFile
+from django_outbox.ops import metrics
+from django_outbox.ops.health import HealthFile
 from django_outbox.shutdown import Shutdown
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO}

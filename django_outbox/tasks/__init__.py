@@ -9,6 +9,6 @@ runs the task once, and its result is read back with ``get_result()``. Needs Dja
 
 from __future__ import annotations
 
-from .backend import OutboxBackend
+from django_outbox.tasks.backend import OutboxBackend
 
 __all__ = ["OutboxBackend"]

@@ -9,24 +9,21 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
-from ..conf import outbox_settings
-from ..exceptions import InvalidEvent
-from ..publishing import EVENT_TYPE_MAX, publish_event
-from ..task_results import TaskRecord, TaskStatus
-from . import running
-from .framework import (
+from django_outbox.conf import outbox_settings
+from django_outbox.exceptions import InvalidEvent
+from django_outbox.models.task_results import TaskRecord, TaskStatus
+from django_outbox.publish.write import EVENT_TYPE_MAX, publish_event
+from django_outbox.tasks import running
+from django_outbox.tasks.framework import (
     BaseTaskBackend,
     InvalidTask,
     Task,
-    TaskError,
     TaskResult,
     TaskResultDoesNotExist,
-    TaskResultStatus,
-    set_return_value,
     task_enqueued,
 )
+from django_outbox.tasks.results import to_result
 
 
 class OutboxBackend(BaseTaskBackend):
@@ -57,6 +54,11 @@ class OutboxBackend(BaseTaskBackend):
     @property
     def database(self) -> str:
         return str(self.options.get("DATABASE") or outbox_settings.database)
+
+    @property
+    def outbox_database(self) -> str:
+        """The alias the task rows of this backend live on (read by ``running``)."""
+        return self.database
 
     @property
     def topic(self) -> str | None:
@@ -139,28 +141,3 @@ class OutboxBackend(BaseTaskBackend):
         if record is None:
             raise TaskResultDoesNotExist(result_id)
         return to_result(record)
-
-
-def to_result(record: TaskRecord, task: Task | None = None) -> TaskResult:
-    """A ``TaskResult`` of the framework from a stored record (of ``task``, or of the
-    task its ``task_path`` names)."""
-    if task is None:
-        task = import_string(record.task_path)
-    if not isinstance(task, Task):
-        raise TaskResultDoesNotExist(f"{record.task_path!r} is no longer a task ({record.pk})")
-    result: TaskResult = TaskResult(
-        task=task,
-        id=record.pk,
-        status=TaskResultStatus(record.status),
-        enqueued_at=record.enqueued_at,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        last_attempted_at=record.last_attempted_at,
-        args=record.args,
-        kwargs=record.kwargs,
-        backend=record.backend,
-        errors=[TaskError(**error) for error in record.errors],
-        worker_ids=list(record.worker_ids),
-    )
-    set_return_value(result, record.return_value)
-    return result

@@ -22,21 +22,22 @@ from typing import TYPE_CHECKING, Any
 from django.db import transaction
 from django.utils import timezone
 
-from ..attempts import worker_name
-from ..conf import outbox_settings
-from ..consumer.database import DATABASE_ERRORS
-from ..registry import registry
-from ..task_results import TaskRecord, TaskStatus
-from .framework import (
+from django_outbox.conf import outbox_settings
+from django_outbox.consumer.database import DATABASE_ERRORS
+from django_outbox.models.attempts import worker_name
+from django_outbox.models.task_results import TaskRecord, TaskStatus
+from django_outbox.registry import registry
+from django_outbox.tasks.framework import (
     Task,
     TaskContext,
     task_backends,
     task_finished,
     task_started,
 )
+from django_outbox.tasks.results import to_result
 
 if TYPE_CHECKING:
-    from ..envelope import Event
+    from django_outbox.envelope import Event
 
 logger = logging.getLogger("django_outbox.tasks")
 
@@ -69,10 +70,9 @@ def _arguments(data: Any) -> tuple[list[Any], dict[str, Any]] | None:
 
 def run(task: Task, event: Event) -> None:
     """Run ``task`` for ``event`` unless its result is final already; record the outcome."""
-    from .backend import OutboxBackend, to_result
-
     backend = task_backends[task.backend]
-    alias = backend.database if isinstance(backend, OutboxBackend) else outbox_settings.database
+    # Duck-typed: the backend module imports this one.
+    alias = getattr(backend, "outbox_database", None) or outbox_settings.database
     now = timezone.now()
     records = TaskRecord.objects.using(alias)
     record = records.select_for_update().filter(pk=str(event.event_id)).first()

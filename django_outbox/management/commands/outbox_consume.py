@@ -10,14 +10,14 @@ from django.core.management.base import CommandError, CommandParser
 from django_outbox.conf import outbox_settings
 from django_outbox.consumer import DEFAULT_BATCH_SIZE, Consumer
 from django_outbox.exceptions import ImproperlyConfiguredOutbox
-from django_outbox.health import HealthFile
-from django_outbox.inbox import InboxEntry, RejectedRecord
 from django_outbox.management.worker import (
     WorkerCommand,
     non_negative_float,
     positive_float,
     positive_int,
 )
+from django_outbox.models.inbox import InboxEntry, RejectedRecord
+from django_outbox.ops.health import HealthFile
 from django_outbox.shutdown import Shutdown
 
 

@@ -8,10 +8,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from django_outbox import fencing
-from django_outbox.attempts import FailedAttempt
 from django_outbox.management.worker import add_database_argument, database_aliases
-from django_outbox.models import OutboxMessage, Status
+from django_outbox.models import OutboxMessage, Status, fencing
+from django_outbox.models.attempts import FailedAttempt
 
 
 class Command(BaseCommand):

@@ -8,11 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_outbox import kafka
 from django_outbox.conf import outbox_settings
-from django_outbox.management.worker import (
-    add_database_argument,
-    database_aliases,
-    positive_float,
-)
+from django_outbox.management.worker import add_database_argument, database_aliases, positive_float
 from django_outbox.models import OutboxMessage
 
 

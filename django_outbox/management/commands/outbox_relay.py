@@ -6,7 +6,6 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from django_outbox.health import HealthFile
 from django_outbox.management.worker import (
     WorkerCommand,
     add_database_argument,
@@ -15,7 +14,8 @@ from django_outbox.management.worker import (
     positive_float,
     positive_int,
 )
-from django_outbox.relay import Relay
+from django_outbox.ops.health import HealthFile
+from django_outbox.relay.loop import Relay
 from django_outbox.shutdown import Shutdown
 
 

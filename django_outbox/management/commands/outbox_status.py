@@ -13,7 +13,7 @@ from django_outbox.management.worker import (
     non_negative_float,
     non_negative_int,
 )
-from django_outbox.status import database_status, problems, render
+from django_outbox.ops.status import database_status, problems, render
 
 #: Exit code when a --fail-if-* threshold is crossed (1 stays "the command failed").
 THRESHOLD_EXIT = 2

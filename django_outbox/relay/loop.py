@@ -35,15 +35,19 @@ from typing import Any
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from . import buckets, kafka, metrics
-from .backoff import backoff_delay
-from .claiming import Claim, Owner, claim, release
-from .conf import outbox_settings
-from .dbthread import DatabaseThread
-from .delivery import InFlight, Sender, Settled, describe, prepare, write_back
-from .models import OutboxMessage
-from .shutdown import Shutdown
-from .wakeup import Wakeup
+from django_outbox import kafka
+from django_outbox.backoff import backoff_delay
+from django_outbox.conf import outbox_settings
+from django_outbox.exceptions import describe
+from django_outbox.models import OutboxMessage
+from django_outbox.models.claiming import Claim, Owner, claim, release
+from django_outbox.ops import metrics
+from django_outbox.relay import buckets
+from django_outbox.relay.dbthread import DatabaseThread
+from django_outbox.relay.send import InFlight, Sender, Settled, prepare
+from django_outbox.relay.write_back import write_back
+from django_outbox.shutdown import Shutdown
+from django_outbox.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 

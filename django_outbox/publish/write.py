@@ -12,12 +12,13 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
-from . import compat, tracing, wakeup
-from .conf import outbox_settings
-from .envelope import RESERVED_HEADERS, Event
-from .exceptions import ImproperlyConfiguredOutbox, InvalidEvent
-from .models import OutboxMessage, scheduled_time
-from .topics import topic_problem
+from django_outbox import compat, wakeup
+from django_outbox.conf import outbox_settings
+from django_outbox.envelope import RESERVED_HEADERS, Event
+from django_outbox.exceptions import ImproperlyConfiguredOutbox, InvalidEvent
+from django_outbox.models import OutboxMessage, scheduled_time
+from django_outbox.ops import tracing
+from django_outbox.topics import topic_problem
 
 EVENT_TYPE_MAX = 64
 KEY_MAX = 128

@@ -26,12 +26,18 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 from django.utils import timezone
 
-from . import buckets, fencing
-from .backoff import retry_delay
-from .fencing import Fence
-from .fields import clip_error
-from .models import OutboxMessage, OutboxMessageQuerySet, Status, lease_expiry, retry_time
-from .ordering import in_key_order
+from django_outbox.backoff import retry_delay
+from django_outbox.fields import clip_error
+from django_outbox.models import buckets, fencing
+from django_outbox.models.fencing import Fence
+from django_outbox.models.ordering import in_key_order
+from django_outbox.models.outbox import (
+    OutboxMessage,
+    OutboxMessageQuerySet,
+    Status,
+    lease_expiry,
+    retry_time,
+)
 
 
 class ClaimedRow(NamedTuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import connections
 from django.db.models import QuerySet
 
-from .models import OutboxMessage
+from django_outbox.models.outbox import OutboxMessage
 
 #: Counts above this are shown as "more than 10,000".
 COUNT_CAP = 10_000

@@ -24,8 +24,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .fields import MillisecondDateTimeField
-from .pruning import delete_in_chunks
+from django_outbox.fields import MillisecondDateTimeField
+from django_outbox.models.pruning import delete_in_chunks
 
 
 class _PrunableQuerySet(models.QuerySet):

@@ -17,14 +17,18 @@ from django.db.models.functions import Coalesce, TruncSecond
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import attempts, fencing
-from .fields import MillisecondDateTimeField, ShortTextField, clip_error, truncate_to_millis
-from .pruning import count_in_chunks, delete_in_chunks
+from django_outbox.fields import (
+    MillisecondDateTimeField,
+    ShortTextField,
+    clip_error,
+    truncate_to_millis,
+)
+from django_outbox.models import attempts, fencing
+from django_outbox.models.pruning import count_in_chunks, delete_in_chunks
 
 if TYPE_CHECKING:
-    from .claiming import Claim
-    from .envelope import Event
-    from .fencing import Fence
+    from django_outbox.envelope import Event
+    from django_outbox.models.fencing import Fence
 
 
 class Status(models.TextChoices):
@@ -456,12 +460,6 @@ class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
                 )
                 return changed
 
-    def claim(self, batch_size: int, lease_seconds: float, **options: Any) -> Claim:
-        """Lease up to ``batch_size`` due rows, oldest first (see ``claiming.claim``)."""
-        from .claiming import claim
-
-        return claim(self.db, batch_size, lease_seconds, **options)
-
     # Operators' transitions (the admin's actions). Rows a relay holds are left alone.
     # ``last_error`` stays what it was: who did what is in the admin's LogEntry history.
     # (Except ``cancel_scheduled``: a scheduled row has no error, and a dead row needs a
@@ -648,7 +646,7 @@ def _insert_statement(connection: Any, notify: bool) -> tuple[str, list[models.F
     )
     returning = None
     if notify:
-        from .wakeup import CHANNEL
+        from django_outbox.wakeup import CHANNEL
 
         pk = quote(meta.pk.column)
         sql = (
@@ -730,13 +728,6 @@ class OutboxMessage(models.Model):
     @property
     def event(self) -> Event:
         """The envelope stored in ``payload``, parsed (raises ``MalformedEvent``)."""
-        from .envelope import Event
+        from django_outbox.envelope import Event
 
         return Event.from_json(self.payload)
-
-
-from .attempts import FailedAttempt  # noqa: E402,F401
-from .buckets import RelayBucket, RelayMember  # noqa: E402,F401
-from .inbox import InboxEntry, RejectedRecord  # noqa: E402,F401
-from .ordering import ReleasedRow  # noqa: E402,F401
-from .task_results import TaskRecord  # noqa: E402,F401

@@ -19,10 +19,9 @@ from django.utils.functional import cached_property
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from . import buckets
-from .counting import COUNT_CAP, capped_count, table_estimate
-from .models import OutboxMessageQuerySet, Status
-from .status import oldest_due
+from django_outbox.models import OutboxMessageQuerySet, Status, buckets
+from django_outbox.models.counting import COUNT_CAP, capped_count, table_estimate
+from django_outbox.ops.status import oldest_due
 
 
 class OutboxPaginator(Paginator):

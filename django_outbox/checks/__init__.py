@@ -8,9 +8,9 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from . import cloudevents
-from .conf import DEFAULTS, RETIRED, outbox_settings
-from .topics import topic_problem
+from django_outbox import cloudevents
+from django_outbox.conf import DEFAULTS, RETIRED, outbox_settings
+from django_outbox.topics import topic_problem
 
 TAG = "django_outbox"
 POLICIES = ("skip", "retry", "dead")
@@ -283,7 +283,7 @@ def check_cloudevents(**kwargs: Any) -> Messages:
 
 def check_metrics(**kwargs: Any) -> Messages:
     """W020: metrics asked for without prometheus-client; E020/E021: bad numbers."""
-    from .metrics import INSTALL, available
+    from django_outbox.ops.metrics import INSTALL, available
 
     messages: Messages = []
     if outbox_settings.raw("METRICS") and not available():
@@ -337,7 +337,7 @@ def check_admin_static(**kwargs: Any) -> Messages:
 
 def check_handlers(**kwargs: Any) -> Messages:
     """Handlers whose argument's annotation disagrees with ``batch=`` (W060, W061)."""
-    from .registry import registry
+    from django_outbox.registry import registry
 
     messages: Messages = []
     for event_type, registration in registry.registrations():
@@ -359,7 +359,7 @@ def check_handlers(**kwargs: Any) -> Messages:
 def check_kafka_client(**kwargs: Any) -> Messages:
     """E080: unknown OUTBOX_KAFKA_CLIENT, or "confluent" without confluent-kafka;
     E081: producer options that "confluent" cannot take; W080: options that weaken it."""
-    from . import kafka
+    from django_outbox import kafka
 
     client = outbox_settings.raw("KAFKA_CLIENT")
     if client not in CLIENTS:
@@ -423,8 +423,8 @@ def check_replication(**kwargs: Any) -> Messages:
     """W050 (``check --deploy`` only: it asks the cluster, for 2 s at most): a topic the
     outbox writes to has one copy on a cluster of several brokers. Silent when no broker
     answers (``outbox_ready`` reports that)."""
-    from . import kafka
-    from .topics import SINGLE_COPY_FIX, implied_topics, single_copy_problem
+    from django_outbox import kafka
+    from django_outbox.topics import SINGLE_COPY_FIX, implied_topics, single_copy_problem
 
     names = implied_topics()
     if not names:

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from .fields import MillisecondDateTimeField, clip_error
-from .pruning import delete_in_chunks
+from django_outbox.fields import MillisecondDateTimeField, clip_error
+from django_outbox.models.pruning import delete_in_chunks
 
 
 class Source(models.TextChoices):

@@ -17,10 +17,11 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from .conf import outbox_settings
-from .envelope import HEADER_OUTBOX_DB, HEADER_OUTBOX_ID
-from .inbox import InboxEntry, RejectedRecord, decode_headers
-from .models import OutboxMessage
+from django_outbox.admin.display import long_time
+from django_outbox.conf import outbox_settings
+from django_outbox.envelope import HEADER_OUTBOX_DB, HEADER_OUTBOX_ID
+from django_outbox.models import OutboxMessage
+from django_outbox.models.inbox import InboxEntry, RejectedRecord, decode_headers
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -36,12 +37,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-def _long_time(value: Any) -> str:
-    from .admin import long_time  # admin.py imports this module at its end
-
-    return long_time(value)
 
 
 def outbox_row_of(record: RejectedRecord) -> tuple[str, int] | None:
@@ -131,15 +126,15 @@ class RejectedRecordAdmin(ReadOnlyAdmin):
 
     @admin.display(description=_("created at"))
     def created_text(self, obj: RejectedRecord) -> str:
-        return _long_time(obj.created_at)
+        return long_time(obj.created_at)
 
     @admin.display(description=_("updated at"))
     def updated_text(self, obj: RejectedRecord) -> str:
-        return _long_time(obj.updated_at)
+        return long_time(obj.updated_at)
 
     @admin.display(description=_("replayed at"))
     def replayed_at_text(self, obj: RejectedRecord) -> str:
-        return _long_time(obj.replayed_at)
+        return long_time(obj.replayed_at)
 
     @admin.display(description=_("value"))
     def value_text(self, obj: RejectedRecord) -> SafeString:
@@ -199,7 +194,7 @@ class RejectedRecordAdmin(ReadOnlyAdmin):
     )
     def rehandle(self, request: HttpRequest, queryset: QuerySet[RejectedRecord]) -> None:
         """Each record goes through the consumer's handling in this process (once-only rules)."""
-        from .consumer.replay import rehandle
+        from django_outbox.consumer.replay import rehandle
 
         records = list(queryset.order_by("pk"))
         replayed = rehandle(records)
@@ -208,7 +203,7 @@ class RejectedRecordAdmin(ReadOnlyAdmin):
     @admin.action(permissions=["replay"], description=_("Replay: send to its topic again"))
     def resend(self, request: HttpRequest, queryset: QuerySet[RejectedRecord]) -> None:
         """The stored bytes go back to their topic; every consumer group gets them again."""
-        from .consumer.replay import resend
+        from django_outbox.consumer.replay import resend
 
         records = list(queryset.order_by("pk"))
         replayed = resend(records)

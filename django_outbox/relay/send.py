@@ -31,11 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connections
-from django.utils import timezone
-
-from . import kafka, metrics, signals, tracing
-from .claiming import Claim, Failure, record_failed, record_published, release
+from django_outbox import kafka
+from django_outbox.exceptions import describe
+from django_outbox.models.claiming import Claim
+from django_outbox.ops import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +44,6 @@ UNREACHABLE_DELAY = 1.0
 
 class RecordError(Exception):
     """An outbox row that cannot be turned into a Kafka record (its fault, for good)."""
-
-
-def describe(exc: BaseException) -> str:
-    """An error as stored in ``last_error``: its type and message."""
-    text = str(exc)
-    name = type(exc).__name__
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 def build_record(row: Any, alias: str) -> kafka.OutboxRecord:
@@ -270,98 +262,3 @@ class Sender:
             confirmed,
         )
         return outcomes
-
-
-# ------------------------------------------------------------------------ write-back
-
-
-def failure_of(row: Any, outcome: BaseException) -> Failure:
-    """The ``Failure`` a row's outcome means: final, definite, or of unknown fate."""
-    final = isinstance(outcome, RecordError) or kafka.is_poison(outcome)
-    return Failure(
-        row, describe(outcome), final=final, definite=not kafka.is_transport_error(outcome)
-    )
-
-
-def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> None:
-    """Record ``settled`` (fenced on its lease), on a fresh connection after a failure.
-
-    Raises the database's error when every attempt failed; the caller keeps the
-    outcome and tries again later, as long as the lease lasts.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            _write(settled)
-            metrics.batch_recorded(settled.claim)
-            return
-        except Exception:
-            if attempt == attempts:
-                raise
-            logger.warning(
-                "outbox: recording the outcome of %d row(s) on %r failed (attempt %d); "
-                "retrying on a fresh connection",
-                len(settled.claim.rows),
-                settled.claim.alias,
-                attempt,
-                exc_info=True,
-            )
-            _reconnect(settled.claim.alias)
-            time.sleep(pause * attempt)
-
-
-def _write(settled: Settled) -> None:
-    claim, now = settled.claim, timezone.now()
-    acked = [row for row, o in zip(claim.rows, settled.outcomes, strict=True) if o is None]
-    failed = [(row, o) for row, o in zip(claim.rows, settled.outcomes, strict=True) if o]
-    if acked:
-        written = record_published(claim, [row.id for row in acked], now)
-        if written != len(acked):
-            logger.info(
-                "outbox: %d of %d acknowledged row(s) on %r were no longer ours "
-                "(lease ran out, or already consumed); left as they are",
-                len(acked) - written,
-                len(acked),
-                claim.alias,
-            )
-        signals.send(signals.event_published, Sender, alias=claim.alias, rows=acked)
-    if not failed:
-        return
-    failures = [failure_of(row, outcome) for row, outcome in failed]
-    if settled.unreachable:
-        # Nothing is known and Kafka looks away: no attempt spent, due again shortly.
-        unknown = [f for f in failures if not f.final and not f.definite]
-        error = f"not delivered, will retry: {failures[0].error}"
-        release(claim, [f.row.id for f in unknown], now, error=error, delay=UNREACHABLE_DELAY)
-        _signal_failures(claim.alias, unknown)
-        failures = [f for f in failures if f.final or f.definite]
-        if not failures:
-            return
-    record_failed(claim, failures, now)
-    _signal_failures(claim.alias, failures)
-    dead = sum(1 for f in failures if f.kills)
-    logger.warning(
-        "outbox: %d of %d row(s) on %r not delivered (first: #%d %s); %d dead, "
-        "the others retried with backoff",
-        len(failures),
-        len(claim.rows),
-        claim.alias,
-        failures[0].row.id,
-        failures[0].error,
-        dead,
-    )
-
-
-def _signal_failures(alias: str, failures: list[Failure]) -> None:
-    for signal, kills in ((signals.event_dead, True), (signals.event_failed, False)):
-        chosen = [f for f in failures if f.kills == kills]
-        if chosen:
-            rows, errors = [f.row for f in chosen], [f.error for f in chosen]
-            signals.send(signal, Sender, alias=alias, rows=rows, errors=errors)
-
-
-def _reconnect(alias: str) -> None:
-    connection = connections[alias]
-    try:
-        connection.close()
-    except Exception:  # a connection that is already gone may fail to close
-        pass

@@ -39,7 +39,7 @@ except ImportError:  # the optional extra is not installed: tracing is off
     trace = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from .envelope import Event
+    from django_outbox.envelope import Event
 
 logger = logging.getLogger(__name__)
 

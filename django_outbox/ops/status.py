@@ -25,8 +25,7 @@ from django.db import connections
 from django.db.models import Count, F, Min
 from django.utils import timezone
 
-from . import buckets, counting
-from .models import OutboxMessage, OutboxMessageQuerySet, Status
+from django_outbox.models import OutboxMessage, OutboxMessageQuerySet, Status, buckets, counting
 
 #: Window of the "dead recently" figure, seconds.
 RECENT_DEAD_WINDOW = 3600

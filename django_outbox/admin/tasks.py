@@ -11,9 +11,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from .admin_inbox import ReadOnlyAdmin
-from .conf import outbox_settings
-from .task_results import TaskRecord
+from django_outbox.admin.inbox import ReadOnlyAdmin
+from django_outbox.conf import outbox_settings
+from django_outbox.models.task_results import TaskRecord
 
 
 def _pretty(value: Any) -> SafeString:

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from .fields import MillisecondDateTimeField
+from django_outbox.fields import MillisecondDateTimeField
 
 
 class Fence(NamedTuple):

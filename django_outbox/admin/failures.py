@@ -21,7 +21,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .models import OutboxMessageQuerySet, Status
+from django_outbox.models import OutboxMessageQuerySet, Status
 
 #: Failed rows grouped at most (the newest); the page says when there are more. Each costs
 #: one read of its row by primary key (a random page of the table).

@@ -10,11 +10,11 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .admin_counts import SUMMARY_STATES, state_queryset
-from .conf import outbox_settings
-from .models import OutboxMessageQuerySet, Status
-from .ordering import blocked
-from .registry import registry
+from django_outbox.admin.counts import SUMMARY_STATES, state_queryset
+from django_outbox.conf import outbox_settings
+from django_outbox.models import OutboxMessageQuerySet, Status
+from django_outbox.models.ordering import blocked
+from django_outbox.registry import registry
 
 #: How many of the newest rows the event type and topic filters look at for choices.
 RECENT_ROWS = 10_000

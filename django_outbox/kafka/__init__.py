@@ -32,9 +32,9 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from . import cloudevents
-from .conf import outbox_settings
-from .envelope import (
+from django_outbox import cloudevents
+from django_outbox.conf import outbox_settings
+from django_outbox.envelope import (
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
     HEADER_OUTBOX_DB,
@@ -43,7 +43,7 @@ from .envelope import (
 )
 
 if TYPE_CHECKING:
-    from .models import OutboxMessage
+    from django_outbox.models import OutboxMessage
 
 __all__ = [
     "HEADER_EVENT_ID",
@@ -247,20 +247,20 @@ def build_relay_producer(**overrides: Any) -> Any:
     a librdkafka producer with the same settings (see ``confluent_config``)."""
     if kafka_client() != "confluent":
         return build_producer(**overrides)
-    from . import kafka_confluent
+    from django_outbox.kafka import confluent as kafka_confluent
 
     return kafka_confluent.Producer(confluent_config(**overrides), _confluent_error, NotSent)
 
 
 def raw_confluent_producer(**overrides: Any) -> Any:
     """A plain ``confluent_kafka.Producer`` on ``confluent_config`` (bench/relay_bench.py)."""
-    from . import kafka_confluent
+    from django_outbox.kafka import confluent as kafka_confluent
 
     return kafka_confluent.raw_producer(confluent_config(**overrides))
 
 
 def confluent_version() -> str:
-    from . import kafka_confluent
+    from django_outbox.kafka import confluent as kafka_confluent
 
     return kafka_confluent.version()
 

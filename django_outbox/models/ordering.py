@@ -22,7 +22,7 @@ from django.db import models
 from django.db.models import Exists, OuterRef, Q
 from django.utils.translation import gettext_lazy as _
 
-from .conf import outbox_settings
+from django_outbox.conf import outbox_settings
 
 
 class ReleasedRow(models.Model):
@@ -51,7 +51,7 @@ class ReleasedRow(models.Model):
 
 def open_earlier_rows(alias: str) -> models.QuerySet:
     """For ``OuterRef`` rows: earlier rows of the same topic and key that still hold it."""
-    from .models import OutboxMessage, Status
+    from django_outbox.models.outbox import OutboxMessage, Status
 
     released = ReleasedRow.objects.using(alias).filter(database=alias, outbox_id=OuterRef("pk"))
     return (
@@ -86,7 +86,7 @@ def blocked(queryset: _Rows, alias: str) -> _Rows:
 
 def release_keys(dead_rows: models.QuerySet, alias: str, who: str = "") -> int:
     """Let later rows of each key go ahead of these dead rows; return how many were released."""
-    from .models import Status
+    from django_outbox.models.outbox import Status
 
     ids = list(dead_rows.filter(status=Status.DEAD).values_list("pk", flat=True))
     existing = set(

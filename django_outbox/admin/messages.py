@@ -25,21 +25,22 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 from django.utils.text import capfirst
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from .admin_counts import COUNT_CAP, OutboxPaginator, capped_count, summary
-from .admin_failures import FailureFilter, group_failures
-from .admin_filters import EventTypeFilter, HeldFilter, StateFilter, TopicFilter
-from .attempts import FailedAttempt
-from .conf import outbox_settings
-from .fields import truncate_to_millis
-from .inbox import RejectedRecord
-from .models import FINAL_STATUSES, OutboxMessage, OutboxMessageQuerySet, Status
-from .ordering import release_keys
-from .registry import registry
+from django_outbox.admin.counts import COUNT_CAP, OutboxPaginator, capped_count, summary
+from django_outbox.admin.display import breakable, detail_time, long_time, short_time
+from django_outbox.admin.failures import FailureFilter, group_failures
+from django_outbox.admin.filters import EventTypeFilter, HeldFilter, StateFilter, TopicFilter
+from django_outbox.conf import outbox_settings
+from django_outbox.fields import truncate_to_millis
+from django_outbox.models import FINAL_STATUSES, OutboxMessage, OutboxMessageQuerySet, Status
+from django_outbox.models.attempts import FailedAttempt
+from django_outbox.models.inbox import RejectedRecord
+from django_outbox.models.ordering import release_keys
+from django_outbox.registry import registry
 
 #: A search materialises at most this many matching ids, so that the list and its
 #: count become primary-key lookups instead of repeating the search's table scan.
@@ -75,42 +76,6 @@ def pending_state(message: OutboxMessage, now: datetime.datetime) -> str | None:
     if message.retry_count == 0 and message.last_error is None:
         return "scheduled"
     return "backing_off"
-
-
-def long_time(value: datetime.datetime | None) -> str:
-    """A moment with milliseconds and zone (current time zone): 2026-12-01 23:05:09.120 UTC."""
-    if value is None:
-        return "-"
-    local = timezone.localtime(value)
-    zone = local.strftime("%Z") or local.strftime("%z")
-    return local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + f" {zone}"
-
-
-def _short_time(value: datetime.datetime | None) -> SafeString | str:
-    # Four time columns in Django's long format push the list off the screen:
-    # today's times show the time of day only, the full moment is in the tooltip.
-    if value is None:
-        return "-"
-    local = timezone.localtime(value)
-    if local.date() == timezone.localdate():
-        shown = format_html("{}", local.strftime("%H:%M:%S"))
-    else:  # the date above the time: the column stays as narrow as a time
-        shown = format_html("{}<br>{}", local.strftime("%Y-%m-%d"), local.strftime("%H:%M"))
-    return format_html(
-        '<time datetime="{}" title="{}">{}</time>', value.isoformat(), long_time(value), shown
-    )
-
-
-def _detail_time(value: datetime.datetime | None) -> SafeString | str:
-    if value is None:
-        return "-"
-    return format_html('<time datetime="{}">{}</time>', value.isoformat(), long_time(value))
-
-
-def _breakable(name: str) -> SafeString:
-    """A dotted name that may wrap after its dots (``chat.<wbr>message.<wbr>created``)."""
-    parts = name.split(".")
-    return format_html_join(mark_safe(".<wbr>"), "{}", ((part,) for part in parts))
 
 
 def has_handler(event_type: str) -> bool:
@@ -274,11 +239,11 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("event type"))
     def type(self, obj: OutboxMessage) -> SafeString:
-        return _breakable(obj.event_type)
+        return breakable(obj.event_type)
 
     @admin.display(description=_("topic"))
     def topic_text(self, obj: OutboxMessage) -> SafeString:
-        return _breakable(obj.topic)
+        return breakable(obj.topic)
 
     @admin.display(description=_("key"))
     def key(self, obj: OutboxMessage) -> SafeString:
@@ -294,41 +259,41 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("next retry"))
     def next_retry(self, obj: OutboxMessage) -> SafeString | str:
-        return _short_time(self._next_retry_at(obj))
+        return short_time(self._next_retry_at(obj))
 
     @admin.display(description=_("created"))
     def created(self, obj: OutboxMessage) -> SafeString | str:
-        return _short_time(obj.created_at)
+        return short_time(obj.created_at)
 
     @admin.display(description=_("published"))
     def published(self, obj: OutboxMessage) -> SafeString | str:
-        return _short_time(obj.published_at)
+        return short_time(obj.published_at)
 
     @admin.display(description=_("consumed"))
     def consumed(self, obj: OutboxMessage) -> SafeString | str:
-        return _short_time(obj.consumed_at)
+        return short_time(obj.consumed_at)
 
     # -- detail -----------------------------------------------------------------
 
     @admin.display(description=_("next retry at"))
     def next_retry_text(self, obj: OutboxMessage) -> SafeString | str:
-        return _detail_time(self._next_retry_at(obj))
+        return detail_time(self._next_retry_at(obj))
 
     @admin.display(description=_("created at"))
     def created_text(self, obj: OutboxMessage) -> SafeString | str:
-        return _detail_time(obj.created_at)
+        return detail_time(obj.created_at)
 
     @admin.display(description=_("published at"))
     def published_text(self, obj: OutboxMessage) -> SafeString | str:
-        return _detail_time(obj.published_at)
+        return detail_time(obj.published_at)
 
     @admin.display(description=_("consumed at"))
     def consumed_text(self, obj: OutboxMessage) -> SafeString | str:
-        return _detail_time(obj.consumed_at)
+        return detail_time(obj.consumed_at)
 
     @admin.display(description=_("updated at"))
     def updated_text(self, obj: OutboxMessage) -> SafeString | str:
-        return _detail_time(obj.updated_at)
+        return detail_time(obj.updated_at)
 
     @admin.display(description=_("handler"))
     def handler_text(self, obj: OutboxMessage) -> SafeString | str:
@@ -373,7 +338,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
             (
                 (
                     a.attempt,
-                    _detail_time(a.failed_at),
+                    detail_time(a.failed_at),
                     a.get_source_display(),
                     a.worker,
                     gettext("yes") if a.dead else "",
@@ -642,7 +607,7 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         before = set(queryset.dead().values_list("pk", flat=True))
         changed = release_keys(queryset, queryset.db, str(request.user))
         if changed:
-            from .ordering import ReleasedRow
+            from django_outbox.models.ordering import ReleasedRow
 
             released = ReleasedRow.objects.using(queryset.db).filter(
                 database=queryset.db, outbox_id__in=before, released_by=str(request.user)[:150]
@@ -823,7 +788,3 @@ def _history_message(verb: str, row: OutboxMessage) -> str:
             "at": long_time(row.next_retry_at)
         }
     return gettext("Key released (strict order).")
-
-
-# The consumer's tables; the results of tasks (django_outbox.tasks).
-from . import admin_inbox, admin_tasks  # noqa: E402,F401

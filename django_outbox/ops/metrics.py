@@ -31,12 +31,12 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 
-from . import signals
-from .conf import outbox_settings
-from .exceptions import ImproperlyConfiguredOutbox
+from django_outbox import signals
+from django_outbox.conf import outbox_settings
+from django_outbox.exceptions import ImproperlyConfiguredOutbox
 
 if TYPE_CHECKING:
-    from .claiming import Claim
+    from django_outbox.models.claiming import Claim
 
 try:
     import prometheus_client
@@ -169,7 +169,7 @@ def enabled() -> bool:
 
 
 def _uid(receiver: Any) -> str:
-    return f"django_outbox.metrics.{receiver.__name__}"
+    return f"django_outbox.ops.metrics.{receiver.__name__}"
 
 
 def enable() -> None:
@@ -344,8 +344,8 @@ RECEIVERS = (
 
 def refresh_backlog(aliases: Sequence[str], now: datetime.datetime | None = None) -> None:
     """Set the backlog gauges of ``aliases``: index range counts and the oldest due row."""
-    from .models import OutboxMessage
-    from .status import oldest_due
+    from django_outbox.models import OutboxMessage
+    from django_outbox.ops.status import oldest_due
 
     on = _on
     if on is None:

@@ -1,0 +1,19 @@
+"""The outbox in the Django admin, one module per screen.
+
+- ``messages``: the outbox rows (``OutboxMessageAdmin``): list, summary, actions, a row's page;
+- ``inbox``: the consumer's tables (rejected records and their replay, the inbox);
+- ``tasks``: the results of Django tasks run through the outbox;
+- ``counts``, ``filters``, ``failures``, ``display``: what the screens share (capped
+  counts of a table of millions, list filters, failures by error, how times show).
+
+Imports the models, the registry and the consumer's replay (for the rejected records'
+actions); no worker imports the admin.
+"""
+
+from __future__ import annotations
+
+from django_outbox.admin.inbox import InboxEntryAdmin, RejectedRecordAdmin
+from django_outbox.admin.messages import OutboxMessageAdmin
+from django_outbox.admin.tasks import TaskRecordAdmin
+
+__all__ = ["InboxEntryAdmin", "OutboxMessageAdmin", "RejectedRecordAdmin", "TaskRecordAdmin"]
