@@ -53,8 +53,6 @@ MAX_FUNCTION_LINES = 60
 #: shrinks. Each entry is "module:name".
 NOT_YET_SPLIT = {
     "django_outbox/admin/messages.py:OutboxMessageAdmin",
-    "django_outbox/checks/__init__.py:check_client_options",
-    "django_outbox/checks/__init__.py:check_kafka_client",
     "django_outbox/consumer/handling.py:Handling",
     "django_outbox/consumer/loop.py:Consumer",
     "django_outbox/consumer/loop.py:__init__",
