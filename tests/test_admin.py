@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from django_outbox.admin import counts as admin_counts
 from django_outbox.admin.counts import OutboxPaginator, capped_count, summary
-from django_outbox.admin.messages import pending_state
+from django_outbox.admin.message_list import pending_state
 from django_outbox.models import OutboxMessage, Status, lease_expiry, retry_time
 
 pytestmark = pytest.mark.django_db
@@ -192,7 +192,7 @@ def test_search_by_event_id_uses_the_key_then_the_payload(admin_client, rows):
 
 
 def test_search_with_many_matches_keeps_the_plain_filter(admin_client, monkeypatch):
-    monkeypatch.setattr("django_outbox.admin.messages.SEARCH_IDS", 2)
+    monkeypatch.setattr("django_outbox.admin.message_list.SEARCH_IDS", 2)
     made = {make(event_type="bulk.type").pk for _ in range(3)}
     assert listed_ids(admin_client.get(LIST_URL, {"q": "bulk.type"})) == made
 

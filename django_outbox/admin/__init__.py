@@ -1,6 +1,9 @@
 """The outbox in the Django admin, one module per screen.
 
-- ``messages``: the outbox rows (``OutboxMessageAdmin``): list, summary, actions, a row's page;
+- ``messages``: the outbox rows (``OutboxMessageAdmin``), declared over ``message_list``
+  (columns, search, summary), ``message_page`` (a row's page), ``failures_page`` (failures
+  by error), ``actions`` (the operators' actions, their permissions) and ``rows`` (read-only
+  rows of ``OUTBOX_DATABASE``);
 - ``inbox``: the consumer's tables (rejected records and their replay, the inbox);
 - ``tasks``: the results of Django tasks run through the outbox;
 - ``counts``, ``filters``, ``failures``, ``display``: what the screens share (capped
