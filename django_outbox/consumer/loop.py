@@ -213,7 +213,8 @@ class Consumer:
     def handle_records(self, deliveries: Sequence[Delivery]) -> list[tuple[Delivery, Result]]:
         """Handle ``deliveries`` as one poll's records, with no broker; each outcome, in
         the order recorded (``django_outbox.testing.run_handlers``)."""
-        self._recorded = recorded = []
+        recorded: list[tuple[Delivery, Result]] = []
+        self._recorded = recorded
         try:
             self._consume(list(deliveries))
         finally:

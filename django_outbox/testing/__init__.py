@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         assert_published,
         capture_events,
     )
-    from django_outbox.testing.drain import Drained, OutboxStuck, RowState, drain
+    from django_outbox.testing.draining import Drained, OutboxStuck, RowState, drain
     from django_outbox.testing.handlers import Handled, HandlerFailed, run_handlers
 
 _WHERE = {
@@ -32,15 +32,28 @@ _WHERE = {
     "assert_not_published": "capture",
     "assert_published": "capture",
     "capture_events": "capture",
-    "Drained": "drain",
-    "OutboxStuck": "drain",
-    "RowState": "drain",
-    "drain": "drain",
+    "Drained": "draining",
+    "OutboxStuck": "draining",
+    "RowState": "draining",
+    "drain": "draining",
     "Handled": "handlers",
     "HandlerFailed": "handlers",
     "run_handlers": "handlers",
 }
-__all__ = sorted(_WHERE)
+__all__ = [
+    "Capture",
+    "CapturedEvent",
+    "Drained",
+    "Handled",
+    "HandlerFailed",
+    "OutboxStuck",
+    "RowState",
+    "assert_not_published",
+    "assert_published",
+    "capture_events",
+    "drain",
+    "run_handlers",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -95,9 +95,7 @@ def describe_miss(
                 len(differences(one, criteria, exact)),
             ),
         )
-        lines.append(
-            f"{len(committed)} event(s) captured; the closest {min(SHOWN, len(ranked))}:"
-        )
+        lines.append(f"{len(committed)} event(s) captured; the closest {min(SHOWN, len(ranked))}:")
         for one in ranked[:SHOWN]:
             lines.append(f"  - {describe_event(one)}")
             lines += [f"      {text}" for text in differences(one, criteria, exact)]

@@ -52,6 +52,8 @@ class RowState:
     max_retry: int
     next_retry_at: datetime.datetime | None
     last_error: str | None
+    #: Published for later (``deliver_at``/``delay``), after ``drain()``'s deadline.
+    scheduled: bool = False
 
     def describe(self) -> str:
         text = f"{self.alias}/{self.id} {self.event_type} key={self.message_key!r}: {self.status}"
@@ -122,24 +124,38 @@ def _scope(rows: Iterable[Any] | None) -> dict[str, set[int]] | None:
     return scope
 
 
-def _look(databases: list[str], scope: dict[str, set[int]] | None) -> list[RowState]:
+#: The columns of a ``RowState``, named as its fields.
+COLUMNS = (
+    "id",
+    "event_type",
+    "message_key",
+    "status",
+    "retry_count",
+    "max_retry",
+    "next_retry_at",
+    "last_error",
+)
+
+
+def _look(
+    databases: list[str], scope: dict[str, set[int]] | None, due_by: datetime.datetime
+) -> list[RowState]:
     """The rows in scope that are not consumed (dead ones too)."""
     found = []
     for alias in databases:
-        rows = OutboxMessage.objects.using(alias).exclude(status=Status.CONSUMED)
+        rows = OutboxMessage.objects.using(alias).all()
         if scope is not None:
             if not scope.get(alias):
                 continue
             rows = rows.filter(pk__in=sorted(scope[alias]))
-        columns = ("pk", "event_type", "message_key", "status", "retry_count", "max_retry")
-        for values in rows.order_by("pk").values_list(*columns, "next_retry_at", "last_error"):
-            found.append(RowState(alias, *values))
+        later = set(rows.scheduled().filter(next_retry_at__gt=due_by).values_list("pk", flat=True))
+        unsettled = rows.exclude(status=Status.CONSUMED).order_by("pk")
+        for values in unsettled.values(*COLUMNS):
+            found.append(RowState(alias=alias, scheduled=values["id"] in later, **values))
     return found
 
 
-def _sort(
-    rows: list[RowState], handlers: HandlerRegistry, deadline: datetime.datetime, drained: Drained
-) -> list[RowState]:
+def _sort(rows: list[RowState], handlers: HandlerRegistry, drained: Drained) -> list[RowState]:
     """Fill ``drained`` with the settled rows; return those still in the way."""
     drained.dead, drained.unhandled, drained.scheduled = [], [], []
     waiting = []
@@ -148,13 +164,7 @@ def _sort(
             drained.dead.append(row)
         elif row.status == Status.PUBLISHED and row.event_type not in handlers:
             drained.unhandled.append(row)
-        elif (
-            row.status == Status.PENDING
-            and not row.retry_count
-            and not row.last_error
-            and row.next_retry_at is not None
-            and row.next_retry_at > deadline
-        ):
+        elif row.scheduled:
             drained.scheduled.append(row)
         else:
             waiting.append(row)
@@ -193,66 +203,90 @@ def drain(
     """
     databases = list(databases or outbox_settings.databases)
     _check_committed(databases)
-    scope = _scope(rows)
-    started = time.monotonic()
-    deadline = started + timeout
-    due_by = timezone.now() + datetime.timedelta(seconds=timeout)
-    drained = Drained()
-    dead_before = {(row.alias, row.id) for row in _look(databases, scope) if row.status == Status.DEAD}
+    run = _Run(databases, _scope(rows), timeout, handlers)
     relay = Relay(databases=databases, interval=LOOK_EVERY, producer_options=producer_options)
     workers = [_Worker("relay", relay.run)]
     consumer = None
-    topics = subscribed_topics(handlers)
-    if topics:
-        options = {**QUICK_CONSUMER, **(consumer_options or {})}
+    if run.topics:
         consumer = Consumer(
-            topics,
+            run.topics,
             handlers=handlers,
             poll_timeout=LOOK_EVERY,
             progress_interval=3600,
             inbox_retry_max_delay=1.0,
-            consumer_options=options,
+            consumer_options={**QUICK_CONSUMER, **(consumer_options or {})},
         )
         workers.append(_Worker("consumer", consumer.run))
     for worker in workers:
         worker.start()
-    seen: set[tuple[str, int]] = set()
-    problem = ""
     try:
-        while True:
-            broken = [worker for worker in workers if worker.error is not None]
-            if broken:
-                raise RuntimeError(
-                    f"drain(): the {broken[0].name} thread failed: {broken[0].error!r}"
-                ) from broken[0].error
-            now_rows = _look(databases, scope)
-            seen.update((row.alias, row.id) for row in now_rows)
-            waiting = _sort(now_rows, handlers, due_by, drained)
-            died = [row for row in drained.dead if (row.alias, row.id) not in dead_before]
-            if died and not allow_dead:
-                problem = f"drain(): {len(died)} outbox row(s) went dead"
-                waiting = died
-                break
-            if not waiting:
-                break
-            if time.monotonic() >= deadline:
-                problem = f"drain(): {len(waiting)} outbox row(s) not settled after {timeout:g} s"
-                break
-            time.sleep(LOOK_EVERY)
+        problem, waiting = run.watch(workers, allow_dead)
     finally:
         relay.stop()
         if consumer is not None:
             consumer.stop()
         for worker in workers:
             worker.join(timeout=60)
-    left = {(row.alias, row.id) for row in _look(databases, scope)}
-    drained.consumed = len(seen - left)
-    drained.delivered = relay.delivered
-    drained.consumer = consumer.stats if consumer is not None else None
-    drained.seconds = time.monotonic() - started
+    drained = run.finish(relay.delivered, consumer.stats if consumer is not None else None)
     if problem:
-        raise OutboxStuck(_explain(problem, waiting, drained, topics), waiting, drained)
+        raise OutboxStuck(_explain(problem, waiting, drained, run.topics), waiting, drained)
     return drained
+
+
+class _Run:
+    """One ``drain()``: what is in scope, what was seen, when the deadline is."""
+
+    def __init__(
+        self,
+        databases: list[str],
+        scope: dict[str, set[int]] | None,
+        timeout: float,
+        handlers: HandlerRegistry,
+    ) -> None:
+        self.databases = databases
+        self.scope = scope
+        self.timeout = timeout
+        self.handlers = handlers
+        self.started = time.monotonic()
+        self.due_by = timezone.now() + datetime.timedelta(seconds=timeout)
+        self.topics = subscribed_topics(handlers)
+        self.drained = Drained()
+        self.seen: set[tuple[str, int]] = set()
+        self.dead_before = {(row.alias, row.id) for row in self.look() if row.status == Status.DEAD}
+
+    def look(self) -> list[RowState]:
+        return _look(self.databases, self.scope, self.due_by)
+
+    def watch(self, workers: list[_Worker], allow_dead: bool) -> tuple[str, list[RowState]]:
+        """Look at the table until settled; what went wrong (or "") and the rows at fault."""
+        while True:
+            broken = [worker for worker in workers if worker.error is not None]
+            if broken:
+                raise RuntimeError(
+                    f"drain(): the {broken[0].name} thread failed: {broken[0].error!r}"
+                ) from broken[0].error
+            rows = self.look()
+            self.seen.update((row.alias, row.id) for row in rows)
+            waiting = _sort(rows, self.handlers, self.drained)
+            died = [row for row in self.drained.dead if (row.alias, row.id) not in self.dead_before]
+            if died and not allow_dead:
+                return f"drain(): {len(died)} outbox row(s) went dead", died
+            if not waiting:
+                return "", []
+            if time.monotonic() - self.started >= self.timeout:
+                return (
+                    f"drain(): {len(waiting)} outbox row(s) not settled after {self.timeout:g} s",
+                    waiting,
+                )
+            time.sleep(LOOK_EVERY)
+
+    def finish(self, delivered: int, stats: ConsumerStats | None) -> Drained:
+        left = {(row.alias, row.id) for row in self.look()}
+        self.drained.consumed = len(self.seen - left)
+        self.drained.delivered = delivered
+        self.drained.consumer = stats
+        self.drained.seconds = time.monotonic() - self.started
+        return self.drained
 
 
 def _explain(headline: str, rows: list[RowState], drained: Drained, topics: list[str]) -> str:
@@ -267,13 +301,12 @@ def _explain(headline: str, rows: list[RowState], drained: Drained, topics: list
             f"{outbox_settings.consumer_group!r}, topics {', '.join(topics)})"
         )
     stats = drained.consumer
-    lines.append(
-        f"relay: {drained.delivered} row(s) delivered; consumer: "
-        + (
-            "none (no handler registered)"
-            if stats is None
-            else f"{stats.records} record(s) read {stats.outcomes or ''}"
-            + (f", blocked by {stats.blocked_by}" if stats.blocked_by else "")
-        )
-    )
+    if stats is None:
+        consumer = "none (no handler registered)"
+    else:
+        consumer = f"{stats.records} record(s) read"
+        consumer += "".join(f", {n} {outcome}" for outcome, n in sorted(stats.outcomes.items()))
+        if stats.blocked_by:
+            consumer += f", blocked by {stats.blocked_by}"
+    lines.append(f"relay: {drained.delivered} row(s) delivered; consumer: {consumer}")
     return "\n".join(lines)
