@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
 import types
-import uuid
 from unittest import mock
 
 import pytest
@@ -175,7 +175,7 @@ def test_with_real_transactions_only_commits_count():
         with pytest.raises(ValueError), transaction.atomic():
             publish_event("a.rolled_back", {})
             raise ValueError
-        publish_event("a.scheduled", {}, delay=__import__("datetime").timedelta(hours=1))
+        publish_event("a.scheduled", {}, delay=datetime.timedelta(hours=1))
     assert events.event_types == ["a.autocommit", "a.committed", "a.scheduled"]
 
 
@@ -361,7 +361,7 @@ def test_drain_on_a_dead_broker_lists_the_stuck_rows_at_the_deadline(broker):
 
 @pytest.mark.django_db(transaction=True)
 def test_drain_waits_only_for_the_rows_asked_and_not_for_later_schedules(broker):
-    scheduled = publish_event("a.later", {}, delay=__import__("datetime").timedelta(hours=1))
+    scheduled = publish_event("a.later", {}, delay=datetime.timedelta(hours=1))
     drained = drain(timeout=30, rows=[scheduled])
     assert [row.id for row in drained.scheduled] == [scheduled.pk]
     assert OutboxMessage.objects.get(pk=scheduled.pk).status == Status.PENDING
@@ -371,7 +371,3 @@ def test_drain_waits_only_for_the_rows_asked_and_not_for_later_schedules(broker)
 def test_drain_in_an_open_transaction_says_to_commit(broker):
     with pytest.raises(RuntimeError, match=r"django_db\(transaction=True\)"):
         drain(timeout=1)
-
-
-def test_unique_group_is_unique():
-    assert unique_group() != unique_group() and uuid.UUID(int=0)
