@@ -36,3 +36,25 @@ def wrap_on_commit_callbacks(
         savepoints, func, robust = hooks[index]
         hooks[index] = (savepoints, wrap(func), robust)
     return max(len(hooks) - start, 0)
+
+
+def test_case_savepoints(connection: Any) -> set[str | None] | None:
+    """The savepoint ids of the atomic blocks a Django ``TestCase`` holds open.
+
+    None when ``connection``'s transaction, if any, is not a ``TestCase``'s (Django
+    marks those blocks ``_from_testcase``; pytest-django's ``db`` uses the same
+    ``TestCase`` machinery). The outermost block is the transaction, without a
+    savepoint; ``savepoint_ids`` lists the savepoints of the blocks inside it.
+    """
+    blocks = connection.atomic_blocks
+    depth = 0
+    while depth < len(blocks) and getattr(blocks[depth], "_from_testcase", False):
+        depth += 1
+    if not depth:
+        return None
+    return set(connection.savepoint_ids[: depth - 1])
+
+
+def open_savepoints(connection: Any) -> set[str | None]:
+    """The savepoint ids of ``connection``'s open atomic blocks (None: no savepoint)."""
+    return set(connection.savepoint_ids)

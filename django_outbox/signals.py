@@ -1,5 +1,13 @@
 """Signals sent once an outcome is written (``django.dispatch``; cheap when nobody listens).
 
+Publishing side, sent by ``publish_event()`` (``sender`` is ``OutboxMessage``):
+
+``event_written(alias, message, event)``
+    The row ``message`` (the ``Event`` ``event``) was inserted through database
+    ``alias``, in the caller's transaction: it is *not committed yet* (register
+    ``transaction.on_commit(..., using=alias)`` to act on the commit).
+    ``django_outbox.testing.capture_events()`` listens to it.
+
 Relay side, one send per batch and outcome (``sender`` is ``delivery.Sender``), after the
 write-back; ``alias`` is the database, ``rows`` the claimed rows
 (``claiming.ClaimedRow``: ``id``, ``event_type``, ``topic``, ``message_key``,
@@ -52,6 +60,7 @@ from django.dispatch import Signal
 
 logger = logging.getLogger(__name__)
 
+event_written = Signal()
 event_published = Signal()
 event_failed = Signal()
 event_dead = Signal()

@@ -37,3 +37,24 @@ def test_wrapping_keeps_order_savepoints_and_robust():
 
         assert compat.wrap_on_commit_callbacks(connection, start, wrap) == 2
     assert ran == ["before", "wrapped", "a", "wrapped", "b"]
+
+
+def test_no_test_case_transaction_in_a_transactional_test():
+    assert compat.test_case_savepoints(connection) is None
+    with transaction.atomic():
+        assert compat.test_case_savepoints(connection) is None
+        with transaction.atomic():
+            assert len(compat.open_savepoints(connection)) == 1
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_test_cases_transaction_and_its_savepoints_are_told_apart():
+    # pytest-django's db: the atomic block(s) of Django's TestCase (a Django TestCase
+    # holds two, its class's and the test's savepoint; pytest-django's db one)
+    test = compat.test_case_savepoints(connection)
+    assert test is not None and None not in test
+    with transaction.atomic():
+        assert compat.test_case_savepoints(connection) == test
+        assert compat.open_savepoints(connection) - test and test <= compat.open_savepoints(
+            connection
+        )

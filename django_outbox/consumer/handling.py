@@ -124,6 +124,7 @@ def _isolate_on_commit(
                 signals.on_commit_failed, "consumer", events=list(events), alias=alias, error=exc
             )
 
+    isolated.__wrapped__ = func  # type: ignore[attr-defined]  # inspect.unwrap() finds it
     return isolated
 
 

@@ -204,10 +204,22 @@ class Consumer:
         self._commit_refused: BaseException | None = None
         self.ordering = OrderingDetector(outbox_settings.ordering_keys)
         self._last_refresh = self._unassigned_since = time.monotonic()
+        self._recorded: list[tuple[Delivery, Result]] | None = None
 
     def stop(self) -> None:
         """Ask ``run()`` to return after the record in hand, its chunk committed (thread-safe)."""
         self.shutdown.request()
+
+    def handle_records(self, deliveries: Sequence[Delivery]) -> list[tuple[Delivery, Result]]:
+        """Handle ``deliveries`` as one poll's records, with no broker; each outcome, in
+        the order recorded (``django_outbox.testing.run_handlers``)."""
+        recorded: list[tuple[Delivery, Result]] = []
+        self._recorded = recorded
+        try:
+            self._consume(list(deliveries))
+        finally:
+            self._recorded = None
+        return recorded
 
     # ------------------------------------------------------------------ the loop
 
@@ -455,6 +467,8 @@ class Consumer:
 
     def _record(self, delivery: Delivery, result: Result) -> None:
         self.stats.add(result)
+        if self._recorded is not None:
+            self._recorded.append((delivery, result))
         tp = kafka.TopicPartition(delivery.topic, delivery.partition)
         self._uncommitted[tp] = self._positions[tp] = delivery.offset + 1
         logger.debug("record %s: %s", delivery, result.outcome.value)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
-from django_outbox import compat, wakeup
+from django_outbox import compat, signals, wakeup
 from django_outbox.conf import outbox_settings
 from django_outbox.envelope import RESERVED_HEADERS, Event
 from django_outbox.exceptions import ImproperlyConfiguredOutbox, InvalidEvent
@@ -136,6 +136,7 @@ def publish_event(
     if wake and connections[alias].vendor != "postgresql":
         # PostgreSQL's NOTIFY (sent with the row) reaches this process's relays too.
         _wake_relay_at_commit(alias)
+    signals.send(signals.event_written, OutboxMessage, alias=alias, message=message, event=event)
     return message
 
 
