@@ -86,6 +86,17 @@ SEND_TIMEOUT = 10.0
 SUSPEND_SECONDS = 60.0
 
 
+#: What an operator does when copies fail: Kafka refuses the records, or the topic.
+POISON_FIX = (
+    "fix OUTBOX_DEAD_LETTER_TOPIC if Kafka refuses the name, or raise the topic's "
+    "max.message.bytes if the records are too large"
+)
+TOPIC_FIX = (
+    "create the topic (manage.py outbox_topics --create) if the broker does not create "
+    "topics, grant the consumer's principal WRITE and DESCRIBE on it, check the broker"
+)
+
+
 def _name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -187,9 +198,11 @@ class DeadLetters:
         if self._suspended.get(topic, 0.0) > time.monotonic():
             self._count("skipped", 1)
             return
-        record_headers = headers(delivery, result, self.group)
+        key, value = delivery.key, delivery.value
+        if key is None and value is None:
+            value = b""  # Kafka clients send no record without both (an unreadable one)
         self._pending.append(
-            kafka.OutboxRecord(topic, delivery.key, delivery.value, record_headers)
+            kafka.OutboxRecord(topic, key, value, headers(delivery, result, self.group))
         )
 
     def flush(self) -> None:
@@ -240,14 +253,14 @@ class DeadLetters:
         logger.error(
             "outbox consumer: %d dead-letter cop%s to topic %r failed (%s: %s); nothing is "
             "lost: the records are kept in the database (dead rows, rejected records). "
-            "Failed copies are not sent again%s. Fix: create the topic (manage.py "
-            "outbox_topics --create), grant WRITE on it, or fix OUTBOX_DEAD_LETTER_TOPIC",
+            "Failed copies are not sent again%s. Fix: %s",
             count,
             "y" if count == 1 else "ies",
             topic,
             type(error).__name__,
             kafka.redact(str(error)),
             f"; copies to it are skipped for {self.suspend_seconds:.0f} s" if suspend else "",
+            POISON_FIX if kafka.is_poison(error) else TOPIC_FIX,
             extra={"topic": topic, "copies": count, "error": type(error).__name__},
         )
 
