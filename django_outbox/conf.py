@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "METRICS": False,  # Prometheus metrics in every process (docs/observability.rst)
     "METRICS_INTERVAL": 15.0,  # seconds between two refreshes of the backlog gauges
     "ORDERING_KEYS": 1000,  # keys per partition the ordering detector remembers; 0: off
+    "DEAD_LETTER_TOPIC": None,  # a copy of given-up/rejected records: "{topic}.DLT"; None: off
 }
 
 
@@ -179,6 +180,12 @@ class OutboxSettings:
     @property
     def ordering_keys(self) -> int:
         return int(self._get("ORDERING_KEYS"))
+
+    @property
+    def dead_letter_topic(self) -> str | None:
+        """The pattern of the dead-letter topics (``{topic}``, ``{group}``), or None: off."""
+        value = self._get("DEAD_LETTER_TOPIC")
+        return value if isinstance(value, str) and value else None
 
     def topic_for(self, event_type: str) -> str | None:
         """The topic an event type goes to: ``OUTBOX_TOPICS``, then ``OUTBOX_DEFAULT_TOPIC``."""

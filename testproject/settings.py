@@ -8,6 +8,7 @@ CHAT_TOPIC                 topic of chat.message.created (default chat.messages)
 OUTBOX_CONSUMER_GROUP      default: testproject
 OUTBOX_MAX_RETRY           default: 20 (scripts/demo uses 3, so its failing event dies soon)
 OUTBOX_RETRY_BACKOFF_BASE  seconds before the first retry (default 1)
+OUTBOX_DEAD_LETTER_TOPIC   e.g. {topic}.DLT (default: none, no dead-letter copies)
 DJANGO_DEBUG, DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS
 """
 
@@ -100,6 +101,7 @@ OUTBOX_TOPICS = {"chat.message.created": env.str("CHAT_TOPIC", default="chat.mes
 OUTBOX_CONSUMER_GROUP = env.str("OUTBOX_CONSUMER_GROUP", default="testproject")
 OUTBOX_MAX_RETRY = env.int("OUTBOX_MAX_RETRY", default=20)
 OUTBOX_RETRY_BACKOFF_BASE = env.float("OUTBOX_RETRY_BACKOFF_BASE", default=1.0)
+OUTBOX_DEAD_LETTER_TOPIC = env.str("OUTBOX_DEAD_LETTER_TOPIC", default=None)
 
 LOGGING = {
     "version": 1,

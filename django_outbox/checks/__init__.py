@@ -29,11 +29,12 @@ from django_outbox.checks.database import check_databases, check_time_zone
 from django_outbox.checks.kafka import (
     check_bootstrap_servers,
     check_client_options,
+    check_dead_letter_topic,
     check_kafka_client,
 )
 from django_outbox.checks.observability import check_metrics
 from django_outbox.checks.relay import check_numbers, check_retired_settings, check_strict_order
-from django_outbox.checks.topics import check_replication, check_topics
+from django_outbox.checks.topics import check_dead_letter_topic, check_replication, check_topics
 
 TAG = "django_outbox"
 Check = Callable[..., list[CheckMessage]]
@@ -58,4 +59,5 @@ ALL: Sequence[Check] = (
     check_admin_static,
     check_handlers,
     check_kafka_client,
+    check_dead_letter_topic,
 )

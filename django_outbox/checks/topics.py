@@ -82,3 +82,46 @@ def check_replication(**kwargs: Any) -> list[CheckMessage]:
         for problem in problems
         if problem
     ]
+
+
+def check_dead_letter_topic(**kwargs: Any) -> Messages:
+    """E070: ``OUTBOX_DEAD_LETTER_TOPIC`` is no usable name or pattern; E071: it names a
+    topic the outbox consumes (the copies would be read again, and rejected again)."""
+    from django_outbox.topics import dead_letter_pattern_problem, dead_letter_topic, source_topics
+
+    pattern = outbox_settings.raw("DEAD_LETTER_TOPIC")
+    if pattern is None:
+        return []
+    problem = dead_letter_pattern_problem(pattern)
+    group = outbox_settings.consumer_group
+    try:
+        sources = source_topics()
+    except (TypeError, ValueError):  # OUTBOX_TOPICS is no dict: E004 says so
+        sources = []
+    if problem is None:
+        for topic in sources:
+            problem = topic_problem(dead_letter_topic(topic, group) or "")
+            if problem:
+                problem = f"for topic {topic!r} and group {group!r}, {problem}"
+                break
+    if problem:
+        return [
+            Error(
+                f"OUTBOX_DEAD_LETTER_TOPIC {problem}.",
+                hint="Use a topic name, or a pattern with {topic} and {group} such as "
+                "'{topic}.DLT', or None (no dead-letter topic). Nothing is copied meanwhile.",
+                id="django_outbox.E070",
+            )
+        ]
+    looping = [(t, dlt) for t in sources if (dlt := dead_letter_topic(t, group)) in sources]
+    if looping:
+        topic, dead = looping[0]
+        return [
+            Error(
+                f"OUTBOX_DEAD_LETTER_TOPIC makes {dead!r} the dead-letter topic of {topic!r}, "
+                f"and the outbox consumes {dead!r}: the copies would be read and rejected again.",
+                hint="Give the dead-letter topics names of their own, e.g. '{topic}.DLT'.",
+                id="django_outbox.E071",
+            )
+        ]
+    return []

@@ -218,7 +218,9 @@ class Handling:
         for alias, items in done.failures.items():
             counted = self.rows.record_failures(alias, items)
             for item, (outcome, error) in zip(items, counted, strict=True):
-                done.results[item.index] = Result(Outcome(outcome), error)
+                done.results[item.index] = Result(
+                    Outcome(outcome), error, failure=item.failure, attempts=item.attempts
+                )
         done.resolve_copies()
         return done.results
 
@@ -267,7 +269,9 @@ class Handling:
                 self.rows.mark_consumed(alias, pks)
         return done
 
-    def give_up(self, delivery: Delivery, error: str, attempts: int) -> Result:
+    def give_up(
+        self, delivery: Delivery, error: str, attempts: int, failure: BaseException | None = None
+    ) -> Result:
         """Record an inbox event whose handler failed ``attempts`` times as rejected."""
         event = records.parse(delivery)
         self.reject(
@@ -277,7 +281,9 @@ class Handling:
             event=event if isinstance(event, Event) else None,
             attempts=attempts,
         )
-        return Result(Outcome.FAILED, error, RejectionReason.HANDLER_FAILED)
+        return Result(
+            Outcome.FAILED, error, RejectionReason.HANDLER_FAILED, failure, attempts=attempts
+        )
 
     def reject(
         self,
@@ -355,7 +361,7 @@ class Handling:
             item = LocalFailure(0, delivery, event, pk, failure)
             outcome, error = self.rows.record_failures(alias, [item])[0]
             if outcome != Outcome.SKIPPED.value:
-                return Result(Outcome(outcome), error)
+                return Result(Outcome(outcome), error, failure=failure, attempts=item.attempts)
         return self.inbox_failed(delivery, event, failure)
 
     def inbox_failed(self, delivery: Delivery, event: Event, failure: Exception) -> Result:
@@ -367,7 +373,7 @@ class Handling:
             failure,
             extra={"event_id": str(event.event_id)},
         )
-        return Result(Outcome.RETRY_IN_PLACE, describe_failure(failure))
+        return Result(Outcome.RETRY_IN_PLACE, describe_failure(failure), failure=failure)
 
     def rejected(self, delivery: Delivery, rejected: Rejected, row: LockedRow | None) -> Result:
         self.reject(delivery, rejected.reason, rejected.error)

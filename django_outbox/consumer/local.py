@@ -90,6 +90,8 @@ class LocalFailure:
     event: Event
     pk: int
     failure: Exception
+    #: The row's ``retry_count`` once this failure is counted.
+    attempts: int = 0
 
 
 class LocalRows:
@@ -255,6 +257,7 @@ class LocalRows:
                     results.append(("skipped", error))
                     continue
                 dead = queryset.handler_failed(row, error, now, retry_delay(row.retry_count + 1))
+                item.attempts = row.retry_count
                 results.append(("dead" if dead else "retry", error))
                 _log_failure(alias, item, row, dead)
         return results

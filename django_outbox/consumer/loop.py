@@ -28,6 +28,8 @@ after each poll (while a backlog is read, once per ``commit_interval``).
   health file and ``django_outbox_consumer_blocked_total``, and resumes by itself.
   Any other exception is logged and backed off from: the loop never exits on its
   own but for ``burst``/``max_messages``.
+- With ``OUTBOX_DEAD_LETTER_TOPIC``, what is given up or rejected is also copied to a
+  dead-letter topic, once its outcome is committed (``dead_letter.py``).
 - ``burst`` stops once every assigned partition is read to its end offset,
   ``max_messages`` after that many records; SIGTERM/SIGINT stop after the record in
   hand, once the chunk's transaction has committed the records handled so far.
@@ -49,6 +51,7 @@ from django_outbox.backoff import backoff_delay, retry_delay
 from django_outbox.conf import outbox_settings
 from django_outbox.consumer.broker import Blockage, BrokerWatch
 from django_outbox.consumer.database import DATABASE_ERRORS, databases_answer, drop_connections
+from django_outbox.consumer.dead_letter import DeadLetters
 from django_outbox.consumer.handling import Handling, Outcome, Result
 from django_outbox.consumer.ordering_detector import OrderingDetector
 from django_outbox.consumer.records import Delivery
@@ -184,6 +187,8 @@ class Consumer:
         self.assignment_timeout = assignment_timeout
         self.consumer_options = dict(consumer_options or {})
         self.handling = Handling(self.group, handlers=handlers)
+        #: Copies of what is given up or rejected (``OUTBOX_DEAD_LETTER_TOPIC``).
+        self.dead_letters = DeadLetters(self.group, self.topics)
         self.shutdown = shutdown or Shutdown()
         self.install_signal_handlers = install_signal_handlers
         self.stats = ConsumerStats()
@@ -324,6 +329,7 @@ class Consumer:
             self._rewind(deliveries)
             self._commit()
             raise
+        self.dead_letters.flush()  # outcomes committed, offsets not yet
         if not backlog or time.monotonic() - self._last_commit >= self.commit_interval:
             self._commit()
         self._maybe_log_progress()
@@ -412,16 +418,18 @@ class Consumer:
         error = f"kafka-python cannot read this record: {type(exc).__name__}: {exc}"
         result = self._retrying_database(
             delivery,
-            lambda _fail: self._store_rejected(delivery, RejectionReason.MALFORMED, error),
+            lambda _fail: self._store_rejected(delivery, RejectionReason.MALFORMED, error, exc),
         )
         if result is None:
             return  # stopped while the database was away; read again next time
         client.seek(tp, offset + 1)
         self._record(delivery, result)
 
-    def _store_rejected(self, delivery: Delivery, reason: str, error: str) -> Result:
+    def _store_rejected(
+        self, delivery: Delivery, reason: str, error: str, failure: BaseException | None = None
+    ) -> Result:
         self.handling.reject(delivery, reason, error)
-        return Result(Outcome.REJECTED, error, reason)
+        return Result(Outcome.REJECTED, error, reason, failure)
 
     def _recycle_connections(self, idle: bool) -> None:
         """``close_old_connections()``, but keep ``CONN_MAX_AGE = 0`` connections while busy.
@@ -472,6 +480,7 @@ class Consumer:
         tp = kafka.TopicPartition(delivery.topic, delivery.partition)
         self._uncommitted[tp] = self._positions[tp] = delivery.offset + 1
         logger.debug("record %s: %s", delivery, result.outcome.value)
+        self.dead_letters.add(delivery, result)
         self.stats.ordering_violations += self.ordering.check(delivery, result.outcome)
         # An unknown event type is skipped, and its record kept as rejected: reason set.
         signal = OUTCOME_SIGNALS.get(result.outcome, result.reason and signals.record_rejected)
@@ -539,7 +548,9 @@ class Consumer:
             if result.outcome is not Outcome.RETRY_IN_PLACE:
                 return result
             if attempt >= self.inbox_attempts:
-                give_up = functools.partial(self._give_up, delivery, result.error, attempt)
+                give_up = functools.partial(
+                    self._give_up, delivery, result.error, attempt, result.failure
+                )
                 return self._retrying_database(delivery, give_up)
             # Bounded, so an inbox event blocks its partition for seconds at most.
             if self.shutdown.wait(min(retry_delay(attempt), self.inbox_retry_max_delay)):
@@ -559,12 +570,18 @@ class Consumer:
                 delivery,
                 RejectionReason.MALFORMED,
                 f"the consumer could not handle it: {type(exc).__name__}: {exc}",
+                exc,
             )
 
     def _give_up(
-        self, delivery: Delivery, error: str, attempts: int, database_errors_fail: bool
+        self,
+        delivery: Delivery,
+        error: str,
+        attempts: int,
+        failure: BaseException | None,
+        database_errors_fail: bool,
     ) -> Result:
-        return self.handling.give_up(delivery, error, attempts)
+        return self.handling.give_up(delivery, error, attempts, failure)
 
     def _retrying_database(
         self, delivery: Delivery, action: Callable[[bool], Result]
@@ -649,6 +666,9 @@ class Consumer:
             )
 
     def _close(self) -> None:
+        if not self.shutdown.forced:
+            self.dead_letters.flush()
+        self.dead_letters.close(0 if self.shutdown.forced else 5.0)
         if self._client is None:
             return
         client, self._client = self._client, None

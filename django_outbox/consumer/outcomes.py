@@ -1,10 +1,11 @@
 """What became of one record in the consumer: its ``Outcome`` and the ``Result`` that
-carries it (with the error and, for a rejected record, the reason)."""
+carries it (with the error and, for a rejected record, the reason; for a handler's
+failure, the exception and the attempts, which the dead-letter copy reports)."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Outcome(str, enum.Enum):
@@ -24,3 +25,7 @@ class Result:
     error: str = ""
     #: Why a record was kept as rejected (a ``RejectionReason``); empty otherwise.
     reason: str = ""
+    #: The exception behind a failure or a rejection, when there is one.
+    failure: BaseException | None = field(default=None, compare=False, repr=False)
+    #: Attempts made: the row's ``retry_count`` for a dead row, the inbox attempts.
+    attempts: int = 1

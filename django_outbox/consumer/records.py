@@ -47,6 +47,8 @@ class Delivery:
     headers: Sequence[tuple[str, bytes | None]] = ()
     #: The record's Kafka timestamp, ms since the epoch (the producer's send time).
     timestamp: int | None = None
+    #: 0 when ``timestamp`` is the producer's (CreateTime), 1 the broker's (LogAppendTime).
+    timestamp_type: int | None = None
 
     @classmethod
     def from_record(cls, record: Any) -> Delivery:
@@ -58,6 +60,7 @@ class Delivery:
             value=record.value,
             headers=tuple(record.headers or ()),
             timestamp=record.timestamp,
+            timestamp_type=record.timestamp_type,
         )
 
     def header(self, name: str) -> str | None:

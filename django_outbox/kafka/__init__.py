@@ -326,12 +326,17 @@ def _headers(
 
 
 class OutboxRecord(NamedTuple):
-    """One Kafka record, ready for ``send_records``."""
+    """One Kafka record, ready for ``send_records`` (None: a record without key, or value)."""
 
     topic: str
-    key: bytes
-    value: bytes
+    key: bytes | None
+    value: bytes | None
     headers: list[tuple[str, bytes]]
+
+
+def build_dead_letter_producer() -> KafkaProducer:
+    """The consumer's producer of dead-letter copies: ``build_producer``, its own client id."""
+    return build_producer(client_id="django-outbox-dead-letter")
 
 
 def outbox_headers(pk: int, event_type: str, payload: str, alias: str) -> list[tuple[str, bytes]]:

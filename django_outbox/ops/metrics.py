@@ -102,6 +102,12 @@ class _Metrics:
             "nothing is skipped meanwhile.",
             ["error"],
         )
+        self.dead_letter = counter(
+            f"{prefix}dead_letter_copies",
+            "Copies of given-up or rejected records for the dead-letter topic, by outcome: "
+            "sent, failed, skipped (the topic failed moments ago).",
+            ["outcome"],
+        )
         self.commit_to_published = histogram(
             f"{prefix}commit_to_published_seconds",
             "From a row's created_at to Kafka's acknowledgement, recorded.",
@@ -255,6 +261,13 @@ def consumer_blocked(error: str) -> None:
     on = _on
     if on is not None:
         on.consumer_blocked.labels(error).inc()
+
+
+def dead_letter_copies(outcome: str, count: int = 1) -> None:
+    """``count`` dead-letter copies ``sent``, ``failed`` or ``skipped``."""
+    on = _on
+    if on is not None:
+        on.dead_letter.labels(outcome).inc(count)
 
 
 def ordering_violation(topic: str) -> None:
