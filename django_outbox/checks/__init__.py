@@ -29,7 +29,6 @@ from django_outbox.checks.database import check_databases, check_time_zone
 from django_outbox.checks.kafka import (
     check_bootstrap_servers,
     check_client_options,
-    check_dead_letter_topic,
     check_kafka_client,
 )
 from django_outbox.checks.observability import check_metrics

@@ -84,7 +84,7 @@ def check_replication(**kwargs: Any) -> list[CheckMessage]:
     ]
 
 
-def check_dead_letter_topic(**kwargs: Any) -> Messages:
+def check_dead_letter_topic(**kwargs: Any) -> list[CheckMessage]:
     """E070: ``OUTBOX_DEAD_LETTER_TOPIC`` is no usable name or pattern; E071: it names a
     topic the outbox consumes (the copies would be read again, and rejected again)."""
     from django_outbox.topics import dead_letter_pattern_problem, dead_letter_topic, source_topics
