@@ -78,13 +78,18 @@ def producer_client(request, relay_settings):
 
 @pytest.fixture(autouse=True)
 def _no_relay_left_over(request):
-    """A transactional test starts with no relay membership or bucket left by an earlier
-    test: a relay's database thread commits its own, outside a test's transaction."""
+    """A database test starts with no relay membership, bucket or claim fence left by an
+    earlier test: a relay's database thread (a transactional test's, ``drain()``'s) commits
+    its own, outside any test's transaction, and a bucket still leased to a relay that is
+    gone hides its rows from every claim. In an ordinary test the cleanup is rolled back
+    with the test."""
     marker = request.node.get_closest_marker("django_db")
-    if marker is None or not marker.kwargs.get("transaction"):
+    if marker is None:
         return
-    request.getfixturevalue("transactional_db")
+    request.getfixturevalue("transactional_db" if marker.kwargs.get("transaction") else "db")
     from django_outbox.models.buckets import RelayBucket, RelayMember
+    from django_outbox.models.fencing import ClaimFence
 
     RelayMember.objects.all().delete()
     RelayBucket.objects.all().delete()
+    ClaimFence.objects.all().delete()
