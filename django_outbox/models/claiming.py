@@ -242,6 +242,12 @@ def _lease_returning(
     caller's transaction inside one. PostgreSQL checks the subquery's conditions
     again on the latest version of each row it locks (a row another claim changed
     meanwhile is left out), so the ``UPDATE`` needs no guard of its own.
+
+    ``= ANY(ARRAY(subquery))``, not ``IN (subquery)``: PostgreSQL may run an ``IN``
+    subquery with ``LIMIT ... SKIP LOCKED`` more than once (the inner side of a join),
+    and each run skips the rows the last one locked, so a claim took more rows than
+    its batch (CI saw a claim of 1 take 2). An ``ARRAY()`` subquery is an InitPlan: run
+    once.
     """
     connection = connections[alias]
     try:
@@ -258,8 +264,8 @@ def _lease_returning(
 
     sql = (
         f"WITH claimed AS (UPDATE {quote(meta.db_table)} SET {column('next_retry_at')} = %s, "
-        f"{column('updated_at')} = %s WHERE {column('id')} IN "
-        f"({select} {connection.ops.for_update_sql(skip_locked=True)}) "
+        f"{column('updated_at')} = %s WHERE {column('id')} = ANY(ARRAY("
+        f"{select} {connection.ops.for_update_sql(skip_locked=True)})) "
         f"RETURNING {', '.join(map(column, COLUMNS))}), "
         f"fenced AS ({fencing.hold_from(connection, 'claimed', column('id'))}) "
         f"SELECT * FROM claimed"
