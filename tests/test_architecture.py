@@ -59,11 +59,8 @@ NOT_YET_SPLIT = {
     "django_outbox/models/claiming.py:claim",
     "django_outbox/models/outbox.py:OutboxMessageQuerySet",
     "django_outbox/models/outbox.py:_fenced_update",
-    "django_outbox/ops/metrics.py:__init__",
-    "django_outbox/publish/write.py:publish_event",
     "django_outbox/relay/loop.py:Relay",
     "django_outbox/relay/loop.py:__init__",
-    "django_outbox/tasks/running.py:run",
 }
 
 
