@@ -128,6 +128,43 @@ def _isolate_on_commit(
     return isolated
 
 
+def _run_in_savepoint(
+    inbox_rows: Inbox, unit: Unit, database_errors_fail: bool, ran: list[Event] | None
+) -> Exception | None:
+    """Run a unit's handler in a savepoint of the chunk's transaction; what it raised.
+
+    Inbox events get their entries in the same savepoint (``Duplicate`` when one is
+    there already). A failure rolls back the handler's writes only. Raises instead
+    when the failure is a database error (unless ``database_errors_fail``), or
+    ``HandlerBroke`` when the savepoint could not be rolled back: the chunk's
+    transaction is lost.
+    """
+    alias, events = unit.alias, unit.events
+    inbox = [(item.delivery, item.event) for item in unit.items if item.row is None]
+    failure: Exception | None = None
+    try:
+        with transaction.atomic(using=alias):
+            if inbox:
+                inbox_rows.insert_many(inbox)
+            if ran is not None:
+                ran.extend(events)
+            failure = _run(unit.registration, events, alias)
+            if failure is not None:
+                raise failure
+    except Duplicate:
+        raise
+    except Exception as exc:
+        if failure is None:
+            failure = exc  # the handler broke the transaction; the release failed
+    if failure is None:
+        return None
+    if isinstance(failure, DATABASE_ERRORS) and not database_errors_fail:
+        raise failure
+    if transaction.get_rollback(using=alias):
+        raise HandlerBroke(failure) from failure
+    return failure
+
+
 class Handling:
     """Handles records for one consumer group and records every outcome."""
 
@@ -320,38 +357,8 @@ class Handling:
     def run_in_savepoint(
         self, unit: Unit, database_errors_fail: bool, ran: list[Event] | None
     ) -> Exception | None:
-        """Run a unit's handler in a savepoint of the chunk's transaction; what it raised.
-
-        Inbox events get their entries in the same savepoint (``Duplicate`` when one is
-        there already). A failure rolls back the handler's writes only. Raises instead
-        when the failure is a database error (unless ``database_errors_fail``), or
-        ``HandlerBroke`` when the savepoint could not be rolled back: the chunk's
-        transaction is lost.
-        """
-        alias, events = unit.alias, unit.events
-        inbox = [(item.delivery, item.event) for item in unit.items if item.row is None]
-        failure: Exception | None = None
-        try:
-            with transaction.atomic(using=alias):
-                if inbox:
-                    self.inbox.insert_many(inbox)
-                if ran is not None:
-                    ran.extend(events)
-                failure = _run(unit.registration, events, alias)
-                if failure is not None:
-                    raise failure
-        except Duplicate:
-            raise
-        except Exception as exc:
-            if failure is None:
-                failure = exc  # the handler broke the transaction; the release failed
-        if failure is None:
-            return None
-        if isinstance(failure, DATABASE_ERRORS) and not database_errors_fail:
-            raise failure
-        if transaction.get_rollback(using=alias):
-            raise HandlerBroke(failure) from failure
-        return failure
+        """Run a unit's handler in a savepoint of the chunk's transaction; what it raised."""
+        return _run_in_savepoint(self.inbox, unit, database_errors_fail, ran)
 
     def _failed_alone(self, delivery: Delivery, event: Event, failure: Exception) -> Result:
         """A handler whose failure lost the whole transaction (``handle`` only)."""

@@ -69,12 +69,12 @@ class _Metrics:
 
     def __init__(self) -> None:
         assert prometheus_client is not None
-        counter, histogram, gauge = (
-            prometheus_client.Counter,
-            prometheus_client.Histogram,
-            prometheus_client.Gauge,
-        )
         prefix = "django_outbox_"
+        self._create_counters(prefix, prometheus_client.Counter)
+        self._create_histograms(prefix, prometheus_client.Histogram)
+        self._create_gauges(prefix, prometheus_client.Gauge)
+
+    def _create_counters(self, prefix: str, counter: Any) -> None:
         self.published = counter(f"{prefix}published", "Rows Kafka acknowledged (relay).")
         self.failed = counter(
             f"{prefix}failed",
@@ -108,6 +108,8 @@ class _Metrics:
             "sent, failed, skipped (the topic failed moments ago).",
             ["outcome"],
         )
+
+    def _create_histograms(self, prefix: str, histogram: Any) -> None:
         self.commit_to_published = histogram(
             f"{prefix}commit_to_published_seconds",
             "From a row's created_at to Kafka's acknowledgement, recorded.",
@@ -131,6 +133,8 @@ class _Metrics:
             "From a relay's claim to the write-back of the batch's outcome.",
             buckets=DURATION_BUCKETS,
         )
+
+    def _create_gauges(self, prefix: str, gauge: Any) -> None:
         # Every relay measures the same table: the latest figure is the one to show.
         self.backlog = gauge(
             f"{prefix}backlog_rows",

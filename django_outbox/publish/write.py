@@ -49,57 +49,13 @@ def publish_event(
     schedules the event: the row waits ``pending`` until then and no relay sends it
     earlier (docs/scheduling.rst). A time that is not in the future means now.
     """
-    alias = using or outbox_settings.database or DEFAULT_DB_ALIAS
-    if alias not in connections:
-        raise ImproperlyConfiguredOutbox(
-            f"database alias {alias!r} is not in settings.DATABASES (publish_event(using=...) "
-            "or OUTBOX_DATABASE)"
-        )
-    served = outbox_settings.databases
-    if alias not in served:
-        raise ImproperlyConfiguredOutbox(
-            f"no relay serves database {alias!r} (OUTBOX_DATABASES is {served}): its events "
-            "would never leave; add it to OUTBOX_DATABASES"
-        )
-    if not isinstance(event_type, str) or not event_type.strip():
-        raise InvalidEvent(f"event_type must be a non-empty string, not {event_type!r}")
-    if len(event_type) > EVENT_TYPE_MAX:
-        raise InvalidEvent(
-            f"event_type {event_type[:40]!r}... is {len(event_type)} characters; "
-            f"the biz_type column holds at most {EVENT_TYPE_MAX}"
-        )
+    alias = _served_alias(using)
+    _check_event_type(event_type)
     event_id = uuid.uuid4()
-    if key is None:
-        key = str(event_id)
-    if not isinstance(key, str) or not key:
-        raise InvalidEvent(f"key must be a non-empty string, not {key!r}")
-    if len(key) > KEY_MAX:
-        raise InvalidEvent(
-            f"key {key[:40]!r}... is {len(key)} characters; message_key holds at most {KEY_MAX}"
-        )
-    if topic is None:
-        topic = outbox_settings.topic_for(event_type)
-        if topic is None:
-            raise ImproperlyConfiguredOutbox(
-                f"no topic for event type {event_type!r}: pass topic=..., or set "
-                "OUTBOX_TOPICS[event_type] or OUTBOX_DEFAULT_TOPIC"
-            )
-    problem = topic_problem(topic)
-    if problem:
-        raise InvalidEvent(problem)
-    if headers is None:
-        headers = {}
-    if not isinstance(headers, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise InvalidEvent(f"headers must map strings to strings, not {headers!r}")
-    reserved = sorted(RESERVED_HEADERS.intersection(headers))
-    if reserved:
-        raise InvalidEvent(f"header names {reserved} are reserved for the outbox's own headers")
-    if max_retry is None:
-        max_retry = outbox_settings.max_retry
-    if not isinstance(max_retry, int) or isinstance(max_retry, bool) or max_retry < 0:
-        raise InvalidEvent(f"max_retry must be a non-negative integer, not {max_retry!r}")
+    key = _checked_key(str(event_id) if key is None else key)
+    topic = _checked_topic(event_type, topic)
+    headers = _checked_headers({} if headers is None else headers)
+    max_retry = _checked_max_retry(outbox_settings.max_retry if max_retry is None else max_retry)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InvalidEvent(f"version must be a positive integer, not {version!r}")
     now = timezone.now()
@@ -117,7 +73,89 @@ def publish_event(
         payload = event.to_json()
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"data of {event_type!r} cannot be serialised to JSON: {exc}") from exc
+    message = _write(alias, event_type, topic, key, payload, max_retry, not_before)
+    signals.send(signals.event_written, OutboxMessage, alias=alias, message=message, event=event)
+    return message
 
+
+def _served_alias(using: str | None) -> str:
+    """The database alias to write through; ``ImproperlyConfiguredOutbox`` if no relay serves it."""
+    alias = using or outbox_settings.database or DEFAULT_DB_ALIAS
+    if alias not in connections:
+        raise ImproperlyConfiguredOutbox(
+            f"database alias {alias!r} is not in settings.DATABASES (publish_event(using=...) "
+            "or OUTBOX_DATABASE)"
+        )
+    served = outbox_settings.databases
+    if alias not in served:
+        raise ImproperlyConfiguredOutbox(
+            f"no relay serves database {alias!r} (OUTBOX_DATABASES is {served}): its events "
+            "would never leave; add it to OUTBOX_DATABASES"
+        )
+    return alias
+
+
+def _check_event_type(event_type: Any) -> None:
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise InvalidEvent(f"event_type must be a non-empty string, not {event_type!r}")
+    if len(event_type) > EVENT_TYPE_MAX:
+        raise InvalidEvent(
+            f"event_type {event_type[:40]!r}... is {len(event_type)} characters; "
+            f"the biz_type column holds at most {EVENT_TYPE_MAX}"
+        )
+
+
+def _checked_key(key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise InvalidEvent(f"key must be a non-empty string, not {key!r}")
+    if len(key) > KEY_MAX:
+        raise InvalidEvent(
+            f"key {key[:40]!r}... is {len(key)} characters; message_key holds at most {KEY_MAX}"
+        )
+    return key
+
+
+def _checked_topic(event_type: str, topic: str | None) -> str:
+    if topic is None:
+        topic = outbox_settings.topic_for(event_type)
+        if topic is None:
+            raise ImproperlyConfiguredOutbox(
+                f"no topic for event type {event_type!r}: pass topic=..., or set "
+                "OUTBOX_TOPICS[event_type] or OUTBOX_DEFAULT_TOPIC"
+            )
+    problem = topic_problem(topic)
+    if problem:
+        raise InvalidEvent(problem)
+    return topic
+
+
+def _checked_headers(headers: Any) -> Mapping[str, str]:
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise InvalidEvent(f"headers must map strings to strings, not {headers!r}")
+    reserved = sorted(RESERVED_HEADERS.intersection(headers))
+    if reserved:
+        raise InvalidEvent(f"header names {reserved} are reserved for the outbox's own headers")
+    return headers
+
+
+def _checked_max_retry(max_retry: Any) -> int:
+    if not isinstance(max_retry, int) or isinstance(max_retry, bool) or max_retry < 0:
+        raise InvalidEvent(f"max_retry must be a non-negative integer, not {max_retry!r}")
+    return max_retry
+
+
+def _write(
+    alias: str,
+    event_type: str,
+    topic: str,
+    key: str,
+    payload: str,
+    max_retry: int,
+    not_before: datetime.datetime | None,
+) -> OutboxMessage:
+    """Insert the ``pending`` row (held until ``not_before``, if given); wake the relay."""
     wake = outbox_settings.wake_relay
     rows = OutboxMessage.objects.using(alias)
     # A scheduled row is inserted and held in one transaction: no relay sees it due.
@@ -136,7 +174,6 @@ def publish_event(
     if wake and connections[alias].vendor != "postgresql":
         # PostgreSQL's NOTIFY (sent with the row) reaches this process's relays too.
         _wake_relay_at_commit(alias)
-    signals.send(signals.event_written, OutboxMessage, alias=alias, message=message, event=event)
     return message
 
 

@@ -74,16 +74,7 @@ def run(task: Task, event: Event) -> None:
     # Duck-typed: the backend module imports this one.
     alias = getattr(backend, "outbox_database", None) or outbox_settings.database
     now = timezone.now()
-    records = TaskRecord.objects.using(alias)
-    record = records.select_for_update().filter(pk=str(event.event_id)).first()
-    if record is None:  # enqueued by another service, straight into the table
-        record = records.create(
-            id=str(event.event_id),
-            task_path=task.module_path,
-            event_type=event.event_type,
-            backend=task.backend,
-            enqueued_at=event.occurred_at,
-        )
+    record = _locked_record(alias, task, event)
     if record.status in (TaskStatus.SUCCESSFUL, TaskStatus.FAILED):
         return  # delivered again after its outcome committed (another consumer group)
     record.status = TaskStatus.RUNNING
@@ -101,34 +92,55 @@ def run(task: Task, event: Event) -> None:
                 f'{{"args": [...], "kwargs": {{...}}}}, not {event.data!r}'
             )
         with transaction.atomic(using=alias):
-            if task.takes_context:
-                value = task.call(TaskContext(task_result=result), *record.args, **record.kwargs)
-            else:
-                value = task.call(*record.args, **record.kwargs)
-            record.return_value = _json_value(value, task)
+            record.return_value = _json_value(_call(task, result, record), task)
     except DATABASE_ERRORS:
         raise
     except Exception as exc:
-        record.status = TaskStatus.FAILED
-        record.errors = [
-            *record.errors,
-            {
-                "exception_class_path": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "traceback": "".join(traceback.format_exception(exc)),
-            },
-        ]
-        logger.warning(
-            "task %s (result %s) failed: %s",
-            task.module_path,
-            record.pk,
-            exc,
-            extra={"event_id": str(event.event_id)},
-        )
+        _record_failure(record, task, event, exc)
     else:
         record.status = TaskStatus.SUCCESSFUL
     record.finished_at = timezone.now()
     record.save(using=alias)
     task_finished.send(type(backend), task_result=to_result(record))
+
+
+def _locked_record(alias: str, task: Task, event: Event) -> TaskRecord:
+    """The event's result row, locked; created if the event did not come through enqueue."""
+    records = TaskRecord.objects.using(alias)
+    record = records.select_for_update().filter(pk=str(event.event_id)).first()
+    if record is None:  # enqueued by another service, straight into the table
+        record = records.create(
+            id=str(event.event_id),
+            task_path=task.module_path,
+            event_type=event.event_type,
+            backend=task.backend,
+            enqueued_at=event.occurred_at,
+        )
+    return record
+
+
+def _call(task: Task, result: Any, record: TaskRecord) -> Any:
+    if task.takes_context:
+        return task.call(TaskContext(task_result=result), *record.args, **record.kwargs)
+    return task.call(*record.args, **record.kwargs)
+
+
+def _record_failure(record: TaskRecord, task: Task, event: Event, exc: Exception) -> None:
+    record.status = TaskStatus.FAILED
+    record.errors = [
+        *record.errors,
+        {
+            "exception_class_path": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "traceback": "".join(traceback.format_exception(exc)),
+        },
+    ]
+    logger.warning(
+        "task %s (result %s) failed: %s",
+        task.module_path,
+        record.pk,
+        exc,
+        extra={"event_id": str(event.event_id)},
+    )
 
 
 def _json_value(value: Any, task: Task) -> Any:
