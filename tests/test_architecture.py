@@ -55,9 +55,6 @@ NOT_YET_SPLIT = {
     "django_outbox/consumer/loop.py:Consumer",
     "django_outbox/consumer/loop.py:__init__",
     "django_outbox/consumer/loop.py:_turn",
-    "django_outbox/models/claiming.py:claim",
-    "django_outbox/models/outbox.py:OutboxMessageQuerySet",
-    "django_outbox/models/outbox.py:_fenced_update",
     "django_outbox/relay/loop.py:Relay",
     "django_outbox/relay/loop.py:__init__",
 }

@@ -146,15 +146,9 @@ def claim(
     only rows without a key, or of a bucket this relay still owns with a live lease
     (checked in the claim's own statement), and a lease no later than the buckets'.
 
-    On PostgreSQL, one statement (one round trip): ``UPDATE ... SET next_retry_at =
-    <lease> WHERE id IN (SELECT id ... ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED)
-    RETURNING ...``, so that concurrent relays take disjoint rows without waiting
-    for each other. MariaDB has no ``UPDATE ... RETURNING``: one short transaction
-    there, ``SELECT id ... FOR UPDATE SKIP LOCKED``, one ``UPDATE`` setting the
-    lease, then the columns of the rows leased read by primary key. SQLite has no
-    row locks, but its transactions are serializable (one writer at a time; a
-    concurrent writer gets "database is locked"), so the same statements are just
-    as safe there.
+    On PostgreSQL, one statement (``_lease_returning``); elsewhere, one short
+    transaction (``_lease_locked``). Either way, concurrent relays take disjoint rows
+    without waiting for each other.
 
     The locking query reads ids only: when the planner goes through the status
     index (it does when its statistics say pending rows are few, while a backlog
@@ -171,16 +165,50 @@ def claim(
             return Claim(alias, lease, [])
     fence = Fence(lease, fencing.new_token())
     due_by = min(due_by or now, now)
-    manager = OutboxMessage.objects.using(alias)
-    due = manager.due(due_by)
+    due = _due_rows(alias, due_by, now, ids=ids, owner=owner)
+    if connections[alias].vendor == "postgresql":
+        leased = _lease_returning(alias, due, batch_size, fence, now)
+    else:
+        leased = _lease_locked(alias, due, batch_size, fence, now, due_by=due_by, owner=owner)
+    return Claim(alias, lease, leased, token=fence.token)
+
+
+def _due_rows(
+    alias: str,
+    due_by: datetime.datetime,
+    now: datetime.datetime,
+    *,
+    ids: Sequence[int] | None,
+    owner: Owner | None,
+) -> OutboxMessageQuerySet:
+    """The rows a claim may take, in the order it takes them (key order, then id)."""
+    due = OutboxMessage.objects.using(alias).due(due_by)
     if ids is not None:
         due = due.filter(pk__in=list(ids))
     if owner is not None:
         due = owner.scope(due, now)
-    due = in_key_order(due, alias).order_by("id")
-    if connections[alias].vendor == "postgresql":
-        leased = _lease_returning(alias, due, batch_size, fence, now)
-        return Claim(alias, lease, leased, token=fence.token)
+    return in_key_order(due, alias).order_by("id")
+
+
+def _lease_locked(
+    alias: str,
+    due: OutboxMessageQuerySet,
+    batch_size: int,
+    fence: Fence,
+    now: datetime.datetime,
+    *,
+    due_by: datetime.datetime,
+    owner: Owner | None,
+) -> list[ClaimedRow]:
+    """Lease rows of ``due`` in one short transaction (MySQL/MariaDB, SQLite).
+
+    MariaDB has no ``UPDATE ... RETURNING``: ``SELECT id ... FOR UPDATE SKIP LOCKED``
+    (``_lock_due_ids``), one ``UPDATE`` setting the lease, then the columns of the
+    rows leased read by primary key, and their fence rows written. SQLite has no row
+    locks, but its transactions are serializable (one writer at a time; a concurrent
+    writer gets "database is locked"), so the same statements are just as safe there.
+    """
+    manager = OutboxMessage.objects.using(alias)
     rows: list[ClaimedRow] = []
     with transaction.atomic(using=alias):
         locked = _lock_due_ids(alias, due, batch_size)
@@ -188,11 +216,11 @@ def claim(
             # The due() condition again: a no-op under row locks, and a guard for
             # any backend whose isolation would let a row slip between the two.
             again = manager.due(due_by) if owner is None else owner.scope(manager.due(due_by), now)
-            again.with_ids(locked).update(next_retry_at=lease, updated_at=now)
-            held = manager.with_ids(locked).filter(status=Status.PENDING, next_retry_at=lease)
+            again.with_ids(locked).update(next_retry_at=fence.lease, updated_at=now)
+            held = manager.with_ids(locked).filter(status=Status.PENDING, next_retry_at=fence.lease)
             rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
             fencing.hold(connections[alias], [row.id for row in rows], fence, now)
-    return Claim(alias, lease, rows, token=fence.token)
+    return rows
 
 
 #: On MySQL/MariaDB, how many more candidate ids than rows wanted a claim looks at.
