@@ -219,6 +219,89 @@ def test_only_the_kafka_package_imports_a_kafka_client():
     assert not wrong
 
 
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """The imports of ``tree``, lazy ones included, but not those under ``TYPE_CHECKING``."""
+    found: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(node: ast.AST) -> None:
+        if _is_type_checking(node):
+            for child in getattr(node, "orelse", []):
+                visit(child)
+            return
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+#: kafka-python's client classes; its exceptions and structs may be imported anywhere in
+#: kafka/ (they are the vocabulary of both clients, librdkafka's errors translated to them).
+KAFKA_PYTHON_CLIENTS = {"KafkaProducer", "KafkaConsumer", "KafkaAdminClient"}
+
+
+def _clients_imported(path: pathlib.Path) -> set[str]:
+    """``kafka-python`` when ``path`` imports one of its clients, ``confluent_kafka`` when
+    it imports that at all (at run time)."""
+    found = set()
+    for node in _runtime_imports(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            root = (node.module or "").split(".")[0]
+            names = {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            root, names = "", set()
+            for alias in node.names:
+                if alias.name.split(".")[0] == "confluent_kafka":
+                    root = "confluent_kafka"
+        else:
+            continue
+        if root == "kafka" and names & KAFKA_PYTHON_CLIENTS:
+            found.add("kafka-python")
+        if root == "confluent_kafka":
+            found.add("confluent_kafka")
+    return found
+
+
+def test_each_kafka_client_is_built_in_its_own_module():
+    """One module per client: kafka_python.py and confluent.py (docs/architecture.rst)."""
+    homes = {
+        "django_outbox.kafka.kafka_python": {"kafka-python"},
+        "django_outbox.kafka.confluent": {"confluent_kafka"},
+    }
+    found = {
+        module: clients
+        for module, path in MODULES.items()
+        if side_of(module) == "kafka" and (clients := _clients_imported(path))
+    }
+    assert found == homes
+
+
+def test_code_outside_kafka_reaches_it_through_the_package_only():
+    """``from django_outbox import kafka``, then ``kafka.NAME(...)`` at call time: never a
+    module inside the package or a name taken from it, so that the package is the whole
+    interface and a test's patch of ``kafka.NAME`` reaches every caller outside kafka/."""
+    wrong = []
+    for module, path in sorted(MODULES.items()):
+        if side_of(module) == "kafka":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            wrong += [
+                f"{module}: {target}"
+                for target in targets
+                if target == "django_outbox.kafka" or target.startswith("django_outbox.kafka.")
+            ]
+    assert not wrong, "import django_outbox.kafka as a package instead:\n" + "\n".join(wrong)
+    assert any("django_outbox.kafka" in GRAPH[m] for m in GRAPH if side_of(m) == "relay")
+
+
 def _long_without_reason(path: pathlib.Path) -> list[str]:
     lines = path.read_text().splitlines()
     found = []

@@ -96,18 +96,18 @@ def test_confluent_config_translates_the_defaults_and_takes_overrides(settings):
 
 
 def test_librdkafka_errors_map_to_the_same_outcomes():
-    too_large = kafka._confluent_error("MSG_SIZE_TOO_LARGE", 10, "too large", False, False)
+    too_large = kafka.confluent_error("MSG_SIZE_TOO_LARGE", 10, "too large", False, False)
     assert kafka.is_poison(too_large) and "MessageSizeTooLarge" in type(too_large).__name__
-    local = kafka._confluent_error("_MSG_SIZE_TOO_LARGE", -186, "too large", False, False)
+    local = kafka.confluent_error("_MSG_SIZE_TOO_LARGE", -186, "too large", False, False)
     assert kafka.is_poison(local)
-    denied = kafka._confluent_error("TOPIC_AUTHORIZATION_FAILED", 29, "denied", False, False)
+    denied = kafka.confluent_error("TOPIC_AUTHORIZATION_FAILED", 29, "denied", False, False)
     assert not kafka.is_poison(denied) and not kafka.is_transport_error(denied)  # definite
     for name, code in (("_MSG_TIMED_OUT", -192), ("_TRANSPORT", -195), ("_ALL_BROKERS_DOWN", -187)):
-        unknown = kafka._confluent_error(name, code, "gone", True, False)
+        unknown = kafka.confluent_error(name, code, "gone", True, False)
         assert kafka.is_transport_error(unknown) and not kafka.is_poison(unknown), name
-    leader = kafka._confluent_error("NOT_LEADER_FOR_PARTITION", 6, "moved", True, False)
+    leader = kafka.confluent_error("NOT_LEADER_FOR_PARTITION", 6, "moved", True, False)
     assert kafka.is_transport_error(leader)
-    fatal = kafka._confluent_error("_FATAL", -150, "fenced", False, True)
+    fatal = kafka.confluent_error("_FATAL", -150, "fenced", False, True)
     assert not kafka.is_poison(fatal) and not kafka.is_transport_error(fatal)
 
 

@@ -387,8 +387,10 @@ def _parsed_headers(payload: str) -> list[tuple[str, bytes]]:
     from unittest import mock
 
     from django_outbox import kafka
+    from django_outbox.kafka import records
 
-    with mock.patch.object(kafka, "_envelope_head", lambda payload: None):
+    # outbox_headers calls _envelope_head inside kafka/records.py: patched there.
+    with mock.patch.object(records, "_envelope_head", lambda payload: None):
         return kafka.outbox_headers(7, "t", payload, "default")
 
 
@@ -403,17 +405,18 @@ def _parsed_headers(payload: str) -> list[tuple[str, bytes]]:
 def test_canonical_envelopes_are_read_without_parsing_data(key, headers):
     from django_outbox import kafka
     from django_outbox.envelope import Event
+    from django_outbox.kafka import records
 
     event = Event(
         "t", {"big": ["x" * 50] * 20, "nested": {"headers": {"no": "no"}}}, key, headers=headers
     )
     payload = event.to_json()
     head = (str(event.event_id), event.as_dict()["occurred_at"], headers)
-    assert kafka._envelope_head(payload) == head
+    assert records._envelope_head(payload) == head
     assert kafka.outbox_headers(7, "t", payload, "default") == _parsed_headers(payload)
     # data itself is skipped unread (the consumer validates it):
     broken = payload[: payload.index(',"data":')] + ',"data":{not json'
-    assert kafka._envelope_head(broken) == head
+    assert records._envelope_head(broken) == head
 
 
 @pytest.mark.parametrize(
@@ -433,8 +436,9 @@ def test_canonical_envelopes_are_read_without_parsing_data(key, headers):
 )
 def test_other_envelopes_fall_back_to_json(payload):
     from django_outbox import kafka
+    from django_outbox.kafka import records
 
-    assert kafka._envelope_head(payload) is None
+    assert records._envelope_head(payload) is None
     headers = dict(kafka.outbox_headers(7, "t", payload, "default"))
     assert headers["event_id"].decode().lower() == "3f1c2b9e-8d7a-4c6b-9e5f-1a2b3c4d5e6f"
     assert headers["trace"] == b"go"

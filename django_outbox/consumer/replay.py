@@ -3,7 +3,7 @@
 Two ways, each marking the record (``replayed_at``, ``replay_outcome``, ``replay_note``):
 
 - ``resend``: the stored key, value and headers go back to their topic, as they
-  were, on a producer of their own (``kafka.py``); every consumer group of the
+  were, on a producer of their own (``kafka.send_records``); every consumer group of the
   topic gets the record again. Never inside a database transaction: the records
   are read first, sent, then marked.
 - ``rehandle``: the record runs through this project's handler now, in this

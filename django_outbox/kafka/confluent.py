@@ -1,10 +1,11 @@
 """The relay's optional librdkafka producer (``OUTBOX_KAFKA_CLIENT = "confluent"``).
 
-The only module that imports ``confluent_kafka``, and only ``kafka.py`` imports it,
-on first use. It knows nothing of kafka-python: ``kafka.py`` hands it the
-configuration in librdkafka's names, a function that turns a librdkafka error
-into the exception the rest of the outbox understands, and the exception of a
-record not handed over in time. It gives the same contract as the kafka-python
+The only module that imports ``confluent_kafka``, and only ``kafka/producers.py``
+imports it, on first use. It knows nothing of kafka-python: ``producers.py`` hands it
+the configuration in librdkafka's names (``config.confluent_config``), a function
+that turns a librdkafka error into the exception the rest of the outbox understands
+(``errors.confluent_error``), and the exception of a record not handed over in time
+(``sending.NotSent``). It gives the same contract as the kafka-python
 path: one outcome per record, acks awaited against a deadline, never an ack
 assumed.
 """
