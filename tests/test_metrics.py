@@ -337,7 +337,8 @@ def test_buckets_owned_per_relay(metrics_on, vendor):
     try:
         relay.coordination.tick()
     finally:
-        relay.coordination.leave()  # the database thread's writes are outside the test's transaction
+        # (the database thread's writes are outside the test's transaction)
+        relay.coordination.leave()
         relay.database_thread.close()
     name = "django_outbox_relay_buckets_owned"
     assert value(name, database="default", relay=relay.name) == buckets.BUCKETS
