@@ -342,16 +342,16 @@ class Consumer:
         self._close()
 
     def _close(self) -> None:
-        forced = self.shutdown.forced
-        if not forced:
+        # (``forced`` read at each step: a second signal may come meanwhile)
+        if not self.shutdown.forced:
             self.dead_letters.flush()
-        self.dead_letters.close(0 if forced else 5.0)
+        self.dead_letters.close(0 if self.shutdown.forced else 5.0)
         client = self.polling.take_client()
         if client is None:
             return
         try:
-            if not forced:
+            if not self.shutdown.forced:
                 self.offsets.commit_quietly(client)
-            client.close(autocommit=False, timeout_ms=0 if forced else 5000)
+            client.close(autocommit=False, timeout_ms=0 if self.shutdown.forced else 5000)
         except Exception:  # closing is best effort; committed offsets are already safe
             logger.exception("outbox consumer: error while closing the Kafka consumer")
