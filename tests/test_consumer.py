@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from django_outbox import publish_event
 from django_outbox.consumer import Consumer
+from django_outbox.consumer.retrying import Retrying
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from testproject.chat.models import ChatHistory, Conversation
@@ -332,11 +333,7 @@ def test_database_errors_retry_the_same_record(
         count_handler(event)
 
     answers = iter([True, False, True])
-    from django_outbox.consumer import Consumer as ConsumerClass
-
-    monkeypatch.setattr(
-        ConsumerClass, "_database_answers", lambda self, delivery: next(answers, True)
-    )
+    monkeypatch.setattr(Retrying, "database_answers", lambda self, delivery: next(answers, True))
     with registered(COUNTER, unreliable):
         (row,) = publish_counted(conversation, 1)
         send_rows(kafka_bootstrap, kafka_topic, [row])
@@ -371,7 +368,7 @@ def test_stop_while_the_database_is_down_commits_nothing_for_that_record(
     def down(event):
         raise OperationalError("could not connect to server")
 
-    monkeypatch.setattr(Consumer, "_database_answers", lambda self, delivery: False)
+    monkeypatch.setattr(Retrying, "database_answers", lambda self, delivery: False)
     with registered(COUNTER, down):
         rows = publish_counted(conversation, 2, key="one-partition")
         send_rows(kafka_bootstrap, kafka_topic, rows, partition=1)

@@ -183,10 +183,10 @@ def test_any_records_end_handled_or_rejected_and_their_offsets_are_committed(rec
         offsets[partition] = offsets.get(partition, -1) + 1
         deliveries.append(Delivery("t", partition, offsets[partition], key, value, tuple(headers)))
     with registered(COUNTER, lambda event: None):
-        consumer._consume(deliveries)
+        consumer.handle_records(deliveries)
     assert consumer.stats.records == len(deliveries)
     assert set(consumer.stats.outcomes) <= {o.value for o in Outcome} - {"retry_in_place"}
-    committed = {tp.partition: offset for tp, offset in consumer._uncommitted.items()}
+    committed = {tp.partition: offset for tp, offset in consumer.offsets.uncommitted.items()}
     assert committed == {p: last + 1 for p, last in offsets.items()}
     RejectedRecord.objects.all().delete()
     InboxEntry.objects.all().delete()

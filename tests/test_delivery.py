@@ -198,7 +198,7 @@ def test_an_acknowledged_batch_is_written_back_on_a_fresh_connection(
 
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])
 def test_one_database_down_does_not_slow_the_others(relay_settings, monkeypatch):
-    from django_outbox.relay import loop as relay_module
+    from django_outbox.relay import claims as relay_module
 
     real = relay_module.claim
     claims: dict[str, int] = defaultdict(int)

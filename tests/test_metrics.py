@@ -335,9 +335,10 @@ def test_buckets_owned_per_relay(metrics_on, vendor):
         pytest.skip("relay buckets need PostgreSQL or MariaDB")
     relay = Relay()
     try:
-        relay._coordinate()
+        relay.coordination.tick()
     finally:
-        relay._leave()  # the database thread's writes are outside the test's transaction
+        # (the database thread's writes are outside the test's transaction)
+        relay.coordination.leave()
         relay.database_thread.close()
     name = "django_outbox_relay_buckets_owned"
     assert value(name, database="default", relay=relay.name) == buckets.BUCKETS

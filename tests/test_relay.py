@@ -252,7 +252,7 @@ def test_a_failed_write_back_does_not_escape_run(relay_settings, monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr("django_outbox.relay.loop.claim", broken)
+    monkeypatch.setattr("django_outbox.relay.claims.claim", broken)
     relay = Relay(burst=True)
     with caplog.at_level(logging.ERROR, logger="django_outbox"):
         relay.run()

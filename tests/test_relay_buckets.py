@@ -305,8 +305,8 @@ def test_sqlite_says_a_second_relay_cannot_keep_key_order(vendor, caplog):
     second.tick()
     assert not second.enabled and second.holding.members == 2
     with caplog.at_level(logging.WARNING, logger="django_outbox"):
-        relay._warn_if_not_alone(second)
-        relay._warn_if_not_alone(second)  # once per database
+        relay.coordination.warn_if_not_alone(second)
+        relay.coordination.warn_if_not_alone(second)  # once per database
     assert caplog.text.count("django_outbox.W090") == 1
     assert "run one relay" in caplog.text
 

@@ -4,9 +4,14 @@
 - ``local``: once-only on the outbox rows of this process's databases;
 - ``inbox``: once-only for events from elsewhere (the inbox table);
 - ``rejects``: keeping what cannot be handled as a ``RejectedRecord``;
-- ``handling``: the once-only rules applied to a chunk of records;
+- ``handling``: the once-only rules applied to a chunk of records (``chunk``: which
+  handler, in which order); ``running``: the one call of a user's handler;
 - ``broker``: whether the broker answers (outages, a client to replace);
-- ``loop``: the ``Consumer`` behind ``manage.py outbox_consume``.
+- ``loop``: the ``Consumer`` behind ``manage.py outbox_consume``: its loop, start, stop;
+- ``polling``: its Kafka client and the polls; ``consuming``: a poll's records, chunk
+  by chunk, and what follows each outcome; ``retrying``: the database away, an inbox
+  event retried in place; ``commits``: offsets; ``lifecycle``: the heartbeat, a broker
+  that refuses; ``progress``: the progress line; ``stats``: ``ConsumerStats``.
 """
 
 from __future__ import annotations

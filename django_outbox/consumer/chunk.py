@@ -28,6 +28,7 @@ from django_outbox.consumer.inbox import Duplicate
 from django_outbox.consumer.local import LocalFailure, LockedRow
 from django_outbox.consumer.outcomes import Outcome, Result
 from django_outbox.consumer.records import Delivery, Rejected
+from django_outbox.consumer.running import run_in_savepoint
 from django_outbox.envelope import Event
 from django_outbox.exceptions import UnknownEventType
 from django_outbox.registry import Registration
@@ -173,7 +174,7 @@ class ChunkPass:
             self._succeeded(unit, insert_inbox=True)
             return
         try:
-            failure = handling.run_in_savepoint(unit, self.database_errors_fail, self.ran)
+            failure = run_in_savepoint(handling.inbox, unit, self.database_errors_fail, self.ran)
         except Duplicate:
             if len(unit.items) == 1:
                 self._duplicate(unit.items[0])

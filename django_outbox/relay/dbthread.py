@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: ``DatabaseThread.submit``, as the relay's parts are handed it: (alias, function, *args).
+Submit = Callable[..., Future[Any]]
+
 #: Seconds between two drops of broken or expired connections (``close_old_connections``).
 CHECK_INTERVAL = 1.0
 

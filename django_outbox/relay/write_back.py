@@ -5,12 +5,16 @@ with no attempt spent (nothing known, broker unreachable) or ``dead`` (a definit
 final answer), each through the fenced transitions of ``django_outbox.models``. A
 database that fails is retried on a fresh connection; the caller keeps the outcome
 and tries again while the claim's lease lasts.
+
+``WriteBacks`` is the relay's side of it: the write-backs handed to the database
+thread until they are known done, and the outcomes kept while their database fails.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from django.db import connections
@@ -18,8 +22,16 @@ from django.utils import timezone
 
 from django_outbox import kafka, signals
 from django_outbox.exceptions import describe
-from django_outbox.models.claiming import Failure, record_failed, record_published, release
+from django_outbox.models.claiming import (
+    Claim,
+    Failure,
+    record_failed,
+    record_published,
+    release,
+)
 from django_outbox.ops import metrics
+from django_outbox.relay.dbthread import Submit
+from django_outbox.relay.outages import Outages
 from django_outbox.relay.send import UNREACHABLE_DELAY, RecordError, Sender, Settled
 
 logger = logging.getLogger(__name__)
@@ -115,3 +127,68 @@ def _reconnect(alias: str) -> None:
         connection.close()
     except Exception:  # a connection that is already gone may fail to close
         pass
+
+
+class WriteBacks:
+    """The relay's write-backs, handed to the database thread in order, until known done.
+
+    An outcome whose write-back failed is kept and written again, on a fresh
+    connection, while the claim's lease lasts (its rows are not sent again meanwhile).
+    """
+
+    def __init__(self, submit: Submit, outages: Outages) -> None:
+        self._submit = submit
+        self._outages = outages
+        #: Write-backs handed to the database thread, not known to be done yet: the
+        #: claim, its outcome (None for a batch given back unsent), the job.
+        self.writing: list[tuple[Claim, Settled | None, Future[Any]]] = []
+        #: Settled batches whose write-back failed: recorded first thing next turn.
+        self.unrecorded: list[Settled] = []
+
+    @property
+    def pending(self) -> bool:
+        """Some write-back is not known to be done, or waits to be written again."""
+        return bool(self.writing or self.unrecorded)
+
+    def record(self, settled: Settled) -> None:
+        """Hand the write-back of ``settled`` to the database thread."""
+        future = self._submit(settled.claim.alias, write_back, settled)
+        self.writing.append((settled.claim, settled, future))
+
+    def give_back(self, batch: Claim) -> None:
+        """Release a batch that was claimed and never sent: due at once, no attempt spent."""
+        ids = [row.id for row in batch.rows]
+        self.writing.append((batch, None, self._submit(batch.alias, release, batch, ids)))
+
+    def collect(self, *, wait: bool = False) -> None:
+        """Look at the write-backs handed over (``wait``: until all are done)."""
+        writing, self.writing = self.writing, []
+        for batch, settled, future in writing:
+            if not wait and not future.done():
+                self.writing.append((batch, settled, future))
+                continue
+            try:
+                future.result()
+            except Exception:
+                self._outages.database_failed(batch.alias)
+                if settled is not None:
+                    # Kafka has answered; the answer is kept and written on a fresh
+                    # connection next turn, while the lease lasts (rows are not sent
+                    # again meanwhile). A batch given back unsent just waits for its lease.
+                    self.unrecorded.append(settled)
+
+    def record_unrecorded(self) -> None:
+        pending, self.unrecorded = self.unrecorded, []
+        for settled in pending:
+            if settled.claim.lease <= timezone.now():
+                logger.warning(
+                    "outbox relay: the lease on %d row(s) of %r ran out before their outcome "
+                    "could be written; they will be delivered again",
+                    len(settled.claim.rows),
+                    settled.claim.alias,
+                )
+                continue
+            if self._outages.database_usable(settled.claim.alias):
+                self.record(settled)
+            else:
+                self.unrecorded.append(settled)
