@@ -23,7 +23,7 @@ harness with 3 relays and 3 consumers on the 3-node cluster.
 Environment:
     OUTBOX_CHAOS_SEED           the schedule's seed (default: random; always printed)
     OUTBOX_CHAOS_SECONDS        chaos + drain budget (default 120: ~2/3 chaos, ~1/3 drain)
-    OUTBOX_CHAOS_OUTAGE         seconds the broker stays stopped (default 20)
+    OUTBOX_CHAOS_OUTAGE         seconds the broker (the cluster: one node) stays down (default 20)
     OUTBOX_CHAOS_RATE           events per second per writer (default 15)
     OUTBOX_CHAOS_DB_BLIPS       database blips (default 2)
     OUTBOX_CHAOS_WAKE           on (default) or off: whether the writers' commits wake the relays
