@@ -13,14 +13,17 @@ Asserted, from the ledger (the business rows), the effects table, the outbox row
 the topic: lost 0 (committed events without effect), duplicate effects 0, phantom
 effects 0 (effects of rolled-back events), phantom records 0 (rolled-back events in
 Kafka), stuck 0 (rows not consumed), dead 0, business row and outbox row together or not
-at all, no worker exit but the ones the supervisor caused, and every SIGTERM exit 0. The
-raw duplicate-record rate of the topic is printed, not asserted. The last line printed:
-``chaos: seed=... committed=... lost=0 ...``.
+at all, no worker exit but the ones the supervisor caused, every SIGTERM exit 0, and no
+same-key order inversion in the topic (relays share the keys by bucket, decision 0003; with
+``OUTBOX_RELAY_BUCKETS = False`` inversions are only counted). The raw duplicate-record
+rate of the topic is printed, not asserted. The last line printed:
+``chaos: seed=... committed=... lost=0 ...``. tests/test_cluster_chaos.py runs the same
+harness with 3 relays and 3 consumers on the 3-node cluster.
 
 Environment:
     OUTBOX_CHAOS_SEED           the schedule's seed (default: random; always printed)
     OUTBOX_CHAOS_SECONDS        chaos + drain budget (default 120: ~2/3 chaos, ~1/3 drain)
-    OUTBOX_CHAOS_OUTAGE         seconds the broker stays stopped (default 20)
+    OUTBOX_CHAOS_OUTAGE         seconds the broker (the cluster: one node) stays down (default 20)
     OUTBOX_CHAOS_RATE           events per second per writer (default 15)
     OUTBOX_CHAOS_DB_BLIPS       database blips (default 2)
     OUTBOX_CHAOS_WAKE           on (default) or off: whether the writers' commits wake the relays
@@ -42,9 +45,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import random
-import signal
 import tempfile
 import uuid
 from collections import Counter
@@ -57,8 +58,9 @@ from django.db import connection
 
 from django_outbox.envelope import Event
 from django_outbox.models import OutboxMessage, Status
-from tests.chaos_harness import Chaos, Interrupted, env_float, plan
-from tests.chaos_support import CREATE_TABLES, DROP_TABLES, EFFECT_TABLE, EVENT_TYPE, LEDGER_TABLE
+from tests.chaos_fixtures import run_and_judge
+from tests.chaos_harness import BrokerOutage, Chaos, env_float, plan
+from tests.chaos_support import EFFECT_TABLE, EVENT_TYPE, LEDGER_TABLE
 from tests.kafka_fixtures import (
     create_topic,
     delete_topic,
@@ -78,19 +80,6 @@ on_postgresql = pytest.mark.skipif(
 
 
 @pytest.fixture
-def chaos_tables() -> Iterator[None]:
-    with connection.cursor() as cursor:
-        for statement in DROP_TABLES + CREATE_TABLES:
-            cursor.execute(statement)
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            for statement in DROP_TABLES:
-                cursor.execute(statement)
-
-
-@pytest.fixture
 def chaos_port() -> Iterator[int]:
     """The private broker's port, held by one chaos run at a time on this host (two runs
     would stop each other's broker)."""
@@ -103,60 +92,23 @@ def chaos_port() -> Iterator[int]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@pytest.fixture
-def interruptible() -> Iterator[None]:
-    """SIGTERM/SIGHUP to pytest (a CI timeout) unwind the test instead of killing it, so
-    the teardown still kills the workers and stops the broker."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise Interrupted(f"signal {signum}")
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 @pytest.mark.kafka
-def test_chaos(chaos_tables, chaos_port, interruptible, tmp_path, capsys):
-    seed = int(os.environ.get("OUTBOX_CHAOS_SEED") or random.randrange(1_000_000))
-    budget = env_float("OUTBOX_CHAOS_SECONDS", 120)
-    chaos_seconds = budget * 2 / 3
-    drain_seconds = budget - chaos_seconds
-    outage = min(env_float("OUTBOX_CHAOS_OUTAGE", 20), chaos_seconds / 3)
-    blips = int(env_float("OUTBOX_CHAOS_DB_BLIPS", 2))
+def test_chaos(chaos_tables, chaos_port, interruptible, chaos_budget, capsys):
     port = chaos_port
-    log_dir = Path(os.environ.get("OUTBOX_CHAOS_LOG_DIR") or tmp_path)
-    log_dir = log_dir / f"chaos-{seed}-{os.getpid()}"
-    log_dir.mkdir(parents=True)
-    with capsys.disabled():
-        print(f"\nchaos: seed={seed} (OUTBOX_CHAOS_SEED={seed} to replay); logs in {log_dir}")
-
     bootstrap = start_broker(port)
-    topic = unique_topic_name(f"chaos-{seed}")
+    topic = unique_topic_name(f"chaos-{chaos_budget.seed}")
     create_topic(bootstrap, topic, partitions=3)
-    harness = Chaos(seed, log_dir, bootstrap, port, topic)
+    harness = Chaos(chaos_budget.seed, chaos_budget.log_dir, bootstrap, topic, BrokerOutage(port))
     try:
-        harness.run(chaos_seconds, drain_seconds, outage, blips)
-        report = harness.verify(harness.read_topic())
+        run_and_judge(harness, chaos_budget, capsys)
     finally:
-        harness.close()
         try:
-            start_broker(port)  # if the run stopped mid-outage
             delete_topic(bootstrap, topic)
         finally:
             stop_broker(port)
-    line = report.line()
-    (log_dir / "result.txt").write_text("\n".join([*report.failures, line]) + "\n")
-    with capsys.disabled():
-        print(line)
-    if report.failures:
-        pytest.fail("\n\n".join([*report.failures, line]), pytrace=False)
 
 
 def test_the_plan_is_a_function_of_the_seed():
@@ -172,7 +124,7 @@ def test_the_plan_is_a_function_of_the_seed():
 @pytest.mark.django_db(transaction=True)
 def test_the_verdict_names_each_planted_fault(chaos_tables, tmp_path):
     """The checks of ``Chaos.verify`` on a run with one fault of each kind planted."""
-    harness = Chaos(0, tmp_path, "127.0.0.1:1", 1, "chaos-topic")
+    harness = Chaos(0, tmp_path, "127.0.0.1:1", "chaos-topic", BrokerOutage(1))
     ids = {name: str(uuid.uuid4()) for name in "ABCDEFGHIJ"}
 
     def row(name: str, status: str, ledger: bool = True) -> None:
@@ -232,6 +184,7 @@ def test_the_verdict_names_each_planted_fault(chaos_tables, tmp_path):
         "outbox rows without business row",
         "COMMIT returned, business row missing",
         "rolled back, yet in the database",
+        "same-key order inversions (a record after a later row of its key)",
     ], report.failures
     assert report.lost == {ids["B"], ids["E"], ids["F"], ids["J"]}
     assert report.dup_effects == {ids["C"]: 2}
