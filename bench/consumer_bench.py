@@ -21,8 +21,11 @@ records again, each run on rows set back to ``published`` and an empty history t
 - **insert**: ``Consumer`` with that handler;
 - **batch**: ``Consumer`` with a batch handler (``@handler(..., batch=True)``) that
   ``bulk_create``\\ s the chunk's events;
-- **floor** (printed, no figure): the consumer's own database work alone, each
-  chunk's rows locked and marked ``consumed``, no Kafka: a bound on the no-op rate.
+- **floor**: the consumer's own database work alone (bench/floor.py:
+  ``Handling.handle_batch`` with the no-op handler on the same records read once
+  beforehand: parse, lock, mark ``consumed``, the inbox for foreign events; chunks of
+  ``--batch-size``, no Kafka): a bound on the no-op rate, and the figure "consumer
+  no-op vs its database floor".
 
 Consumer rates run from the first poll that returned records to the commit of the
 last offsets (the group join is left out), the raw one from its first records to
@@ -49,9 +52,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
+sys.path[:0] = [str(ROOT), str(ROOT / "testproject"), str(ROOT / "bench")]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 os.environ.setdefault("DJANGO_DEBUG", "False")  # DEBUG keeps every query in memory
+
+from floor import consumer_floor  # noqa: E402
 
 EVENT_TYPE = "bench.message"
 PLAIN_CHUNK = 200  # the plain loop's events per transaction
@@ -107,9 +112,9 @@ def main() -> None:
     from django.utils.dateparse import parse_datetime
 
     from django_outbox import kafka, publish_event
-    from django_outbox.conf import outbox_settings
     from django_outbox.consumer import DEFAULT_BATCH_SIZE, Consumer, Outcome
-    from django_outbox.consumer.local import LocalRows
+    from django_outbox.consumer.handling import Handling
+    from django_outbox.consumer.records import Delivery
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage, Status
     from django_outbox.registry import HandlerRegistry
@@ -261,18 +266,30 @@ def main() -> None:
         assert ChatHistory.objects.count() == args.events
         return args.events / (end - start)
 
+    def fetched() -> list[Delivery]:
+        """The topic's records once, as the consumer hands them to its handling."""
+        client = kafka.build_consumer(group_id=None)
+        partitions = [kafka.TopicPartition(topic, p) for p in range(3)]
+        client.assign(partitions)
+        client.seek_to_beginning(*partitions)
+        out: list[Delivery] = []
+        while len(out) < args.events:
+            for records in client.poll(timeout_ms=1000).values():
+                out.extend(Delivery.from_record(record) for record in records)
+        client.close()
+        return out
+
+    deliveries: list[Delivery] = []
+
     def floor_run() -> float:
-        """The consumer's own database work alone: lock and mark each chunk's rows."""
+        """The consumer's own database work alone (bench/floor.py), no Kafka."""
+        if not deliveries:
+            deliveries.extend(fetched())
         fresh()
-        local = LocalRows(outbox_settings.consumer_group)
-        pks = list(rows.order_by("pk").values_list("pk", flat=True))
-        start = time.perf_counter()
-        for first in range(0, len(pks), batch_size):
-            with transaction.atomic():
-                chunk = pks[first : first + batch_size]
-                local.lock("default", set(chunk))
-                local.mark_consumed("default", chunk)
-        return args.events / (time.perf_counter() - start)
+        handling = Handling(f"bench-{uuid.uuid4().hex[:8]}", handlers=handlers("no-op"))
+        handled, seconds = consumer_floor(handling, deliveries, batch_size)
+        assert handled == args.events, handled
+        return args.events / seconds
 
     runs: dict[str, Callable[[], float]] = {"raw": raw_run, "plain": plain_run, "floor": floor_run}
     for kind in figures_wanted:
@@ -315,9 +332,23 @@ def main() -> None:
     print()
     if rates.get("floor"):
         print(
-            f"the consumer's database work alone (lock + mark consumed, chunks of "
+            f"the consumer's database work alone (handle_batch, no-op handler, chunks of "
             f"{batch_size}, no Kafka): {spread(rates['floor'])} /s"
         )
+        if rates.get("no-op"):
+            against = [a / b for a, b in zip(rates["no-op"], rates["floor"], strict=True)]
+            print(f"consumer no-op = {spread(against, '.2f')} of the database floor")
+            figures.append(
+                {
+                    "name": "consumer no-op vs its database floor",
+                    "unit": "records/s",
+                    "higher_is_better": True,
+                    "baseline_name": "handle_batch with the no-op handler, no Kafka",
+                    "values": rates["no-op"],
+                    "baseline_values": rates["floor"],
+                    "target": None,  # a bound to read the others against, not a goal
+                }
+            )
     for kind in figures_wanted if args.repeat else ():
         name, baseline, baseline_name = names[kind]
         values, baseline_values = rates[kind], rates[baseline]

@@ -19,6 +19,9 @@ includes the database server's or the broker's); asserts nothing about speed.
 adds, in each repetition, the relay on librdkafka (``OUTBOX_KAFKA_CLIENT =
 "confluent"``) and the raw confluent-kafka producer on the same records and
 settings: two more figures, against raw confluent-kafka and against raw kafka-python.
+Each repetition also times the relay's database work alone at the relay's batch size
+(bench/floor.py: claim + fenced write-back, no Kafka): the figure "relay vs its
+database floor" (and the confluent relay's, with ``--client confluent``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from floor import relay_floor  # noqa: E402
 from seeding import analyze  # noqa: E402
 
 FIGURE = "relay vs raw kafka-python producer"
@@ -47,6 +51,10 @@ BASELINE = "raw kafka-python producer"
 CONFLUENT_FIGURE = "relay (confluent) vs raw confluent-kafka producer"
 CONFLUENT_BASELINE = "raw confluent-kafka producer"
 CONFLUENT_VS_KAFKA_PYTHON = "relay (confluent) vs raw kafka-python producer"
+#: The relay against its own database work alone (bench/floor.py).
+FLOOR_FIGURE = "relay vs its database floor"
+CONFLUENT_FLOOR_FIGURE = "relay (confluent) vs its database floor"
+FLOOR_BASELINE = "claim + fenced write-back, no Kafka"
 
 
 def main() -> None:
@@ -198,6 +206,15 @@ def main() -> None:
             assert published >= args.rows, published
             return args.rows / seconds, cpu
 
+        # --- the database floor: the relay's claims and write-backs alone, no Kafka.
+        def floor_run(size: int) -> float:
+            OutboxMessage.objects.all().delete()
+            OutboxMessage.objects.bulk_create(rows("bench-floor", args.rows), batch_size=1000)
+            analyze(connection)
+            done, seconds = relay_floor("default", size, outbox_settings.lease_seconds)
+            assert done == args.rows, done
+            return args.rows / seconds
+
         # --- the raw confluent-kafka producer: same records, headers and settings.
         def raw_confluent_run() -> tuple[float, float]:
             raw_topic = topic()
@@ -273,6 +290,12 @@ def main() -> None:
                 else:
                     raw_rate, raw_seconds = raw_run()
                     relay_rate, relay_seconds = relay_run(size)
+                if not label:  # the figures' batch size: its floor too
+                    floor_rates.append(floor_run(size))
+                    print(
+                        f"  run {repetition + 1}: database floor {floor_rates[-1]:,.0f} rows/s; "
+                        f"relay = {relay_rate / floor_rates[-1]:.2f} of the database floor"
+                    )
                 if confluent:
                     confluent_pair(repetition, raw_rate)
                 raw_rates.append(raw_rate)
@@ -291,9 +314,15 @@ def main() -> None:
             print(f"{label}CPU ms per 1,000 rows: raw {spread(raw_cpu)}, relay {spread(relay_cpu)}")
             return raw_rates, relay_rates
 
+        floor_rates: list[float] = []
         phases: dict[str, list[float]] = time_phases() if args.phases else {}
         raw_rates, relay_rates = pairs(batch_size, "", confluent=args.client == "confluent")
+        print(f"database floor (claim + write-back, no Kafka): {spread(floor_rates)} rows/s")
+        against = [a / b for a, b in zip(relay_rates, floor_rates, strict=True)]
+        print(f"relay = {spread(against, '.2f')} of the database floor")
         if confluent_rates:
+            against = [a / b for a, b in zip(confluent_rates, floor_rates, strict=True)]
+            print(f"relay (confluent) = {spread(against, '.2f')} of the database floor")
             print(f"raw confluent-kafka producer: {spread(raw_confluent_rates)} records/s")
             print(f"relay (confluent): {spread(confluent_rates)} rows/s")
             against = [a / b for a, b in zip(confluent_rates, raw_confluent_rates, strict=True)]
@@ -336,10 +365,20 @@ def main() -> None:
                 "target": 0.9 if vendor == "postgresql" else 0.72,
                 "batch_size": batch_size,
             }
-            figures = [figure]
+            figures = [
+                figure,
+                {
+                    **figure,
+                    "name": FLOOR_FIGURE,
+                    "baseline_name": FLOOR_BASELINE,
+                    "baseline_values": [round(value, 1) for value in floor_rates],
+                    "target": None,  # a bound to read the others against, not a goal
+                },
+            ]
             for name, baseline_name, baseline in (
                 (CONFLUENT_FIGURE, CONFLUENT_BASELINE, raw_confluent_rates),
                 (CONFLUENT_VS_KAFKA_PYTHON, BASELINE, raw_rates),
+                (CONFLUENT_FLOOR_FIGURE, FLOOR_BASELINE, floor_rates),
             ):
                 if confluent_rates:
                     figures.append(
@@ -351,6 +390,8 @@ def main() -> None:
                             "baseline_values": [round(value, 1) for value in baseline],
                         }
                     )
+                    if name == CONFLUENT_FLOOR_FIGURE:
+                        figures[-1]["target"] = 0.8  # issue 19
             write_json(args.json, "relay", vendor, figures, series)
         if args.profile:
             relay_run(batch_size, profile=True)

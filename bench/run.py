@@ -186,8 +186,19 @@ def cells(row: Row) -> tuple[str, ...]:
         ratio,
         target,
         met,
-        "",
+        floor_note(row),
     )
+
+
+#: Figures whose baseline is the worker's database work alone (bench/floor.py).
+FLOOR_SUFFIX = " vs its database floor"
+
+
+def floor_note(row: Row) -> str:
+    """``relay = 0.55 of the database floor``, for a figure against the floor."""
+    if not row.figure.endswith(FLOOR_SUFFIX) or row.ratio is None:
+        return ""
+    return f"{row.figure.removesuffix(FLOOR_SUFFIX)} = {row.ratio:.2f} of the database floor"
 
 
 def widths_of(lines: list[tuple[str, ...]]) -> list[int]:

@@ -171,3 +171,11 @@ def test_from_json_on_the_command_line(fixtures: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "relay vs raw kafka-python producer" in done.stdout
     assert "relay: error" in done.stdout
+
+
+def test_a_figure_against_the_database_floor_says_its_share_in_the_note() -> None:
+    row = run.Row("postgresql", "relay", "relay vs its database floor", "rows/s", 5.0, 10.0)
+    row.ratios = [0.4, 0.55, 0.6]
+    assert run.cells(row)[-1] == "relay = 0.55 of the database floor"
+    other = run.Row("postgresql", "relay", "relay vs raw kafka-python producer", ratios=[0.5])
+    assert run.cells(other)[-1] == ""

@@ -179,7 +179,11 @@ class Relay:
             self.lease_seconds,
             ", burst" if self.burst else "",
         )
-        self.wakeup = Wakeup(self.databases, listen=not self.burst and outbox_settings.wake_relay)
+        self.wakeup = Wakeup(
+            self.databases,
+            listen=not self.burst and outbox_settings.wake_relay,
+            interval=min(self.interval, outbox_settings.poll_interval),
+        )
         self.shutdown.wakes(self.wakeup.event)
         try:
             self._loop(self.wakeup)

@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Where ``outbox_relay --burst`` and ``outbox_consume --burst`` spend their start-up.
+
+Usage (a warm broker from ``scripts/kafka-local start``; the database of DATABASE_URL,
+created if need be and migrated; SQLite file testproject/db.sqlite3 when unset)::
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092 DATABASE_URL=postgres://... \\
+        python bench/startup_bench.py [--events 200] [--repeat 3]
+
+``--events`` chat messages are published once; each repetition sets them back to
+``pending`` (bench set-up) and runs each command in a fresh interpreter, as an
+operator would start it, the consumer in a new group. The child prints, in seconds
+since the parent launched it, when each phase ended:
+
+- relay: ``import django``, ``django.setup()``, the producer built, the first claim,
+  the first batch written back (its records acknowledged), the end;
+- consumer: ``import django``, ``django.setup()``, the client built, the first
+  poll returned, the first poll that returned records (group joined, partitions
+  assigned, positions fetched), the first chunk handled, the end.
+
+Medians over the repetitions are printed; nothing is asserted about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+os.environ.setdefault("DJANGO_DEBUG", "False")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--child", choices=["relay", "consume"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    parent(args)
+
+
+# ---------------------------------------------------------------------- the child
+
+
+def child(command: str) -> None:
+    launched = float(os.environ["STARTUP_LAUNCHED"])
+    marks: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        marks.setdefault(name, time.time() - launched)
+
+    import django
+
+    mark("import django")
+    django.setup()
+    mark("django.setup()")
+    from django.core.management import call_command
+
+    if command == "relay":
+        relay_marks(mark)
+        call_command("outbox_relay", "--burst", verbosity=0)
+    else:
+        consumer_marks(mark)
+        call_command("outbox_consume", "--burst", "--group", os.environ["STARTUP_GROUP"])
+    mark("end")
+    print(json.dumps(marks))
+
+
+def after(owner: Any, name: str, on_return: Any) -> None:
+    """Wrap ``owner.name`` so that ``on_return(result)`` sees each of its results."""
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        on_return(result)
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def relay_marks(mark: Any) -> None:
+    from django_outbox import kafka
+    from django_outbox.relay import loop
+
+    after(kafka, "build_relay_producer", lambda _: mark("producer built"))
+    after(loop.Relay, "_take", lambda claim: claim.rows and mark("first claim"))
+    after(loop, "write_back", lambda _: mark("first write-back"))
+
+
+def consumer_marks(mark: Any) -> None:
+    from django_outbox import kafka
+    from django_outbox.consumer.handling import Handling
+
+    def built(client: Any) -> None:
+        mark("client built")
+
+        def polled(batch: Any) -> None:
+            mark("first poll returned")
+            if batch:
+                mark("first records")
+
+        after(client, "poll", polled)
+
+    after(kafka, "build_group_consumer", built)
+    after(Handling, "handle_batch", lambda _: mark("first chunk handled"))
+
+
+# ---------------------------------------------------------------------- the parent
+
+
+def parent(args: argparse.Namespace) -> None:
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection, transaction
+    from django.test.utils import override_settings
+
+    from django_outbox import kafka, publish_event
+    from django_outbox.models import OutboxMessage, Status
+    from testproject.chat.models import Conversation
+    from testproject.chat.services import MESSAGE_CREATED
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from consumer_bench import ensure_database
+
+    ensure_database(connection)
+    call_command("migrate", verbosity=0)
+    topic = f"bench-startup-{uuid.uuid4().hex[:8]}"
+    with kafka.build_admin() as admin:
+        admin.create_topics([kafka.NewTopic(topic, 3, 1)])
+        admin.wait_for_topics([topic], timeout_ms=30000)
+    conversation = Conversation.objects.create(title="startup bench")
+    with override_settings(OUTBOX_TOPICS={MESSAGE_CREATED: topic}, OUTBOX_WAKE_RELAY=False):
+        with transaction.atomic():
+            for n in range(args.events):
+                publish_event(
+                    MESSAGE_CREATED,
+                    {
+                        "conversation_id": conversation.pk,
+                        "author": "bench",
+                        "text": f"message {n}",
+                        "sent_at": "2026-12-01T00:00:00.000000Z",
+                    },
+                    key=f"conversation-{n % 10}",
+                )
+    rows = OutboxMessage.objects.filter(topic=topic)
+    print(f"database {connection.vendor}, topic {topic}, {args.events} events")
+    timings: dict[str, list[dict[str, float]]] = {"relay": [], "consume": []}
+    try:
+        for repetition in range(args.repeat):
+            # Bench set-up, not a transition: the same rows go out again.
+            rows.update(status=Status.PENDING)
+            env = {**os.environ, "CHAT_TOPIC": topic}
+            timings["relay"].append(run_child("relay", env))
+            env["STARTUP_GROUP"] = f"bench-startup-{uuid.uuid4().hex[:8]}"
+            timings["consume"].append(run_child("consume", env))
+            print(
+                f"repetition {repetition + 1}: "
+                + "; ".join(f"{name} {phases(marks[-1])}" for name, marks in timings.items())
+            )
+    finally:
+        with kafka.build_admin() as admin:
+            admin.delete_topics([topic])
+    for name, marks in timings.items():
+        median = {key: statistics.median(m[key] for m in marks if key in m) for key in marks[0]}
+        print(f"{name}, median seconds since launch: {phases(median)}")
+
+
+def run_child(command: str, env: dict[str, str]) -> dict[str, float]:
+    env = {**env, "STARTUP_LAUNCHED": repr(time.time())}
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        raise SystemExit(f"{command} failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def phases(marks: dict[str, float]) -> str:
+    return ", ".join(f"{name} {at:.2f}" for name, at in sorted(marks.items(), key=lambda i: i[1]))
+
+
+if __name__ == "__main__":
+    main()
