@@ -361,11 +361,31 @@ class Consumer:
         unreachable = kafka.unreachable_brokers()
         if unreachable and len(unreachable) == len(kafka.bootstrap_servers()):
             raise kafka.KafkaConnectionError(f"cannot connect to {', '.join(unreachable)}")
-        self._client = kafka.build_group_consumer(self.topics, self.group, **self.consumer_options)
+        listener = kafka.CommitOnRevoke(self._take_uncommitted, self._assigned)
+        self._client = kafka.build_group_consumer(
+            self.topics, self.group, listener, **self.consumer_options
+        )
         self._last_refresh = self._unassigned_since = time.monotonic()
         missing = kafka.missing_topics(self._client, self.topics)
         if missing:
             logger.warning("outbox consumer: topics %s do not exist (yet)", missing)
+
+    def _take_uncommitted(self, partitions: set[Any]) -> dict[Any, int]:
+        """The offsets to commit before ``partitions`` are given up, forgotten here.
+
+        Called by kafka-python while ``poll()`` waits (a rebalance, a close): the
+        records of a poll are all handled or rewound by then.
+        """
+        for tp in partitions:
+            self._positions.pop(tp, None)
+        return {tp: self._uncommitted.pop(tp) for tp in partitions if tp in self._uncommitted}
+
+    def _assigned(self, partitions: set[Any]) -> None:
+        logger.info(
+            "outbox consumer: partitions assigned: %s",
+            ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(partitions)) or "none",
+            extra={"partitions": len(partitions)},
+        )
 
     def _pause_blocked(self, exc: BaseException, where: str) -> None:
         """The broker refused a poll or a commit: say so everywhere, wait, skip nothing."""

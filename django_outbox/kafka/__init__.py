@@ -11,6 +11,7 @@ settings, and for the record format (key, value, headers) of an outbox row.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import (
     InvalidRecordError,
     InvalidTopicError,
@@ -44,6 +46,8 @@ from django_outbox.envelope import (
 
 if TYPE_CHECKING:
     from django_outbox.models import OutboxMessage
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "HEADER_EVENT_ID",
@@ -676,9 +680,74 @@ CONSUMER_OUTAGE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def build_group_consumer(topics: Sequence[str], group_id: str, **options: Any) -> KafkaConsumer:
+class CommitOnRevoke(AsyncConsumerRebalanceListener):
+    """Commits the handled offsets of partitions before the group takes them away.
+
+    ``take(partitions)`` returns, and forgets, the offsets to commit for those
+    partitions; ``assigned(partitions)`` hears of each new assignment. kafka-python
+    runs these hooks on its IO thread, while ``poll()`` waits in the caller's: a
+    blocking ``commit()`` there would raise, so the commit is awaited instead.
+    """
+
+    def __init__(
+        self,
+        take: Callable[[set[TopicPartition]], dict[TopicPartition, int]],
+        assigned: Callable[[set[TopicPartition]], None],
+    ) -> None:
+        self.take = take
+        self.assigned = assigned
+        self.consumer: KafkaConsumer | None = None
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        offsets = self.take(set(revoked))
+        if not offsets or self.consumer is None:
+            return
+        try:
+            await self.consumer.commit_async(
+                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+            )
+        except Exception as exc:  # their next owner reads them again, finds them handled
+            logger.warning(
+                "outbox consumer: commit before giving up %s failed (%s: %s); records will repeat",
+                _partition_names(offsets),
+                type(exc).__name__,
+                redact(str(exc)),
+            )
+            return
+        logger.info("outbox consumer: committed %s before giving them up", _offset_names(offsets))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assigned(set(assigned))
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        # Evicted: the group gave them away already, a commit would be refused.
+        offsets = self.take(set(lost))
+        logger.warning(
+            "outbox consumer: partitions %s lost (session timed out?); %s",
+            _partition_names(lost) or "none",
+            "their next owner reads the records since the last commit again"
+            if offsets
+            else "nothing was left to commit",
+        )
+
+
+def _partition_names(partitions: Any) -> str:
+    return ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(partitions))
+
+
+def _offset_names(offsets: dict[TopicPartition, int]) -> str:
+    return ", ".join(f"{tp.topic}-{tp.partition}@{offsets[tp]}" for tp in sorted(offsets))
+
+
+def build_group_consumer(
+    topics: Sequence[str],
+    group_id: str,
+    listener: CommitOnRevoke | None = None,
+    **options: Any,
+) -> KafkaConsumer:
     """``build_consumer`` for the outbox consumer: outage-friendly timeouts, then the settings.
 
+    With ``listener``, the consumer subscribes with it (and it gets the consumer).
     Raises ``KafkaTimeoutError`` when no broker answers within ``bootstrap_timeout_ms``.
     """
     config = {
@@ -689,7 +758,12 @@ def build_group_consumer(topics: Sequence[str], group_id: str, **options: Any) -
     }
     config.update(outbox_settings.kafka_consumer)
     config.update(options)
-    return KafkaConsumer(*topics, **config)
+    if listener is None:
+        return KafkaConsumer(*topics, **config)
+    consumer = KafkaConsumer(**config)
+    listener.consumer = consumer
+    consumer.subscribe(list(topics), listener=listener)
+    return consumer
 
 
 def bootstrap_servers() -> list[str]:
