@@ -378,7 +378,8 @@ class Consumer:
         """
         for tp in partitions:
             self._positions.pop(tp, None)
-        return {tp: self._uncommitted.pop(tp) for tp in partitions if tp in self._uncommitted}
+        taken = {tp: self._uncommitted.pop(tp) for tp in partitions if tp in self._uncommitted}
+        return {} if self.shutdown.forced else taken  # a second signal: out at once
 
     def _assigned(self, partitions: set[Any]) -> None:
         logger.info(
