@@ -40,7 +40,9 @@ PARTITIONS = 6
 MEMBERS = ("consumer-0", "consumer-1", "consumer-2")
 
 
-def measure(bootstrap: str, session_ms: int, heartbeat_ms: int, repeat: int) -> dict[str, list]:
+def measure(
+    bootstrap: str, session_ms: int, heartbeat_ms: int, repeat: int
+) -> dict[str, list[tuple[float, float]]]:
     from tests.kafka_fixtures import create_topic, delete_topic
     from tests.scale_support import (
         Feeder,
@@ -66,7 +68,7 @@ def measure(bootstrap: str, session_ms: int, heartbeat_ms: int, repeat: int) -> 
     workers = {name: consumer_worker(name, topic, group, env, log_dir) for name in MEMBERS}
     view = GroupView(bootstrap, group, topic, PARTITIONS)
     feeder = Feeder(bootstrap, topic, PARTITIONS)
-    figures: dict[str, list] = {"SIGTERM": [], "SIGKILL": []}
+    figures: dict[str, list[tuple[float, float]]] = {"SIGTERM": [], "SIGKILL": []}
     limit = session_ms / 1000 + 120
 
     def settled() -> dict[str, set[int]]:
@@ -91,23 +93,23 @@ def measure(bootstrap: str, session_ms: int, heartbeat_ms: int, repeat: int) -> 
                 mark = last_effect_id()
                 start = time.monotonic()
                 worker.signal(getattr(signal, signame))
-                taken = wait(
-                    lambda: held
-                    <= {partition_of(k) for _, _, k, _, p in effects(mark) if p != pid},
-                    limit,
-                    step=0.05,
-                )
-                handled = time.monotonic() - start
                 others = set(MEMBERS) - {victim}
-                wait(lambda: view.settled(others), limit, step=0.1)
-                owned_again = time.monotonic() - start
-                if not taken:
-                    raise SystemExit(f"partitions {held} not taken over; logs in {log_dir}")
+                owned_again = handled = None
+                while owned_again is None or handled is None:
+                    now = time.monotonic() - start
+                    if now > limit:
+                        raise SystemExit(f"partitions {held} not taken over; logs in {log_dir}")
+                    if owned_again is None and view.settled(others):
+                        owned_again = now
+                    by_others = {partition_of(k) for _, _, k, _, p in effects(mark) if p != pid}
+                    if handled is None and held <= by_others:
+                        handled = now
+                    time.sleep(0.05)
                 figures[signame].append((handled, owned_again))
                 print(
                     f"session {session_ms / 1000:.0f} s, {signame} {victim} (held {sorted(held)}):"
-                    f" handled again by another member after {handled:.1f} s,"
-                    f" group stable with all partitions owned after {owned_again:.1f} s",
+                    f" group stable with all partitions owned after {owned_again:.1f} s,"
+                    f" handled again by another member after {handled:.1f} s",
                     flush=True,
                 )
                 worker.process.wait(timeout=60)
