@@ -110,9 +110,9 @@ def duplicates(rows: list[tuple[int, str, str, int, int]]) -> dict[str, int]:
 class Feeder(threading.Thread):
     """Publishes one event per partition every ``interval`` seconds, until ``stop()``.
 
-    Each round writes its outbox rows in one transaction, then sends them (acks=all)
-    and waits for the acks before the next round, so each key's records are in the
-    topic in sequence order.
+    Each round (or burst of rounds) writes its outbox rows in one transaction, then
+    sends them (acks=all) and waits for the acks before the next, so each key's
+    records are in the topic in sequence order.
     """
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, interval: float = 0.2):
@@ -125,6 +125,11 @@ class Feeder(threading.Thread):
         self.sequence: Counter[str] = Counter()
         self.error: BaseException | None = None
         self._stop_requested = threading.Event()
+        self._burst = 0
+
+    def burst(self, rounds: int) -> None:
+        """Publish ``rounds`` rounds at once, next time: a backlog for the consumers."""
+        self._burst = rounds
 
     def stop(self) -> None:
         self._stop_requested.set()
@@ -135,22 +140,24 @@ class Feeder(threading.Thread):
             with producer(self.bootstrap) as client:
                 round_number = 0
                 while not self._stop_requested.is_set():
-                    self._round(client, round_number)
-                    round_number += 1
+                    rounds, self._burst = max(self._burst, 1), 0
+                    self._rounds(client, range(round_number, round_number + rounds))
+                    round_number += rounds
                     self._stop_requested.wait(self.interval)
         except BaseException as exc:  # reported by the test
             self.error = exc
         finally:
             connection.close()
 
-    def _round(self, client: Any, round_number: int) -> None:
+    def _rounds(self, client: Any, round_numbers: range) -> None:
         rows = []
         with transaction.atomic():
-            for partition in range(self.partitions):
-                key = f"p{partition}-k{round_number % KEYS_PER_PARTITION}"
-                self.sequence[key] += 1
-                data = {"key": key, "seq": self.sequence[key]}
-                rows.append(publish_event(EVENT_TYPE, data, key=key, topic=self.topic))
+            for round_number in round_numbers:
+                for partition in range(self.partitions):
+                    key = f"p{partition}-k{round_number % KEYS_PER_PARTITION}"
+                    self.sequence[key] += 1
+                    data = {"key": key, "seq": self.sequence[key]}
+                    rows.append(publish_event(EVENT_TYPE, data, key=key, topic=self.topic))
         futures = [
             client.send(
                 self.topic,

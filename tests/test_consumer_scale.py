@@ -10,8 +10,10 @@ and every partition's events must be handled again (new effect rows). At the end
 the feeder stopped and everything drained: each event's effect exactly once, no key's
 sequence numbers out of order in the effect rows, no consumer exited but the ones the
 test stopped (the SIGTERMed ones with 0), and the group's committed offsets at the end of
-every partition. The time each settling took is printed, not asserted (see
-bench/consumer_takeover.py for figures).
+every partition. Before the fourth member joins, a backlog of 3,000 events is published
+at once, so that the group rebalances while its members read full polls. The time each
+settling took is printed, not asserted (see bench/consumer_takeover.py for figures).
+The commit on revoke itself is pinned by tests/test_consumer_rebalance.py.
 
 SQLite is skipped: several writer processes on one SQLite file is not a setup the project
 supports (one consumer process per SQLite database, see docs/consumer.rst).
@@ -56,6 +58,8 @@ START_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 60.0
 EXIT_TIMEOUT = 45.0
 DRAIN_TIMEOUT = 60.0
+#: Rounds of the feeder (one event per partition each) published at once, mid-run.
+BACKLOG_ROUNDS = 500
 
 
 @pytest.fixture
@@ -193,6 +197,10 @@ def test_members_killed_added_and_stopped_while_events_flow(
         run.settle("3 members started")
         run.kill("consumer-0")
         run.settle("SIGKILL of consumer-0")
+        # The group grows while its members read a backlog (full polls).
+        run.feeder.burst(BACKLOG_ROUNDS)
+        mark = last_effect_id()
+        assert wait(lambda: run.check_alive() or last_effect_id() > mark + 200, 60), "no backlog"
         run.start("consumer-3")
         run.settle("consumer-3 joined")
         run.terminate("consumer-1")
