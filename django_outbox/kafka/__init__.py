@@ -19,10 +19,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import AsyncConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
-from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import (
     InvalidRecordError,
     InvalidTopicError,
