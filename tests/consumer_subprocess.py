@@ -8,10 +8,13 @@ OUTBOX_TEST_SLOW     seconds the ``test.slow`` handler sleeps (default 1)
 OUTBOX_TEST_KILL_AT  SIGKILL this process right after the transaction of the n-th handler
                      commits (the record's own with --batch-size 1, else its chunk's)
 OUTBOX_TEST_KILL_IN  SIGKILL this process inside the n-th handler, before anything commits
+OUTBOX_TEST_CONSUMER_OPTIONS  JSON of kafka-python consumer options (default: FAST_GROUP)
+OUTBOX_TEST_CLIENT_ID  the Kafka client id (tells the group's members apart)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -32,6 +35,8 @@ from django.test import override_settings  # noqa: E402
 
 from django_outbox.registry import registry  # noqa: E402
 from tests.consumer_support import COUNTER, FAST_GROUP, count_handler  # noqa: E402
+from tests.scale_support import EVENT_TYPE as SCALE_STEP  # noqa: E402
+from tests.scale_support import record_effect  # noqa: E402
 
 SLOW = "test.slow"
 handled = 0
@@ -60,13 +65,17 @@ def killing_counter(event):
 
 registry.register(SLOW, slow_handler)
 registry.register(COUNTER, killing_counter)
+registry.register(SCALE_STEP, record_effect)
 
 arguments = sys.argv[1:]
 group = arguments[arguments.index("--group") + 1] if "--group" in arguments else None
+options = json.loads(os.environ.get("OUTBOX_TEST_CONSUMER_OPTIONS") or json.dumps(FAST_GROUP))
+if os.environ.get("OUTBOX_TEST_CLIENT_ID"):
+    options["client_id"] = os.environ["OUTBOX_TEST_CLIENT_ID"]
 
 with override_settings(
     OUTBOX_CONSUMER_GROUP=group or "django-outbox",  # the group owns the outbox rows
-    OUTBOX_KAFKA_CONSUMER=FAST_GROUP,
+    OUTBOX_KAFKA_CONSUMER=options,
     OUTBOX_KAFKA_BOOTSTRAP_SERVERS=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
     LOGGING_CONFIG=None,
 ):

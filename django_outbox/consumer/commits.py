@@ -48,6 +48,16 @@ class Offsets:
         tp = kafka.TopicPartition(delivery.topic, delivery.partition)
         self.uncommitted[tp] = self.positions[tp] = delivery.offset + 1
 
+    def give_up(self, partitions: set[Any]) -> dict[Any, int]:
+        """The offsets to commit before ``partitions`` go to another member, forgotten here.
+
+        Called by kafka-python while ``poll()`` waits (a rebalance, a close): the
+        records of a poll are all handled or rewound by then.
+        """
+        for tp in partitions:
+            self.positions.pop(tp, None)
+        return {tp: self.uncommitted.pop(tp) for tp in partitions if tp in self.uncommitted}
+
     def due(self, backlog: bool) -> bool:
         """After a poll: commit now, unless a backlog is read and it is not yet time."""
         return not backlog or time.monotonic() - self.last_commit >= self.commit_interval

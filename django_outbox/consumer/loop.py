@@ -184,6 +184,8 @@ class Consumer:
             batch_size=self.batch_size,
             broker_probe_interval=self.broker_probe_interval,
             client_stall_timeout=self.client_stall_timeout,
+            # a second signal: out at once, nothing more committed
+            give_up=lambda parts: {} if self.shutdown.forced else self.offsets.give_up(parts),
         )
         stats = self._current_stats
         blockage = Blockage(self.topics, self.group)

@@ -37,6 +37,7 @@ class Polling:
         batch_size: int,
         broker_probe_interval: float,
         client_stall_timeout: float,
+        give_up: Callable[[set[Any]], dict[Any, int]],
     ) -> None:
         self.topics = list(topics)
         self.group = group
@@ -47,6 +48,8 @@ class Polling:
         self.client_stall_timeout = client_stall_timeout
         self.broker = BrokerWatch(broker_probe_interval, client_stall_timeout)
         self.client: Any = None
+        #: The offsets to commit for partitions being revoked (``Offsets.give_up``).
+        self.give_up = give_up
         self.last_refresh = self.unassigned_since = time.monotonic()
 
     def connect(self) -> None:
@@ -54,7 +57,10 @@ class Polling:
         unreachable = kafka.unreachable_brokers()
         if unreachable and len(unreachable) == len(kafka.bootstrap_servers()):
             raise kafka.KafkaConnectionError(f"cannot connect to {', '.join(unreachable)}")
-        self.client = kafka.build_group_consumer(self.topics, self.group, **self.consumer_options)
+        listener = kafka.CommitOnRevoke(self.give_up, _log_assigned)
+        self.client = kafka.build_group_consumer(
+            self.topics, self.group, listener, **self.consumer_options
+        )
         self.last_refresh = self.unassigned_since = time.monotonic()
         missing = kafka.missing_topics(self.client, self.topics)
         if missing:
@@ -126,3 +132,11 @@ class Polling:
         """The client, handed over to be closed; None from now on."""
         client, self.client = self.client, None
         return client
+
+
+def _log_assigned(partitions: set[Any]) -> None:
+    logger.info(
+        "outbox consumer: partitions assigned: %s",
+        kafka.partition_names(partitions) or "none",
+        extra={"partitions": len(partitions)},
+    )

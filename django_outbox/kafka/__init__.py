@@ -69,10 +69,12 @@ from django_outbox.kafka.config import (
     untranslatable_options,
 )
 from django_outbox.kafka.consuming import (
+    CommitOnRevoke,
     caught_up,
     commit_offsets,
     consumer_lag,
     missing_topics,
+    partition_names,
     read_error_at,
 )
 from django_outbox.kafka.errors import (
@@ -170,7 +172,9 @@ __all__ = [
     "is_unreadable_record",
     # consuming.py
     "caught_up",
+    "CommitOnRevoke",
     "commit_offsets",
+    "partition_names",
     "consumer_lag",
     "missing_topics",
     "read_error_at",

@@ -67,8 +67,13 @@ def build_admin(**overrides: Any) -> KafkaAdminClient:
     return KafkaAdminClient(bootstrap_servers=bootstrap_servers(), **overrides)
 
 
-def build_group_consumer(topics: Sequence[str], group_id: str, **options: Any) -> KafkaConsumer:
+def build_group_consumer(
+    topics: Sequence[str], group_id: str, listener: Any = None, **options: Any
+) -> KafkaConsumer:
     """``build_consumer`` for the outbox consumer: outage-friendly timeouts, then the settings.
+
+    With ``listener`` (a ``consuming.CommitOnRevoke``), the consumer subscribes with it
+    and the listener is given the consumer.
 
     Raises ``KafkaTimeoutError`` when no broker answers within ``bootstrap_timeout_ms``.
     """
@@ -80,7 +85,12 @@ def build_group_consumer(topics: Sequence[str], group_id: str, **options: Any) -
     }
     config.update(outbox_settings.kafka_consumer)
     config.update(options)
-    return KafkaConsumer(*topics, **config)
+    if listener is None:
+        return KafkaConsumer(*topics, **config)
+    consumer = KafkaConsumer(**config)
+    listener.consumer = consumer
+    consumer.subscribe(list(topics), listener=listener)
+    return consumer
 
 
 def build_probe_consumer() -> KafkaConsumer:
