@@ -23,7 +23,6 @@ from django_outbox.consumer.records import Delivery, replay_mark
 from django_outbox.envelope import Event
 from django_outbox.models.inbox import InboxEntry
 
-
 #: The namespace of the inbox keys of replayed records (``uuid5``).
 REPLAY_NAMESPACE = uuid.UUID("0d9e6a52-7f7c-4d8e-9a43-5b2f3f1c8a10")
 

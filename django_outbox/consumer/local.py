@@ -12,8 +12,8 @@ nothing. Which row a record names:
   per chunk and database (see docs/consumer.rst, "Records without headers").
 
 A record sent again by ``outbox_replay`` names no row here: it goes through the inbox
-(``inbox.py``). Only the group ``OUTBOX_CONSUMER_GROUP`` handles records on their rows: a row has one
-``consumed`` flag, so a second group on the same database goes through its inbox.
+(``inbox.py``). Only the group ``OUTBOX_CONSUMER_GROUP`` handles records on their rows:
+a row has one ``consumed`` flag, so a second group on the same database goes through its inbox.
 Either way the row only counts when its payload holds the record's event id:
 another service may use the same alias and ids. All row locks of the consumer are
 taken by ``lock()``, in ascending id order (see ``locked_for_handling``).
