@@ -93,7 +93,7 @@ def test_dry_run_counts_and_sends_nothing(kafka_bootstrap, kafka_topic, history)
     before = topic_record_count(kafka_bootstrap, kafka_topic)
     out = replay_command("--dry-run", "--all-groups", "--key", "k1", "--key", "k2")
     assert "2 row(s) of table:default match" in out
-    assert "#%d " % history.rows[1].pk in out and "nothing sent" in out
+    assert f"#{history.rows[1].pk} " in out and "nothing sent" in out
     assert topic_record_count(kafka_bootstrap, kafka_topic) == before
     assert ReplayRun.objects.count() == 0
     out = replay_command("--dry-run", "--all-groups", "--status", "dead")
