@@ -6,6 +6,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -21,6 +25,7 @@ from testproject.chat.models import Conversation
 
 from .consumer_support import COUNTER, consume, count_handler, registered, send_raw, unique_group
 from .kafka_fixtures import read_topic, topic_record_count
+from .relay_support import REPO_ROOT, database_url
 
 pytestmark = [pytest.mark.kafka, pytest.mark.django_db(transaction=True)]
 
@@ -257,3 +262,38 @@ def test_the_admin_lists_the_runs(admin_client, history):
     page = admin_client.get(reverse("admin:django_outbox_replayrun_change", args=[run.pk]))
     assert page.status_code == 200 and str(run.token) in page.content.decode()
     assert admin_client.get(reverse("admin:django_outbox_replayrun_add")).status_code == 403
+
+
+def test_sigterm_stops_the_command_after_the_batch_in_hand(kafka_bootstrap, history):
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url("default"),
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "PYTHONUNBUFFERED": "1",
+    }
+    environment.pop("DJANGO_SETTINGS_MODULE", None)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "tests" / "replay_subprocess.py"), "--group",
+         history.b, "--rate", "1", "--operator", "ops"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if f"1/{ROWS} sent" in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        output = "".join(seen) + process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    run = ReplayRun.objects.get()
+    assert f"--resume {run.pk}" in output
+    assert run.state == RunState.INTERRUPTED and 1 <= run.sent < ROWS
+    replay_command("--resume", str(run.pk))
+    assert history.effect_of(history.b) == ROWS
