@@ -297,3 +297,12 @@ def test_sigterm_stops_the_command_after_the_batch_in_hand(kafka_bootstrap, hist
     assert run.state == RunState.INTERRUPTED and 1 <= run.sent < ROWS
     replay_command("--resume", str(run.pk))
     assert history.effect_of(history.b) == ROWS
+
+
+def test_a_run_marked_running_resumes_only_with_force(history):
+    run = ReplayRun.objects.create(operator="tests", target_group=history.b, source="table:default")
+    with pytest.raises(CommandError, match="is running.*--force"):
+        replay_command("--resume", str(run.pk))
+    replay_command("--resume", str(run.pk), "--force")  # its process was SIGKILLed
+    run.refresh_from_db()
+    assert (run.state, run.sent) == (RunState.DONE, ROWS)

@@ -31,7 +31,7 @@ class ReplayRunAdmin(ReadOnlyAdmin):
         "finished_at",
     )
     list_filter = ("state",)
-    search_fields = ("=id", "=operator", "=target_group", "=token")
+    search_fields = ("=id", "=operator", "=target_group")
     ordering = ("-id",)
     show_full_result_count = False
     readonly_fields = (

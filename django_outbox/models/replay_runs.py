@@ -10,7 +10,6 @@ once, whatever the resends. An app-owned table; the legacy one does not change.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.db import models
 from django.utils import timezone
@@ -87,6 +86,3 @@ class ReplayRun(models.Model):
 
     def _save(self, *fields: str) -> None:
         self.save(update_fields=[*fields, "updated_at"])
-
-    def describe(self) -> dict[str, Any]:
-        return {"run": self.pk, "state": self.state, "sent": self.sent, "matched": self.matched}

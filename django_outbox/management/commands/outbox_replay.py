@@ -79,7 +79,10 @@ class Command(BaseCommand):
             help="Every consumer group of the topics handles them again.",
         )
         parser.add_argument(
-            "--force", action="store_true", help="Replay for a group the cluster does not know."
+            "--force",
+            action="store_true",
+            help="Replay for a group the cluster does not know; resume a run marked running "
+            "whose process was killed.",
         )
         parser.add_argument("--dry-run", action="store_true", help="Count and show; send nothing.")
         parser.add_argument("--rate", type=positive_float, help="At most this many records/s.")
@@ -93,14 +96,19 @@ class Command(BaseCommand):
             raise CommandError(f"unknown database alias {alias!r}; see settings.DATABASES")
         with command_logging(self.stdout, options["verbosity"]):
             if options["resume"]:
-                planned: ReplayRun | None = self._resumed(alias, options["resume"])
+                planned: tuple[ReplayRun, replay.Source] | None = self._resumed(
+                    alias, options["resume"], options["force"]
+                )
             else:
                 planned = self._planned(alias, options)
             if planned is not None:
-                self._send(planned, options)
+                self._send(*planned, options)
 
-    def _planned(self, alias: str, options: dict[str, Any]) -> ReplayRun | None:
-        """The new run, recorded; None when nothing is to be sent (dry run, no row)."""
+    def _planned(
+        self, alias: str, options: dict[str, Any]
+    ) -> tuple[ReplayRun, replay.Source] | None:
+        """The new run, recorded, and its rows; None when nothing is to be sent (dry run,
+        no row)."""
         try:
             selection = Selection(
                 since=options["since"],
@@ -143,7 +151,7 @@ class Command(BaseCommand):
             matched=matched,
         )
         self.stdout.write(f"replay run {run.pk}: {shown}, for {run.group_label}")
-        return run
+        return run, source
 
     def _source(
         self, source_name: str, selection: Selection
@@ -180,20 +188,25 @@ class Command(BaseCommand):
                 "handles it). Nothing was sent."
             )
 
-    def _resumed(self, alias: str, pk: int) -> ReplayRun:
+    def _resumed(self, alias: str, pk: int, force: bool) -> tuple[ReplayRun, replay.Source]:
         run = ReplayRun.objects.using(alias).filter(pk=pk).first()
         if run is None:
             raise CommandError(f"no replay run {pk} in database {alias!r}")
         if run.state == RunState.DONE:
             raise CommandError(f"replay run {pk} is done already: nothing to resume")
+        if run.state == RunState.RUNNING and not force:
+            # Two processes on one run would send its rows twice over, in no order.
+            raise CommandError(
+                f"replay run {pk} is running (last progress at {run.updated_at}); if its "
+                f"process is gone (killed), resume it with --resume {pk} --force"
+            )
+        source, _, _ = self._source(run.source, Selection.from_dict(run.filters))
         self.stdout.write(
             f"replay run {pk}: resumed after id/line {run.last_id}, {run.sent} sent before"
         )
-        return run
+        return run, source
 
-    def _send(self, run: ReplayRun, options: dict[str, Any]) -> None:
-        selection = Selection.from_dict(run.filters)
-        source, _, _ = self._source(run.source, selection)
+    def _send(self, run: ReplayRun, source: replay.Source, options: dict[str, Any]) -> None:
         if run.state != RunState.RUNNING:
             run.resume()
         shutdown = Shutdown()
