@@ -49,8 +49,21 @@ HEADER_EVENT_ID = "event_id"
 HEADER_EVENT_TYPE = "event_type"
 HEADER_OUTBOX_ID = "outbox_id"  # the row's primary key
 HEADER_OUTBOX_DB = "outbox_db"  # the Django database alias the row lives in
+#: On a record sent again by ``manage.py outbox_replay``: the run (a UUID), and the one
+#: consumer group that is to handle it (``*``: every group). See docs/replay.rst.
+HEADER_REPLAY_RUN = "outbox_replay_run"
+HEADER_REPLAY_GROUP = "outbox_replay_group"
+#: ``HEADER_REPLAY_GROUP`` of a replay that every consumer group handles again.
+EVERY_GROUP = "*"
 RESERVED_HEADERS = frozenset(
-    {HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_OUTBOX_ID, HEADER_OUTBOX_DB}
+    {
+        HEADER_EVENT_ID,
+        HEADER_EVENT_TYPE,
+        HEADER_OUTBOX_ID,
+        HEADER_OUTBOX_DB,
+        HEADER_REPLAY_RUN,
+        HEADER_REPLAY_GROUP,
+    }
 )
 
 FIELDS = ("event_id", "event_type", "version", "occurred_at", "key", "headers", "data")

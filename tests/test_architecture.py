@@ -21,7 +21,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "django_outbox"
 LAYERS: list[set[str]] = [
     {"api", "apps"},
     {"urls", "management", "admin", "checks", "tasks", "testing"},
-    {"relay", "consumer"},
+    {"relay", "consumer", "history"},
     {"publish"},
     {"kafka", "ops"},
     {"models"},

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from django_outbox import Event, publish_event
 from django_outbox.consumer import Consumer, Delivery, Handling, Outcome
-from django_outbox.consumer.records import Rejected, parse
+from django_outbox.consumer.inbox import inbox_key
+from django_outbox.consumer.records import Rejected, parse, replay_mark
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry, RejectedRecord
@@ -191,3 +192,39 @@ def test_any_records_end_handled_or_rejected_and_their_offsets_are_committed(rec
     RejectedRecord.objects.all().delete()
     InboxEntry.objects.all().delete()
     OutboxMessage.objects.all().delete()
+
+
+def test_replay_headers_name_the_run_and_the_group():
+    event = Event(event_type=COUNTER, data={}, key="k")
+
+    def delivery(*headers):
+        return Delivery("t", 0, 0, b"k", event.to_bytes(), headers=headers)
+
+    plain = delivery()
+    assert replay_mark(plain) is None and inbox_key(plain, event) == event.event_id
+    for_g = delivery(("outbox_replay_run", b"r1"), ("outbox_replay_group", b"g"))
+    assert replay_mark(for_g).is_for("g") and not replay_mark(for_g).is_for("h")
+    every = delivery(("outbox_replay_run", b"r1"), ("outbox_replay_group", b"*"))
+    assert replay_mark(every).is_for("h")
+    nobody = delivery(("outbox_replay_run", b"r1"))  # no group: never every group by accident
+    assert not replay_mark(nobody).is_for("g")
+    # Once per event and run: the same run keys the same, another run anew.
+    assert inbox_key(for_g, event) == inbox_key(every, event) != event.event_id
+    again = delivery(("outbox_replay_run", b"r2"), ("outbox_replay_group", b"g"))
+    assert inbox_key(again, event) != inbox_key(for_g, event)
+
+
+def test_a_replay_for_another_group_runs_no_handler(settings):
+    settings.OUTBOX_WAKE_RELAY = False
+    conversation = Conversation.objects.create(title="replay")
+    event = Event(event_type=COUNTER, data={"conversation_id": conversation.pk}, key="k")
+    headers = (("outbox_replay_run", b"r1"), ("outbox_replay_group", b"other"))
+    with registered(COUNTER, count_handler):
+        result = Handling("g").handle(Delivery("t", 0, 0, b"k", event.to_bytes(), headers))
+        assert result.outcome is Outcome.SKIPPED and "'other' only" in result.error
+        result = Handling("other").handle(Delivery("t", 0, 1, b"k", event.to_bytes(), headers))
+        assert result.outcome is Outcome.HANDLED
+        result = Handling("other").handle(Delivery("t", 0, 2, b"k", event.to_bytes(), headers))
+        assert result.outcome is Outcome.DUPLICATE
+    conversation.refresh_from_db()
+    assert conversation.message_count == 1

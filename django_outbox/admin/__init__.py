@@ -5,6 +5,7 @@
   by error), ``actions`` (the operators' actions, their permissions) and ``rows`` (read-only
   rows of ``OUTBOX_DATABASE``);
 - ``inbox``: the consumer's tables (rejected records and their replay, the inbox);
+- ``replay_runs``: the runs of ``manage.py outbox_replay`` (who, what, when, how far);
 - ``tasks``: the results of Django tasks run through the outbox;
 - ``counts``, ``filters``, ``failures``, ``display``: what the screens share (capped
   counts of a table of millions, list filters, failures by error, how times show).
@@ -17,6 +18,13 @@ from __future__ import annotations
 
 from django_outbox.admin.inbox import InboxEntryAdmin, RejectedRecordAdmin
 from django_outbox.admin.messages import OutboxMessageAdmin
+from django_outbox.admin.replay_runs import ReplayRunAdmin
 from django_outbox.admin.tasks import TaskRecordAdmin
 
-__all__ = ["InboxEntryAdmin", "OutboxMessageAdmin", "RejectedRecordAdmin", "TaskRecordAdmin"]
+__all__ = [
+    "InboxEntryAdmin",
+    "OutboxMessageAdmin",
+    "RejectedRecordAdmin",
+    "ReplayRunAdmin",
+    "TaskRecordAdmin",
+]

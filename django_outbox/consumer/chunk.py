@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from django_outbox.consumer.inbox import Duplicate
+from django_outbox.consumer.inbox import Duplicate, inbox_key
 from django_outbox.consumer.local import LocalFailure, LockedRow
 from django_outbox.consumer.outcomes import Outcome, Result
-from django_outbox.consumer.records import Delivery, Rejected
+from django_outbox.consumer.records import Delivery, Rejected, replay_mark
 from django_outbox.consumer.running import run_in_savepoint
 from django_outbox.envelope import Event
 from django_outbox.exceptions import UnknownEventType
@@ -115,6 +115,13 @@ class ChunkPass:
                 return  # the batches not handed over yet are left for later too
             if (delivery.topic, delivery.partition) in self.blocked:
                 continue
+            mark = replay_mark(delivery)
+            if mark is not None and not mark.is_for(handling.group):
+                # Another group's replay (outbox_replay --group): acknowledged, not run.
+                self.results[index] = Result(
+                    Outcome.SKIPPED, f"a replay for consumer group {mark.group!r} only"
+                )
+                continue
             if isinstance(event, Rejected):
                 self.results[index] = handling.rejected(delivery, event, named[index])
                 continue
@@ -133,10 +140,11 @@ class ChunkPass:
                         self.results[index] = Result(Outcome(status), error)
                         continue
             else:
-                if event.event_id in handled:
+                key = inbox_key(delivery, event)
+                if key in handled:
                     self.results[index] = Result(Outcome.DUPLICATE)
                     continue
-                alias, copy_key = handling.inbox_database, event.event_id
+                alias, copy_key = handling.inbox_database, key
             if copy_key in first_copy:
                 # The same event twice in one chunk: the first copy decides.
                 self.copies.append((index, first_copy[copy_key]))

@@ -36,7 +36,7 @@ from django_outbox.conf import outbox_settings
 from django_outbox.consumer import records, rejects
 from django_outbox.consumer.chunk import ChunkPass, Fallback, Unit
 from django_outbox.consumer.database import DATABASE_ERRORS
-from django_outbox.consumer.inbox import Duplicate, Inbox
+from django_outbox.consumer.inbox import Duplicate, Inbox, inbox_key
 from django_outbox.consumer.local import LocalFailure, LocalRows, LockedRow, describe_failure, holds
 from django_outbox.consumer.outcomes import Outcome, Result
 from django_outbox.consumer.records import Delivery, Rejected
@@ -174,8 +174,8 @@ class Handling:
             ]
             handled = self.inbox.handled(
                 [
-                    event.event_id
-                    for event, row in zip(parsed, owned, strict=True)
+                    inbox_key(delivery, event)
+                    for event, row, delivery in zip(parsed, owned, deliveries, strict=True)
                     if row is None and isinstance(event, Event)
                 ]
             )

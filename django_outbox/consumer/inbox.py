@@ -5,6 +5,11 @@ published it, or the row was pruned) is handled through the inbox: its entry is
 inserted on ``OUTBOX_DATABASE`` in the transaction of the handler's writes (for a
 chunk, all of them in one ``INSERT``); a repeat delivery finds it, or hits the
 unique constraint, and does nothing.
+
+A record sent again by ``manage.py outbox_replay`` for this group is once-only per
+event *and run*: its entry's id is ``inbox_key``, a UUID derived from both, so the
+replay runs the handler once more, and a redelivery of the replayed record is still
+a duplicate. Its entry's topic, partition and offset are the replayed record's.
 """
 
 from __future__ import annotations
@@ -14,9 +19,20 @@ from collections.abc import Iterable, Sequence
 
 from django.db import IntegrityError
 
-from django_outbox.consumer.records import Delivery
+from django_outbox.consumer.records import Delivery, replay_mark
 from django_outbox.envelope import Event
 from django_outbox.models.inbox import InboxEntry
+
+#: The namespace of the inbox keys of replayed records (``uuid5``).
+REPLAY_NAMESPACE = uuid.UUID("0d9e6a52-7f7c-4d8e-9a43-5b2f3f1c8a10")
+
+
+def inbox_key(delivery: Delivery, event: Event) -> uuid.UUID:
+    """The id the inbox keeps an event under: its own, or for a replay, one per run."""
+    mark = replay_mark(delivery)
+    if mark is None:
+        return event.event_id
+    return uuid.uuid5(REPLAY_NAMESPACE, f"{event.event_id}/{mark.run}")
 
 
 class Duplicate(Exception):
@@ -49,7 +65,7 @@ class Inbox:
         entries = [
             InboxEntry(
                 consumer_group=self.group,
-                event_id=event.event_id,
+                event_id=inbox_key(delivery, event),
                 event_type=event.event_type,
                 topic=delivery.topic,
                 partition=delivery.partition,

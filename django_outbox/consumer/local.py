@@ -11,8 +11,9 @@ nothing. Which row a record names:
   event id, looked up in the relay's databases (``OUTBOX_DATABASES``): one query
   per chunk and database (see docs/consumer.rst, "Records without headers").
 
-Only the group ``OUTBOX_CONSUMER_GROUP`` handles records on their rows: a row has one
-``consumed`` flag, so a second group on the same database goes through its inbox.
+A record sent again by ``outbox_replay`` names no row here: it goes through the inbox
+(``inbox.py``). Only the group ``OUTBOX_CONSUMER_GROUP`` handles records on their rows:
+a row has one ``consumed`` flag, so a second group on the same database goes through its inbox.
 Either way the row only counts when its payload holds the record's event id:
 another service may use the same alias and ids. All row locks of the consumer are
 taken by ``lock()``, in ascending id order (see ``locked_for_handling``).
@@ -35,7 +36,7 @@ from django.utils import timezone
 
 from django_outbox.backoff import retry_delay
 from django_outbox.conf import outbox_settings
-from django_outbox.consumer.records import Delivery, Rejected, local_reference
+from django_outbox.consumer.records import Delivery, Rejected, local_reference, replay_mark
 from django_outbox.envelope import HEADER_OUTBOX_DB, HEADER_OUTBOX_ID, Event
 from django_outbox.exceptions import MalformedEvent
 from django_outbox.fields import clip_error
@@ -116,6 +117,11 @@ class LocalRows:
         references: list[Reference | None] = []
         headerless: list[int] = []
         for index, delivery in enumerate(deliveries):
+            if replay_mark(delivery) is not None:
+                # A replay runs the handler again whatever the row says: through the
+                # inbox, once per run (inbox.py), and the row keeps its status.
+                references.append(None)
+                continue
             reference = local_reference(delivery)
             if reference is not None and reference[0] not in connections.settings:
                 reference = None

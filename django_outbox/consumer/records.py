@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django_outbox.envelope import (
+    EVERY_GROUP,
     HEADER_EVENT_ID,
     HEADER_EVENT_TYPE,
     HEADER_OUTBOX_DB,
     HEADER_OUTBOX_ID,
+    HEADER_REPLAY_GROUP,
+    HEADER_REPLAY_RUN,
     Event,
 )
 from django_outbox.exceptions import MalformedEvent
@@ -96,6 +99,30 @@ class Rejected:
 
     reason: str
     error: str
+
+
+@dataclass(frozen=True)
+class ReplayMark:
+    """What the headers of a record sent again by ``outbox_replay`` say: its run and group."""
+
+    run: str
+    group: str
+
+    def is_for(self, group: str) -> bool:
+        """True when consumer group ``group`` is to handle the replayed record."""
+        return self.group in (EVERY_GROUP, group)
+
+
+def replay_mark(delivery: Delivery) -> ReplayMark | None:
+    """The replay a record belongs to (``outbox_replay_run`` header), or None for any other.
+
+    A replay header without a group names no group: nobody handles it (never every group
+    by accident).
+    """
+    run = delivery.header(HEADER_REPLAY_RUN)
+    if run is None:
+        return None
+    return ReplayMark(run, delivery.header(HEADER_REPLAY_GROUP) or "")
 
 
 def local_reference(delivery: Delivery) -> tuple[str, int] | None:

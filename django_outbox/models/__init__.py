@@ -24,6 +24,7 @@ from django_outbox.models.outbox import (
     retry_time,
     scheduled_time,
 )
+from django_outbox.models.replay_runs import ReplayRun, RunState
 from django_outbox.models.task_results import TaskRecord
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "RelayBucket",
     "RelayMember",
     "ReleasedRow",
+    "ReplayRun",
+    "RunState",
     "Status",
     "TaskRecord",
     "lease_expiry",

@@ -9,13 +9,14 @@ finished rows in chunks (``pruning``).
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from django_outbox.models import pruning
 from django_outbox.models.pruning import count_in_chunks, delete_in_chunks
 from django_outbox.models.statuses import FINAL_STATUSES, SCHEDULED, Status, whole_second
 
@@ -117,6 +118,31 @@ class OutboxQueries(models.QuerySet["OutboxMessage"]):
         """
         rows = self.finished_before(cutoff, statuses)
         return delete_in_chunks(rows, chunk, created=("created_at", cutoff))
+
+    def prune_kept(
+        self,
+        cutoff: datetime.datetime,
+        keep: Callable[[list[Any]], None],
+        statuses: tuple[str, ...] = (Status.CONSUMED,),
+        chunk: int | None = None,
+    ) -> int:
+        """``prune``, each chunk handed to ``keep`` (the archive) before it is deleted.
+
+        Per chunk, in one transaction: the rows that still match are locked and read,
+        ``keep`` writes them durably (it raises if it cannot: nothing of that chunk is
+        deleted), and exactly those rows are deleted. No network call in between: an
+        archive is a local file.
+        """
+        rows = self.finished_before(cutoff, statuses)
+        deleted = 0
+        for ids in pruning.chunks(rows, chunk or pruning.PRUNE_CHUNK, ("created_at", cutoff)):
+            with transaction.atomic(using=self.db):
+                locked = list(rows.filter(pk__in=ids).order_by("pk").select_for_update())
+                if not locked:
+                    continue
+                keep(locked)
+                deleted += self.filter(pk__in=[row.pk for row in locked]).delete()[0]
+        return deleted
 
     def count_prunable(
         self,

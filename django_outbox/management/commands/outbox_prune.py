@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import functools
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from django_outbox.history.archive import Archive
 from django_outbox.management.worker import add_database_argument, database_aliases
 from django_outbox.models import OutboxMessage, Status, fencing
 from django_outbox.models.attempts import FailedAttempt
@@ -35,6 +38,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would go; delete nothing."
         )
+        parser.add_argument(
+            "--archive",
+            metavar="FILE",
+            type=Path,
+            help="Append every outbox row deleted to FILE first (JSON Lines; gzip when FILE "
+            "ends in .gz), synced to disk before the row goes; outbox_replay --from-archive "
+            "FILE sends them again.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         days: float = options["days"]
@@ -47,11 +58,36 @@ class Command(BaseCommand):
         if options["published"]:
             statuses += (Status.PUBLISHED,)
         cutoff = timezone.now() - datetime.timedelta(days=days)
+        archive = None
+        if options["archive"] is not None and not options["dry_run"]:
+            try:
+                archive = Archive(options["archive"])
+            except OSError as exc:
+                raise CommandError(f"cannot open the archive {options['archive']}: {exc}") from None
+        try:
+            self._prune(aliases, statuses, cutoff, days, archive, options["dry_run"])
+        finally:
+            if archive is not None:
+                archive.close()
+
+    def _prune(
+        self,
+        aliases: list[str],
+        statuses: tuple[str, ...],
+        cutoff: datetime.datetime,
+        days: float,
+        archive: Archive | None,
+        dry_run: bool,
+    ) -> None:
         for alias in aliases:
             rows = OutboxMessage.objects.using(alias)
-            if options["dry_run"]:
+            if dry_run:
                 count = rows.count_prunable(cutoff, statuses)
                 verb = "would delete"
+            elif archive is not None:
+                keep = functools.partial(archive.keep, alias=alias)
+                count = rows.prune_kept(cutoff, keep, statuses)
+                verb = f"archived to {archive.path} and deleted"
             else:
                 count = rows.prune(cutoff, statuses)
                 verb = "deleted"
@@ -60,12 +96,13 @@ class Command(BaseCommand):
             )
             # The history of failed attempts goes with its rows (see attempts.py).
             attempts = FailedAttempt.objects.using(alias)
-            if options["dry_run"]:
+            verb = "would delete" if dry_run else "deleted"
+            if dry_run:
                 count = attempts.filter(failed_at__lt=cutoff).count()
             else:
                 count = attempts.prune(cutoff)
             self.stdout.write(f"{alias}: {verb} {count} failed attempt(s) older than {days:g} days")
             # Fence rows of relays that died (fencing.py); a live claim's are kept.
             fences = fencing.stale(alias, cutoff)
-            count = fences.count() if options["dry_run"] else fences.delete()[0]
+            count = fences.count() if dry_run else fences.delete()[0]
             self.stdout.write(f"{alias}: {verb} {count} stale claim fence(s)")

@@ -1,0 +1,7 @@
+"""History sent again: ``manage.py outbox_replay`` and the archive of ``outbox_prune``.
+
+``selection.py`` (which rows: window, types, keys, ids, statuses), ``archive.py`` (the
+JSON Lines archive that ``outbox_prune --archive`` writes and ``outbox_replay
+--from-archive`` reads), ``replay.py`` (``Replayer``: rows to Kafka again, resumable,
+recorded in ``models.ReplayRun``). See docs/replay.rst.
+"""
