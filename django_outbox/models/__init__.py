@@ -2,8 +2,9 @@
 
 Owns every state change of a row: the named transitions of ``OutboxMessageQuerySet``
 (``outbox``), the claims and their fenced write-backs (``claiming``, ``fencing``), the
-relays' buckets (``buckets``), strict key order (``ordering``), and the consumer's
-inbox and rejected records (``inbox``). Imports only the core modules of the package
+relays' buckets (``buckets``), strict key order (``ordering``), where Kafka put each
+published row (``publications``), and the consumer's inbox and rejected records
+(``inbox``). Imports only the core modules of the package
 (``conf``, ``fields``, ``envelope``, ``backoff``, ``wakeup``...), never a worker, the
 admin or Kafka. The legacy table's DDL and the migrations never change shape here.
 """
@@ -15,6 +16,7 @@ from django_outbox.models.buckets import RelayBucket, RelayMember
 from django_outbox.models.fencing import ClaimFence
 from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from django_outbox.models.ordering import ReleasedRow
+from django_outbox.models.publications import Publication
 from django_outbox.models.outbox import (
     FINAL_STATUSES,
     OutboxMessage,
@@ -33,6 +35,7 @@ __all__ = [
     "InboxEntry",
     "OutboxMessage",
     "OutboxMessageQuerySet",
+    "Publication",
     "RejectedRecord",
     "RelayBucket",
     "RelayMember",

@@ -64,7 +64,13 @@ def _write(settled: Settled) -> None:
     acked = [row for row, o in zip(claim.rows, settled.outcomes, strict=True) if o is None]
     failed = [(row, o) for row, o in zip(claim.rows, settled.outcomes, strict=True) if o]
     if acked:
-        written = record_published(claim, [row.id for row in acked], now)
+        # Where Kafka put each row, kept with the write-back (models/publications.py).
+        sent = [
+            (row.topic, settled.position(i))
+            for i, (row, o) in enumerate(zip(claim.rows, settled.outcomes, strict=True))
+            if o is None
+        ]
+        written = record_published(claim, [row.id for row in acked], now, sent=sent)
         if written != len(acked):
             logger.info(
                 "outbox: %d of %d acknowledged row(s) on %r were no longer ours "

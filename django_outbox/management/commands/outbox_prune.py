@@ -11,12 +11,14 @@ from django.utils import timezone
 from django_outbox.management.worker import add_database_argument, database_aliases
 from django_outbox.models import OutboxMessage, Status, fencing
 from django_outbox.models.attempts import FailedAttempt
+from django_outbox.models.publications import Publication
 
 
 class Command(BaseCommand):
     help = (
         "Delete consumed (and, with --dead, dead; with --published, published) outbox rows "
-        "whose last change is older than --days, and the failed attempts older than that. "
+        "whose last change is older than --days, the failed attempts older than that, and "
+        "where Kafka put the rows deleted. "
         "Pending rows are never touched."
     )
 
@@ -65,6 +67,9 @@ class Command(BaseCommand):
             else:
                 count = attempts.prune(cutoff)
             self.stdout.write(f"{alias}: {verb} {count} failed attempt(s) older than {days:g} days")
+            # Where Kafka put the rows just pruned (publications.py); kept rows keep theirs.
+            count = Publication.objects.using(alias).prune(cutoff, dry_run=options["dry_run"])
+            self.stdout.write(f"{alias}: {verb} {count} publication(s) of pruned rows")
             # Fence rows of relays that died (fencing.py); a live claim's are kept.
             fences = fencing.stale(alias, cutoff)
             count = fences.count() if options["dry_run"] else fences.delete()[0]
