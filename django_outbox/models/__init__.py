@@ -16,7 +16,6 @@ from django_outbox.models.buckets import RelayBucket, RelayMember
 from django_outbox.models.fencing import ClaimFence
 from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from django_outbox.models.ordering import ReleasedRow
-from django_outbox.models.publications import Publication
 from django_outbox.models.outbox import (
     FINAL_STATUSES,
     OutboxMessage,
@@ -26,6 +25,7 @@ from django_outbox.models.outbox import (
     retry_time,
     scheduled_time,
 )
+from django_outbox.models.publications import Publication
 from django_outbox.models.task_results import TaskRecord
 
 __all__ = [

@@ -31,7 +31,6 @@ from django_outbox.fields import clip_error
 from django_outbox.models import buckets, fencing
 from django_outbox.models.fencing import Fence
 from django_outbox.models.ordering import in_key_order
-from django_outbox.models.publications import Position
 from django_outbox.models.outbox import (
     OutboxMessage,
     OutboxMessageQuerySet,
@@ -39,6 +38,7 @@ from django_outbox.models.outbox import (
     lease_expiry,
     retry_time,
 )
+from django_outbox.models.publications import Position
 
 
 class ClaimedRow(NamedTuple):
@@ -325,9 +325,7 @@ def record_published(
     ``sent``: per id, the topic and Kafka's (partition, offset), kept in
     ``Publication`` in the same transaction (see ``mark_published``).
     """
-    return claim.rows_manager().mark_published(
-        claim.fence, ids, now or timezone.now(), sent=sent
-    )
+    return claim.rows_manager().mark_published(claim.fence, ids, now or timezone.now(), sent=sent)
 
 
 def record_failed(
