@@ -220,10 +220,12 @@ def rejection_steps(subject: Subject) -> list[Step]:
     steps: list[Step] = []
     for r in records:
         link = reverse(f"{subject.site}:django_outbox_rejectedrecord_change", args=[r.pk])
-        title = _("rejected by consumer group %(group)s: %(reason)s (%(record)s)") % {
+        title = _("rejected by consumer group %(group)s: %(reason)s (%(topic)s[%(p)d]@%(o)d)") % {
             "group": r.consumer_group,
             "reason": r.get_reason_display(),
-            "record": r,
+            "topic": r.topic,
+            "p": r.partition,
+            "o": r.offset,
         }
         steps.append(
             Step(r.created_at, "rejected", title, r.consumer_group, r.error, link, warning=True)

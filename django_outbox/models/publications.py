@@ -36,17 +36,26 @@ class PublicationQuerySet(models.QuerySet["Publication"]):
         """The publications of one outbox row, newest first (indexed)."""
         return self.filter(outbox_id=outbox_id).order_by("-id")
 
-    def orphaned(self, cutoff: datetime.datetime) -> PublicationQuerySet:
-        """Entries older than ``cutoff`` whose outbox row is gone (pruned)."""
+    def orphaned(
+        self, cutoff: datetime.datetime, going: models.QuerySet | None = None
+    ) -> PublicationQuerySet:
+        """Entries older than ``cutoff`` whose outbox row is gone (pruned), or is among
+        ``going`` (the rows a prune is about to delete: its dry run)."""
         # By name: ``outbox`` imports this module (through ``transitions``).
         outbox = apps.get_model("django_outbox", "OutboxMessage")
-        rows = outbox._base_manager.using(self.db).filter(pk=OuterRef("outbox_id"))
-        return self.filter(~Exists(rows), published_at__lt=cutoff)
+        rows = outbox._base_manager.using(self.db)
+        gone = ~Exists(rows.filter(pk=OuterRef("outbox_id")))
+        if going is not None:
+            gone |= Exists(going.filter(pk=OuterRef("outbox_id")))
+        return self.filter(gone, published_at__lt=cutoff)
 
-    def prune(self, cutoff: datetime.datetime, *, dry_run: bool = False) -> int:
-        """Delete (or count) the entries of rows pruned before ``cutoff``, in chunks."""
-        run = count_in_chunks if dry_run else delete_in_chunks
-        return run(self.orphaned(cutoff), created=("published_at", cutoff))
+    def prune(self, cutoff: datetime.datetime) -> int:
+        """Delete the entries of rows pruned before ``cutoff``, in chunks; return how many."""
+        return delete_in_chunks(self.orphaned(cutoff), created=("published_at", cutoff))
+
+    def count_prunable(self, cutoff: datetime.datetime, going: models.QuerySet) -> int:
+        """How many entries ``prune`` would delete once the rows ``going`` are deleted."""
+        return count_in_chunks(self.orphaned(cutoff, going), created=("published_at", cutoff))
 
 
 class Publication(models.Model):

@@ -68,7 +68,11 @@ class Command(BaseCommand):
                 count = attempts.prune(cutoff)
             self.stdout.write(f"{alias}: {verb} {count} failed attempt(s) older than {days:g} days")
             # Where Kafka put the rows just pruned (publications.py); kept rows keep theirs.
-            count = Publication.objects.using(alias).prune(cutoff, dry_run=options["dry_run"])
+            entries = Publication.objects.using(alias)
+            if options["dry_run"]:
+                count = entries.count_prunable(cutoff, rows.finished_before(cutoff, statuses))
+            else:
+                count = entries.prune(cutoff)
             self.stdout.write(f"{alias}: {verb} {count} publication(s) of pruned rows")
             # Fence rows of relays that died (fencing.py); a live claim's are kept.
             fences = fencing.stale(alias, cutoff)
