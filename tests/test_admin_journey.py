@@ -195,7 +195,10 @@ def test_every_step_appears_once_in_time_order():
 
 @pytest.mark.django_db
 def test_a_row_of_the_go_service_was_published_by_another_relay():
-    row = make(Status.CONSUMED, published_at=timezone.now(), consumed_at=timezone.now())
+    now = timezone.now()
+    row = make(Status.CONSUMED, published_at=now, consumed_at=now + datetime.timedelta(seconds=1))
+    OutboxMessage.objects.filter(pk=row.pk).update(created_at=now - datetime.timedelta(seconds=1))
+    row.refresh_from_db()
     steps = journey(row).steps
     assert [s.kind for s in steps] == ["created", "published", "consumed"]
     assert "by another relay" in steps[1].title
