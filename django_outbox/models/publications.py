@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
+from typing import Any
 
 from django.apps import apps
 from django.db import models
@@ -44,7 +45,7 @@ class PublicationQuerySet(models.QuerySet["Publication"]):
         # By name: ``outbox`` imports this module (through ``transitions``).
         outbox = apps.get_model("django_outbox", "OutboxMessage")
         rows = outbox._base_manager.using(self.db)
-        gone = ~Exists(rows.filter(pk=OuterRef("outbox_id")))
+        gone: Any = ~Exists(rows.filter(pk=OuterRef("outbox_id")))  # Q once or-ed
         if going is not None:
             gone |= Exists(going.filter(pk=OuterRef("outbox_id")))
         return self.filter(gone, published_at__lt=cutoff)
