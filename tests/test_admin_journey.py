@@ -115,6 +115,23 @@ def test_publications_are_written_only_for_the_rows_the_write_back_changed():
     assert OutboxMessage.objects.get(pk=lost.pk).status == Status.PENDING
 
 
+@pytest.mark.django_db
+def test_one_insert_holds_several_topics_and_an_unknown_position(django_assert_num_queries):
+    now = timezone.now()
+    with django_assert_num_queries(1):
+        publications_module.record(
+            "default", [(1, "a.t", (0, 5)), (2, "b.t", None), (3, "a.t", (2, 2**40))], now
+        )
+    assert sorted(Publication.objects.values_list("outbox_id", "topic", "partition", "offset")) == [
+        (1, "a.t", 0, 5),
+        (2, "b.t", None, None),
+        (3, "a.t", 2, 2**40),
+    ]
+    assert {p.published_at for p in Publication.objects.all()} == {
+        now.replace(microsecond=now.microsecond // 1000 * 1000)
+    }
+
+
 @pytest.mark.django_db(transaction=True)
 def test_rows_stay_pending_when_their_publications_cannot_be_written(monkeypatch):
     # One transaction: a row is never published without its entry (or the other way).

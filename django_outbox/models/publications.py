@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.apps import apps
-from django.db import models
+from django.db import connections, models, transaction
 from django.db.models import Exists, OuterRef
 from django.utils.translation import gettext_lazy as _
 
@@ -93,18 +93,44 @@ def record(
     published: Iterable[tuple[int, str, Position]],
     now: datetime.datetime,
 ) -> None:
-    """One ``INSERT`` of the publications ``(outbox id, topic, position)``."""
-    worker = worker_name()
-    Publication.objects.using(alias).bulk_create(
-        [
-            Publication(
-                outbox_id=pk,
-                topic=topic,
-                partition=None if position is None else position[0],
-                offset=None if position is None else position[1],
-                worker=worker,
-                published_at=now,
-            )
-            for pk, topic, position in published
-        ]
+    """One ``INSERT`` of the publications ``(outbox id, topic, position)``.
+
+    Hand-written rather than ``bulk_create``: a relay writes one per batch, and building
+    and compiling hundreds of model instances cost as much CPU as the rest of the
+    write-back (bench/relay_bench.py). Ids, partitions and offsets go into the SQL as
+    integers (``int()`` of each: nothing else can get in); topics, worker and time as
+    named parameters, adapted by the fields as ``save()`` would.
+    """
+    entries = list(published)
+    if not entries:
+        return
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    fields = {f.name: f for f in Publication._meta.concrete_fields}
+    columns = ",".join(
+        quote(fields[name].column or name)
+        for name in ("outbox_id", "topic", "partition", "offset", "worker", "published_at")
     )
+    statement = f"INSERT INTO {quote(Publication._meta.db_table)} ({columns}) VALUES "
+    # Named parameters, each once: the values of every row name the same three or so
+    # (topics, worker, time). A parameter per row cost psycopg more CPU than the rest
+    # of the write-back (bench/relay_bench.py --phases).
+    params: dict[str, Any] = {
+        "worker": fields["worker"].get_db_prep_save(worker_name(), connection),
+        "at": fields["published_at"].get_db_prep_save(now, connection),
+    }
+    names: dict[str, str] = {}
+    for topic in dict.fromkeys(entry[1] for entry in entries):
+        names[topic] = f"topic{len(names)}"
+        params[names[topic]] = fields["topic"].get_db_prep_save(topic, connection)
+    values = ",".join(
+        f"({int(pk)},%({names[topic]})s,{_integer(position, 0)},{_integer(position, 1)},"
+        "%(worker)s,%(at)s)"
+        for pk, topic, position in entries
+    )
+    with transaction.mark_for_rollback_on_error(using=alias), connection.cursor() as cursor:
+        cursor.execute(statement + values, params)
+
+
+def _integer(position: Position, index: int) -> str:
+    return "NULL" if position is None else str(int(position[index]))
