@@ -116,9 +116,9 @@ def test_publications_are_written_only_for_the_rows_the_write_back_changed():
 
 
 @pytest.mark.django_db
-def test_one_insert_holds_several_topics_and_an_unknown_position(django_assert_num_queries):
+def test_one_insert_per_topic_at_most_and_an_unknown_position(django_assert_max_num_queries):
     now = timezone.now()
-    with django_assert_num_queries(1):
+    with django_assert_max_num_queries(2):  # one per topic on PostgreSQL, one elsewhere
         publications_module.record(
             "default", [(1, "a.t", (0, 5)), (2, "b.t", None), (3, "a.t", (2, 2**40))], now
         )

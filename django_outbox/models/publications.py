@@ -4,8 +4,9 @@ The legacy table says *that* a row was published (``published_at``), not *where*
 ``Publication`` keeps, per acknowledged send, the topic, partition and offset Kafka
 answered with, the relay that sent it (``hostname:pid``) and when. It is written only
 by ``RelayTransitions.mark_published``, in the transaction of the fenced write-back
-that marks the rows ``published`` (one ``INSERT`` per batch, after the acks, never in a
-transaction of its own), and only for the rows that write-back changed. A row sent
+that marks the rows ``published`` (one ``INSERT`` per batch, per topic on PostgreSQL;
+after the acks, never in a transaction of its own), and only for the rows that
+write-back changed. A row sent
 again (an operator's "deliver again") gets one more entry.
 
 Rows published by the Go service's relay have no entry: the admin's time line says
@@ -93,13 +94,14 @@ def record(
     published: Iterable[tuple[int, str, Position]],
     now: datetime.datetime,
 ) -> None:
-    """One ``INSERT`` of the publications ``(outbox id, topic, position)``.
+    """One ``INSERT`` (per topic on PostgreSQL) of the publications ``(outbox id, topic,
+    position)``.
 
     Hand-written rather than ``bulk_create``: a relay writes one per batch, and building
     and compiling hundreds of model instances cost as much CPU as the rest of the
-    write-back (bench/relay_bench.py). Ids, partitions and offsets go into the SQL as
-    integers (``int()`` of each: nothing else can get in); topics, worker and time as
-    named parameters, adapted by the fields as ``save()`` would.
+    write-back (bench/relay_bench.py --phases). Ids, partitions and offsets go into the
+    SQL (or PostgreSQL's arrays) as integers (``int()`` of each: nothing else can get
+    in); topics, worker and time as parameters.
     """
     entries = list(published)
     if not entries:
@@ -111,25 +113,45 @@ def record(
         quote(fields[name].column or name)
         for name in ("outbox_id", "topic", "partition", "offset", "worker", "published_at")
     )
-    statement = f"INSERT INTO {quote(Publication._meta.db_table)} ({columns}) VALUES "
-    # Named parameters, each once: the values of every row name the same three or so
-    # (topics, worker, time). A parameter per row cost psycopg more CPU than the rest
-    # of the write-back (bench/relay_bench.py --phases).
-    params: dict[str, Any] = {
-        "worker": fields["worker"].get_db_prep_save(worker_name(), connection),
-        "at": fields["published_at"].get_db_prep_save(now, connection),
-    }
-    names: dict[str, str] = {}
-    for topic in dict.fromkeys(entry[1] for entry in entries):
-        names[topic] = f"topic{len(names)}"
-        params[names[topic]] = fields["topic"].get_db_prep_save(topic, connection)
-    values = ",".join(
-        f"({int(pk)},%({names[topic]})s,{_integer(position, 0)},{_integer(position, 1)},"
-        "%(worker)s,%(at)s)"
-        for pk, topic, position in entries
-    )
+    table = quote(Publication._meta.db_table)
+    worker = fields["worker"].get_db_prep_save(worker_name(), connection)
+    at = fields["published_at"].get_db_prep_save(now, connection)
     with transaction.mark_for_rollback_on_error(using=alias), connection.cursor() as cursor:
-        cursor.execute(statement + values, params)
+        if connection.vendor == "postgresql":
+            _insert_postgresql(cursor, table, columns, entries, worker, at)
+            return
+        # Named parameters, each once: every row names the same few (topics, worker,
+        # time); a parameter per row cost more CPU than the rest of the write-back.
+        params: dict[str, Any] = {"worker": worker, "at": at}
+        names: dict[str, str] = {}
+        for topic in dict.fromkeys(entry[1] for entry in entries):
+            names[topic] = f"topic{len(names)}"
+            params[names[topic]] = topic
+        values = ",".join(
+            f"({int(pk)},%({names[topic]})s,{_integer(position, 0)},{_integer(position, 1)},"
+            "%(worker)s,%(at)s)"
+            for pk, topic, position in entries
+        )
+        cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)
+
+
+def _insert_postgresql(
+    cursor: Any, table: str, columns: str, entries: list[Any], worker: Any, at: Any
+) -> None:
+    """One ``INSERT ... SELECT FROM unnest(arrays)`` per topic: six parameters, whatever
+    the batch (psycopg's client-side binding costs CPU per placeholder in the text)."""
+    for topic in dict.fromkeys(entry[1] for entry in entries):
+        mine = [(pk, position) for pk, t, position in entries if t == topic]
+        arrays = [
+            "{" + ",".join(str(int(pk)) for pk, _ in mine) + "}",
+            "{" + ",".join(_integer(position, 0) for _, position in mine) + "}",
+            "{" + ",".join(_integer(position, 1) for _, position in mine) + "}",
+        ]
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT v.id, %s, v.p, v.o, %s, %s "
+            "FROM unnest(%s::bigint[], %s::integer[], %s::bigint[]) AS v(id, p, o)",
+            [topic, worker, at, *arrays],
+        )
 
 
 def _integer(position: Position, index: int) -> str:
