@@ -16,6 +16,11 @@ Each page is requested ``--runs`` times through Django's test client as a logged
 superuser; the figures are wall-clock server times (request in, response rendered)
 in milliseconds: min / median / max, the median time spent in SQL (the part that
 grows with the table; the rest is rendering 100 rows) and the number of queries.
+
+The side tables are seeded at the outbox's scale where it matters: one ``Publication``
+per published row (what the relay writes), and one row gets a history of every kind
+(attempts, rejected copies, inbox entries, operator actions), whose page is timed with
+its journey (admin/journey.py).
 """
 
 from __future__ import annotations
@@ -53,6 +58,76 @@ def measure(label: str, runs: int, call: Any) -> None:
     )
 
 
+def seed_publications(reseed: bool) -> None:
+    """A publication per published row, as the relay writes them: one server-side INSERT."""
+    from django.db import connection
+
+    from django_outbox.models import OutboxMessage, Publication
+
+    if Publication.objects.exists() and not reseed:
+        print(f"{Publication.objects.count():,} publications already there")
+        return
+    Publication.objects.all().delete()
+    q = connection.ops.quote_name
+    columns = ", ".join(
+        q(name) for name in ("outbox_id", "topic", "partition", "offset", "worker", "published_at")
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {q(Publication._meta.db_table)} ({columns}) "
+            f"SELECT id, topic, id % 3, id, 'bench:1', published_at "
+            f"FROM {q(OutboxMessage._meta.db_table)} WHERE published_at IS NOT NULL"
+        )
+    print(f"{Publication.objects.count():,} publications seeded")
+
+
+def seed_journey(row: Any, user: Any) -> None:
+    """A history of every kind for ``row`` (once): what its journey shows."""
+    from django.contrib.admin.models import CHANGE, LogEntry
+    from django.utils import timezone
+
+    from django_outbox.models import FailedAttempt, InboxEntry, RejectedRecord
+
+    if FailedAttempt.objects.filter(outbox_id=row.pk, worker="bench:journey").exists():
+        return
+    now = timezone.now()
+    event_id = row.event.event_id
+    FailedAttempt.objects.bulk_create(
+        FailedAttempt(
+            outbox_id=row.pk,
+            attempt=n,
+            source="relay",
+            worker="bench:journey",
+            error="KafkaTimeoutError",
+            failed_at=now,
+        )
+        for n in range(1, 6)
+    )
+    RejectedRecord.objects.bulk_create(
+        RejectedRecord(
+            consumer_group=f"bench-{n}",
+            reason="handler_failed",
+            topic=row.topic,
+            partition=0,
+            offset=row.pk,
+            event_id=event_id,
+        )
+        for n in range(2)
+    )
+    InboxEntry.objects.bulk_create(
+        InboxEntry(
+            consumer_group=f"bench-{n}",
+            event_id=event_id,
+            event_type=row.event_type,
+            topic=row.topic,
+            partition=0,
+            offset=row.pk,
+        )
+        for n in range(3)
+    )
+    LogEntry.objects.log_actions(user.pk, [row, row], CHANGE, change_message="bench")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -73,6 +148,7 @@ def main() -> None:
 
     from django_outbox.admin.counts import OutboxPaginator, summary
     from django_outbox.admin.failures import group_failures
+    from django_outbox.admin.journey import journey
     from django_outbox.admin.messages import OutboxMessageAdmin
     from django_outbox.models import OutboxMessage
 
@@ -80,6 +156,7 @@ def main() -> None:
     user = User.objects.filter(username="bench").first() or User.objects.create_superuser(
         "bench", password="bench"
     )
+    seed_publications(options.reseed)
     client = Client()
     client.force_login(user)
     changelist = reverse("admin:django_outbox_outboxmessage_changelist")
@@ -140,6 +217,13 @@ def main() -> None:
         options.runs,
         page(reverse("admin:django_outbox_outboxmessage_change", args=[keyed.pk])),
     )
+    seed_journey(keyed, user)
+    measure(
+        "detail page with a journey (16 steps)",
+        options.runs,
+        page(reverse("admin:django_outbox_outboxmessage_change", args=[keyed.pk])),
+    )
+    measure("journey() alone", options.runs, lambda: journey(keyed))
     failures = reverse("admin:django_outbox_outboxmessage_failures")
     measure("failures by error (page)", options.runs, page(failures))
     measure(

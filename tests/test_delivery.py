@@ -180,11 +180,11 @@ def test_an_acknowledged_batch_is_written_back_on_a_fresh_connection(
     real = delivery.record_published
     calls = []
 
-    def blinking(batch, ids, now=None):
+    def blinking(batch, ids, now=None, **kwargs):
         calls.append(len(ids))
         if len(calls) == 1:
             raise OperationalError("server closed the connection unexpectedly")
-        return real(batch, ids, now)
+        return real(batch, ids, now, **kwargs)
 
     monkeypatch.setattr(delivery, "record_published", blinking)
     with caplog.at_level(logging.WARNING, logger="django_outbox"):

@@ -332,11 +332,11 @@ def test_at_most_two_batches_in_flight_and_no_transaction_around_kafka(
         log.append(("acks", len(outcomes)))
         return outcomes
 
-    def recording(batch, ids, now=None):
+    def recording(batch, ids, now=None, **kwargs):
         # on the database thread, never the thread that talks to Kafka
         assert threading.current_thread() is not kafka_thread
         log.append(("published", len(ids)))
-        return record_published(batch, ids, now)
+        return record_published(batch, ids, now, **kwargs)
 
     monkeypatch.setattr(kafka, "send_batch", sending)
     monkeypatch.setattr(kafka, "await_acks", awaiting)

@@ -1,5 +1,5 @@
-"""A row's page: its fields in pairs, the timeline, the last error, the failed attempts,
-the rejected copies of its event and the envelope."""
+"""A row's page: its fields in pairs, the timeline, its journey (``journey``), the last
+error, the failed attempts, the rejected copies of its event and the envelope."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -17,7 +18,8 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from django_outbox.admin.display import detail_time
+from django_outbox.admin.display import detail_time, long_time
+from django_outbox.admin.journey import journey
 from django_outbox.admin.rows import OutboxRowsAdmin, has_handler, next_attempt_at
 from django_outbox.conf import outbox_settings
 from django_outbox.models import OutboxMessage, Status
@@ -39,6 +41,7 @@ TIME_FIELDS = (("created_text", "published_text"), ("consumed_text", "updated_te
 #: Every field of the page; all read-only.
 PAGE_FIELDS = [
     *(name for pair in MAIN_FIELDS + TIME_FIELDS for name in pair),
+    "journey_text",
     "last_error_text",
     "attempts_table",
     "rejected_text",
@@ -112,6 +115,15 @@ class MessagePage(OutboxRowsAdmin):
             return str(document["event_id"])
         except (TypeError, ValueError, KeyError):
             return "-"
+
+    @admin.display(description=_("journey"))
+    def journey_text(self, obj: OutboxMessage) -> SafeString:
+        found = journey(obj, site=self.admin_site.name)
+        steps = [{**vars(step), "time_text": long_time(step.at)} for step in found.steps]
+        return render_to_string(
+            "admin/django_outbox/outboxmessage/journey.html",
+            {"journey": {**vars(found), "steps": steps}},
+        )
 
     @admin.display(description=_("last error"))
     def last_error_text(self, obj: OutboxMessage) -> SafeString | str:

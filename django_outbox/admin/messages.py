@@ -6,7 +6,7 @@ actions, each a single conditional ``UPDATE`` per chunk of rows, recorded in
 Django's own history (``LogEntry``: "History" on a row's page, "Recent actions").
 
 The class only declares the screens; what they do is in one module each:
-``message_list`` (columns, search, summary), ``message_page`` (a row's fields),
+``message_list`` (columns, search, summary), ``message_page`` (a row's fields, and its ``journey``),
 ``failures_page`` (failures by error), ``actions`` (the operators' actions and their
 permissions), over ``rows`` (read-only rows of ``OUTBOX_DATABASE``).
 """
@@ -64,6 +64,7 @@ class OutboxMessageAdmin(MessageList, MessagePage, FailuresPage, MessageActions)
     fieldsets = (
         (None, {"fields": MAIN_FIELDS}),
         (_("Timeline"), {"fields": TIME_FIELDS}),
+        (_("Journey"), {"fields": ("journey_text",)}),
         (_("Last error"), {"fields": ("last_error_text",)}),
         (_("Failed attempts"), {"fields": ("attempts_table",)}),
         (_("Rejected copies"), {"fields": ("rejected_text",)}),

@@ -176,7 +176,9 @@ class Replayer:
                 self.progress(run)
             if acked < len(batch):
                 failure = next(outcome for outcome in outcomes if outcome is not None)
-                self._stop(f"Kafka did not acknowledge a record ({kafka.redact(describe(failure))})")
+                self._stop(
+                    f"Kafka did not acknowledge a record ({kafka.redact(describe(failure))})"
+                )
             if self.rate:
                 # Paced on the whole run so far: a slow batch is not followed by a burst.
                 self.shutdown.wait(started + sent_here / self.rate - time.monotonic())

@@ -29,12 +29,14 @@ QUEUE_FULL_WAIT = 0.05
 class Reports:
     """The delivery reports of one batch: which records were answered, and the errors."""
 
-    __slots__ = ("answered", "errors", "pending")
+    __slots__ = ("answered", "errors", "pending", "positions")
 
     def __init__(self, size: int) -> None:
         self.answered = bytearray(size)
         self.errors: dict[int, BaseException] = {}
         self.pending = 0
+        #: (partition, offset) of each acknowledged record, by index.
+        self.positions: dict[int, tuple[int, int]] = {}
 
 
 class Producer:
@@ -84,6 +86,8 @@ class Producer:
                 reports.answered[index] = 1
                 if err is not None:
                     reports.errors[index] = error_of(err)
+                else:
+                    reports.positions[index] = (msg.partition(), msg.offset())
 
             return report
 
@@ -145,6 +149,11 @@ class Producer:
                 outcomes[index] = not_acknowledged()
             elif (error := reports.errors.get(index)) is not None:
                 outcomes[index] = error
+
+    @staticmethod
+    def positions_of(futures: list[Any]) -> dict[int, tuple[int, int]]:
+        """(partition, offset) of the acknowledged records of ``futures``, by index."""
+        return dict(futures[0][1].positions) if futures else {}
 
     @property
     def fatal(self) -> BaseException | None:

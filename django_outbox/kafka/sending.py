@@ -147,6 +147,19 @@ def await_acks(
 
 
 #: Seconds of one wait for acks, between two looks at the caller's cutoff.
+def acked_positions(producer: Any, sending: Sending) -> list[tuple[int, int] | None]:
+    """After ``await_acks``: one (partition, offset) per record Kafka acknowledged, else None."""
+    positions: list[tuple[int, int] | None] = [None] * len(sending.outcomes)
+    if getattr(producer, "is_librdkafka", False):
+        for index, position in producer.positions_of(sending.futures).items():
+            positions[index] = position
+        return positions
+    for index, future in sending.futures:
+        if future.is_done and future.exception is None and future.value is not None:
+            positions[index] = (future.value.partition, future.value.offset)
+    return positions
+
+
 SLICE = 0.25
 
 

@@ -2,8 +2,9 @@
 
 Owns every state change of a row: the named transitions of ``OutboxMessageQuerySet``
 (``outbox``), the claims and their fenced write-backs (``claiming``, ``fencing``), the
-relays' buckets (``buckets``), strict key order (``ordering``), and the consumer's
-inbox and rejected records (``inbox``). Imports only the core modules of the package
+relays' buckets (``buckets``), strict key order (``ordering``), where Kafka put each
+published row (``publications``), and the consumer's inbox and rejected records
+(``inbox``). Imports only the core modules of the package
 (``conf``, ``fields``, ``envelope``, ``backoff``, ``wakeup``...), never a worker, the
 admin or Kafka. The legacy table's DDL and the migrations never change shape here.
 """
@@ -24,6 +25,7 @@ from django_outbox.models.outbox import (
     retry_time,
     scheduled_time,
 )
+from django_outbox.models.publications import Publication
 from django_outbox.models.replay_runs import ReplayRun, RunState
 from django_outbox.models.task_results import TaskRecord
 
@@ -34,6 +36,7 @@ __all__ = [
     "InboxEntry",
     "OutboxMessage",
     "OutboxMessageQuerySet",
+    "Publication",
     "RejectedRecord",
     "RelayBucket",
     "RelayMember",

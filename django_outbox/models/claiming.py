@@ -38,6 +38,7 @@ from django_outbox.models.outbox import (
     lease_expiry,
     retry_time,
 )
+from django_outbox.models.publications import Position
 
 
 class ClaimedRow(NamedTuple):
@@ -312,9 +313,19 @@ def _lease_returning(
     return sorted(map(ClaimedRow._make, rows), key=itemgetter(0))
 
 
-def record_published(claim: Claim, ids: Sequence[int], now: datetime.datetime | None = None) -> int:
-    """Mark rows Kafka acknowledged ``published``, in one statement; return how many changed."""
-    return claim.rows_manager().mark_published(claim.fence, ids, now or timezone.now())
+def record_published(
+    claim: Claim,
+    ids: Sequence[int],
+    now: datetime.datetime | None = None,
+    *,
+    sent: Sequence[tuple[str, Position]] | None = None,
+) -> int:
+    """Mark rows Kafka acknowledged ``published``; return how many changed.
+
+    ``sent``: per id, the topic and Kafka's (partition, offset), kept in
+    ``Publication`` in the same transaction (see ``mark_published``).
+    """
+    return claim.rows_manager().mark_published(claim.fence, ids, now or timezone.now(), sent=sent)
 
 
 def record_failed(

@@ -70,7 +70,11 @@ class InboxEntry(models.Model):
                 fields=["consumer_group", "event_id"], name="outbox_inbox_group_event_uniq"
             )
         ]
-        indexes = [models.Index(fields=["handled_at"], name="outbox_inbox_handled_idx")]
+        indexes = [
+            models.Index(fields=["handled_at"], name="outbox_inbox_handled_idx"),
+            # An event's outcome in every group (the admin's time line of a row).
+            models.Index(fields=["event_id"], name="outbox_inbox_event_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id} ({self.consumer_group})"

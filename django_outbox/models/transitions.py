@@ -19,7 +19,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from django_outbox.fields import MillisecondDateTimeField, clip_error, truncate_to_millis
-from django_outbox.models import attempts, fencing
+from django_outbox.models import attempts, fencing, publications
 from django_outbox.models.queries import OutboxQueries, concrete_field, id_list
 from django_outbox.models.statuses import Status, retry_time
 
@@ -103,8 +103,35 @@ class RelayTransitions(OutboxQueries):
     already marked it consumed) changes nothing.
     """
 
-    def mark_published(self, fence: Fence, ids: Sequence[int], now: datetime.datetime) -> int:
-        """pending -> published: Kafka acknowledged these rows (never before that)."""
+    def mark_published(
+        self,
+        fence: Fence,
+        ids: Sequence[int],
+        now: datetime.datetime,
+        *,
+        sent: Sequence[tuple[str, publications.Position]] | None = None,
+    ) -> int:
+        """pending -> published: Kafka acknowledged these rows (never before that).
+
+        ``sent``: per id, the topic and the (partition, offset) of Kafka's ack; the
+        ``Publication`` entries of the rows changed are written in the transaction of
+        the fenced ``UPDATE`` (one ``INSERT``). Without it, one statement, no entry.
+        """
+        if sent is None:
+            return self._mark_published(fence, ids, now)
+        with transaction.atomic(using=self.db, savepoint=False):
+            changed = self._mark_published(fence, ids, now)
+            if changed:
+                pairs = list(zip(ids, sent, strict=True))
+                if changed < len(ids):  # some leases were lost: only the rows written
+                    mine = set(self._written_at(ids, now, status=Status.PUBLISHED))
+                    pairs = [pair for pair in pairs if pair[0] in mine]
+                publications.record(
+                    self.db, [(pk, topic, position) for pk, (topic, position) in pairs], now
+                )
+        return changed
+
+    def _mark_published(self, fence: Fence, ids: Sequence[int], now: datetime.datetime) -> int:
         return self._fenced_update(
             fence,
             ids,
@@ -113,6 +140,11 @@ class RelayTransitions(OutboxQueries):
             next_retry_at=None,
             updated_at=now,
         )
+
+    def _written_at(self, ids: Sequence[int], now: datetime.datetime, **match: Any) -> list[int]:
+        """The rows among ``ids`` that a write-back at ``now`` changed (its transaction)."""
+        rows = self.filter(pk__in=list(ids), updated_at=truncate_to_millis(now), **match)
+        return list(rows.values_list("pk", flat=True))
 
     def back_off(
         self,
@@ -174,11 +206,7 @@ class RelayTransitions(OutboxQueries):
         if not changed:
             return
         if changed < len(ids):  # some leases were lost: only the rows written count
-            ids = list(
-                self.filter(
-                    pk__in=list(ids), retry_count=retry_count, updated_at=truncate_to_millis(now)
-                ).values_list("pk", flat=True)
-            )
+            ids = self._written_at(ids, now, retry_count=retry_count)
         attempts.record(
             self.db,
             [(pk, retry_count) for pk in ids],

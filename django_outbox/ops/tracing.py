@@ -73,6 +73,18 @@ def tracer() -> Any:
     return _cached[1]
 
 
+def trace_id(headers: Mapping[str, Any]) -> str | None:
+    """The trace id (32 hex digits) of the W3C ``traceparent`` in ``headers``, or None.
+
+    Read as text (``version-traceid-spanid-flags``): no SDK needed, and an id of
+    all zeros, which the standard calls invalid, is no trace.
+    """
+    parts = str(headers.get(TRACEPARENT) or "").strip().lower().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    return parts[1] if all(c in "0123456789abcdef" for c in parts[1]) else None
+
+
 def with_trace_context(headers: dict[str, str]) -> dict[str, str]:
     """``headers`` plus the current span's ``traceparent``/``tracestate`` (``publish_event``).
 

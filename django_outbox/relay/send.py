@@ -111,6 +111,11 @@ class Settled:
     #: No record was acknowledged and every failure was of unknown fate: Kafka looks
     #: unreachable. The rows are released without counting an attempt.
     unreachable: bool = False
+    #: Per row, the (partition, offset) of Kafka's ack, when the client said.
+    positions: list[tuple[int, int] | None] = field(default_factory=list)
+
+    def position(self, index: int) -> tuple[int, int] | None:
+        return self.positions[index] if index < len(self.positions) else None
 
     @property
     def acked(self) -> int:
@@ -192,6 +197,11 @@ class Sender:
                 self.discard(in_flight.producer)
         else:
             record_outcomes = list(sending.outcomes)
+        positions: list[tuple[int, int] | None] = [None] * len(prepared.claim.rows)
+        if sending.futures and in_flight.producer is not None:
+            acked = kafka.acked_positions(in_flight.producer, sending)
+            for index, position in zip(prepared.indexes, acked, strict=True):
+                positions[index] = position
         record_outcomes = self._confirm_poison(in_flight, record_outcomes)
         outcomes: list[BaseException | None] = [None] * len(prepared.claim.rows)
         for index, error in prepared.errors.items():
@@ -209,7 +219,7 @@ class Sender:
             # or a definite error (idempotence state lost, authorization): start afresh.
             self.discard(in_flight.producer)
         tracing.record_sends(prepared.records, record_outcomes, sending.deadline - sending.timeout)
-        return Settled(prepared.claim, outcomes, unreachable)
+        return Settled(prepared.claim, outcomes, unreachable, positions)
 
     def _confirm_poison(
         self, in_flight: InFlight, outcomes: list[BaseException | None]

@@ -1,6 +1,7 @@
 """The write-back: what Kafka answered for a claimed batch, recorded on its rows.
 
-Acknowledged rows become ``published``; the others are retried with backoff, released
+Acknowledged rows become ``published``, with the partition and offset Kafka gave
+(``Publication``, in the same transaction); the others are retried with backoff, released
 with no attempt spent (nothing known, broker unreachable) or ``dead`` (a definite,
 final answer), each through the fenced transitions of ``django_outbox.models``. A
 database that fails is retried on a fresh connection; the caller keeps the outcome
@@ -76,7 +77,13 @@ def _write(settled: Settled) -> None:
     acked = [row for row, o in zip(claim.rows, settled.outcomes, strict=True) if o is None]
     failed = [(row, o) for row, o in zip(claim.rows, settled.outcomes, strict=True) if o]
     if acked:
-        written = record_published(claim, [row.id for row in acked], now)
+        # Where Kafka put each row, kept with the write-back (models/publications.py).
+        sent = [
+            (row.topic, settled.position(i))
+            for i, (row, o) in enumerate(zip(claim.rows, settled.outcomes, strict=True))
+            if o is None
+        ]
+        written = record_published(claim, [row.id for row in acked], now, sent=sent)
         if written != len(acked):
             logger.info(
                 "outbox: %d of %d acknowledged row(s) on %r were no longer ours "

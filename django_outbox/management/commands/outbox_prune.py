@@ -14,12 +14,14 @@ from django_outbox.history.archive import Archive
 from django_outbox.management.worker import add_database_argument, database_aliases
 from django_outbox.models import OutboxMessage, Status, fencing
 from django_outbox.models.attempts import FailedAttempt
+from django_outbox.models.publications import Publication
 
 
 class Command(BaseCommand):
     help = (
         "Delete consumed (and, with --dead, dead; with --published, published) outbox rows "
-        "whose last change is older than --days, and the failed attempts older than that. "
+        "whose last change is older than --days, the failed attempts older than that, and "
+        "where Kafka put the rows deleted. "
         "Pending rows are never touched."
     )
 
@@ -102,6 +104,13 @@ class Command(BaseCommand):
             else:
                 count = attempts.prune(cutoff)
             self.stdout.write(f"{alias}: {verb} {count} failed attempt(s) older than {days:g} days")
+            # Where Kafka put the rows just pruned (publications.py); kept rows keep theirs.
+            entries = Publication.objects.using(alias)
+            if dry_run:
+                count = entries.count_prunable(cutoff, rows.finished_before(cutoff, statuses))
+            else:
+                count = entries.prune(cutoff)
+            self.stdout.write(f"{alias}: {verb} {count} publication(s) of pruned rows")
             # Fence rows of relays that died (fencing.py); a live claim's are kept.
             fences = fencing.stale(alias, cutoff)
             count = fences.count() if dry_run else fences.delete()[0]
