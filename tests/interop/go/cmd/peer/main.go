@@ -384,7 +384,31 @@ func produce(args []string) (any, error) {
 	if err := client.ProduceSync(ctx, batch...).FirstErr(); err != nil {
 		return nil, err
 	}
-	return map[string]any{"produced": len(batch), "batches_by_codec": hook.codecs}, nil
+	// franz-go may run the batch hook after ProduceSync's promises: wait for it to have
+	// counted every record (a few ms), so the codecs reported are the whole batch's.
+	return map[string]any{"produced": len(batch), "batches_by_codec": hook.counted(len(batch))}, nil
+}
+
+// counted waits (up to 5 s) until the hook saw n records, then copies its counts.
+func (h *batchHook) counted(n int) map[string]int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		h.mu.Lock()
+		total := 0
+		for _, c := range h.codecs {
+			total += c
+		}
+		if total >= n || time.Now().After(deadline) {
+			copied := make(map[string]int, len(h.codecs))
+			for name, c := range h.codecs {
+				copied[name] = c
+			}
+			h.mu.Unlock()
+			return copied
+		}
+		h.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 type readRecord struct {
