@@ -16,8 +16,8 @@ Kafka), stuck 0 (rows not consumed), dead 0, business row and outbox row togethe
 at all, no worker exit but the ones the supervisor caused, every SIGTERM exit 0, and no
 same-key order inversion in the topic when OUTBOX_CHAOS_REQUIRE_ORDER=1 (relays share the
 keys by bucket, decision 0003; a run after a Kafka outage has shown inversions, an open
-defect of issue 18, so by default they are counted and printed, not asserted). The raw duplicate-record
-rate of the topic is printed, not asserted. The last line printed:
+defect of issue 18, so by default they are counted and printed, not asserted).
+The raw duplicate-record rate of the topic is printed, not asserted. The last line printed:
 ``chaos: seed=... committed=... lost=0 ...``. tests/test_cluster_chaos.py runs the same
 harness with 3 relays and 3 consumers on the 3-node cluster.
 

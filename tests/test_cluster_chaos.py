@@ -11,7 +11,8 @@ transaction and terminates the database's backends (OUTBOX_CHAOS_DB_BLIPS).
 
 Asserted, as on one broker: lost 0, duplicate effects 0, phantom effects and records 0,
 stuck 0, dead 0, unexpected exits 0, every SIGTERM exit 0; same-key inversions are counted
-and printed (asserted 0 with OUTBOX_CHAOS_REQUIRE_ORDER=1, see tests/test_chaos.py). The verdict's line is printed last.
+and printed (asserted 0 with OUTBOX_CHAOS_REQUIRE_ORDER=1, see tests/test_chaos.py).
+The verdict's line is printed last.
 
 PostgreSQL only, where tests/test_cluster.py runs (CI's PostgreSQL run). The environment of
 tests/test_chaos.py applies, except OUTBOX_CHAOS_KAFKA_PORT; OUTBOX_CHAOS_RATE defaults
