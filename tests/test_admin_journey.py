@@ -352,6 +352,8 @@ def test_only_the_runs_whose_selection_sent_the_row_appear():
     ReplayRun.objects.filter(pk=replay_run(row, 5).pk).update(last_id=None)  # nothing acked
     ReplayRun.objects.filter(pk=replay_run(row, 6).pk).update(source="archive:/tmp/a.jsonl.gz")
     ReplayRun.objects.filter(pk=replay_run(row, 7).pk).update(source="table:other")
+    before = row.created_at - datetime.timedelta(hours=1)
+    ReplayRun.objects.filter(pk=replay_run(row, 9).pk).update(updated_at=before)  # row unwritten
     other_run = replay_run(row, 8, ids=[row.pk + 1000])
     handled_again(row, other_run)  # its entry is not this row's journey: its run is not
     sent.interrupt("Kafka away")

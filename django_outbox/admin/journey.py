@@ -50,6 +50,8 @@ from django_outbox.ops import tracing
 
 #: Rows a source reads at most (its newest).
 HISTORY_ROWS = 50
+#: Replay runs read at most (the newest) to find those that sent a row again.
+REPLAY_RUNS_READ = 1000
 
 
 @dataclass(frozen=True)
@@ -250,17 +252,26 @@ def replay_steps(subject: Subject) -> list[Step]:
 
     A run sent the row when the row is past none of its acknowledgements
     (``id <= last_id``: runs go in id order) and matches the filters the run recorded.
+    The filters are JSON, tested in Python: of the runs that acknowledged past the row
+    after it was written, the newest ``REPLAY_RUNS_READ`` are read (one query).
     The statuses are tested as the row is now: a dead row replayed, then retried by
     hand and published, no longer matches its run. Archive runs are left out (their
     rows are not in this table, their ``last_id`` is a line number).
     """
     row = subject.row
+    # Only runs that acknowledged past the row after it was written (a margin for
+    # the millisecond clipping of updated_at) can have sent it.
+    written = row.created_at - datetime.timedelta(seconds=1)
     candidates = (
         ReplayRun.objects.using(subject.alias)
-        .filter(source=table_source_name(subject.alias), last_id__gte=row.pk)
-        .order_by("-id")[:HISTORY_ROWS]
+        .filter(
+            source=table_source_name(subject.alias), last_id__gte=row.pk, updated_at__gte=written
+        )
+        .defer("error")
+        .order_by("-id")[:REPLAY_RUNS_READ]
     )
     runs = [run for run in candidates if Selection.from_dict(run.filters).matches(row)]
+    runs = runs[:HISTORY_ROWS]
     if not runs:
         return []
     handled = _replay_entries(subject, runs)
