@@ -19,9 +19,9 @@ from django.utils import timezone
 
 from django_outbox.admin import journey as journey_module
 from django_outbox.admin.journey import Step, journey
-from django_outbox.envelope import HEADER_OUTBOX_ID
 from django_outbox.consumer.inbox import replay_inbox_key
-from django_outbox.models import OutboxMessage, ReplayRun, RunState, Status, lease_expiry
+from django_outbox.envelope import HEADER_OUTBOX_ID
+from django_outbox.models import OutboxMessage, ReplayRun, Status, lease_expiry
 from django_outbox.models import publications as publications_module
 from django_outbox.models.attempts import FailedAttempt
 from django_outbox.models.fencing import Fence, hold, new_token

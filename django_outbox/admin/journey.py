@@ -252,26 +252,11 @@ def replay_steps(subject: Subject) -> list[Step]:
 
     A run sent the row when the row is past none of its acknowledgements
     (``id <= last_id``: runs go in id order) and matches the filters the run recorded.
-    The filters are JSON, tested in Python: of the runs that acknowledged past the row
-    after it was written, the newest ``REPLAY_RUNS_READ`` are read (one query).
     The statuses are tested as the row is now: a dead row replayed, then retried by
     hand and published, no longer matches its run. Archive runs are left out (their
     rows are not in this table, their ``last_id`` is a line number).
     """
-    row = subject.row
-    # Only runs that acknowledged past the row after it was written (a margin for
-    # the millisecond clipping of updated_at) can have sent it.
-    written = row.created_at - datetime.timedelta(seconds=1)
-    candidates = (
-        ReplayRun.objects.using(subject.alias)
-        .filter(
-            source=table_source_name(subject.alias), last_id__gte=row.pk, updated_at__gte=written
-        )
-        .defer("error")
-        .order_by("-id")[:REPLAY_RUNS_READ]
-    )
-    runs = [run for run in candidates if Selection.from_dict(run.filters).matches(row)]
-    runs = runs[:HISTORY_ROWS]
+    runs = _replay_runs(subject)
     if not runs:
         return []
     handled = _replay_entries(subject, runs)
@@ -310,6 +295,24 @@ def replay_steps(subject: Subject) -> list[Step]:
         for entry in entries
     )
     return steps
+
+
+def _replay_runs(subject: Subject) -> list[ReplayRun]:
+    """The runs that sent the row (one query): their filters are JSON, tested here.
+
+    Of the runs that acknowledged past the row after it was written, the newest
+    ``REPLAY_RUNS_READ`` are read; the newest ``HISTORY_ROWS`` that match are kept.
+    """
+    row = subject.row
+    candidates = ReplayRun.objects.using(subject.alias).filter(
+        source=table_source_name(subject.alias), last_id__gte=row.pk
+    )
+    if row.created_at is not None:
+        # A margin for the millisecond clipping of the run's updated_at.
+        written = row.created_at - datetime.timedelta(seconds=1)
+        candidates = candidates.filter(updated_at__gte=written)
+    read = candidates.defer("error").order_by("-id")[:REPLAY_RUNS_READ]
+    return [run for run in read if Selection.from_dict(run.filters).matches(row)][:HISTORY_ROWS]
 
 
 def _replay_entries(subject: Subject, runs: list[ReplayRun]) -> dict[int, list[InboxEntry]]:
