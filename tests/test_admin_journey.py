@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from django_outbox.admin import journey as journey_module
 from django_outbox.admin.journey import Step, journey
+from django_outbox.consumer.inbox import replay_inbox_key
 from django_outbox.envelope import HEADER_OUTBOX_ID
-from django_outbox.models import OutboxMessage, Status, lease_expiry
+from django_outbox.models import OutboxMessage, ReplayRun, Status, lease_expiry
 from django_outbox.models import publications as publications_module
 from django_outbox.models.attempts import FailedAttempt
 from django_outbox.models.fencing import Fence, hold, new_token
@@ -284,13 +285,85 @@ def test_the_page_does_a_bounded_number_of_queries(django_assert_num_queries):
     history(small, user, 1)
     history(big, user, 60)  # more than a source shows
     ContentType.objects.get_for_model(OutboxMessage, for_concrete_model=False)
-    with django_assert_num_queries(5):  # one per table: attempts, publications, inbox,
-        steps = journey(big).steps  # rejected records, LogEntry
+    with django_assert_num_queries(6):  # one per table: attempts, publications, inbox,
+        steps = journey(big).steps  # rejected records, replay runs, LogEntry
     assert len(steps) == 1 + 5 * journey_module.HISTORY_ROWS
     with CaptureQueriesContext(connection) as few:
         assert client.get(detail_url(small.pk)).status_code == 200
     with django_assert_num_queries(len(few)):
         assert client.get(detail_url(big.pk)).status_code == 200
+
+
+def replay_run(row: OutboxMessage, n: int = 0, **filters) -> ReplayRun:
+    """A run that sent ``row`` (and the rows before it) again, for group ``g<n>``."""
+    return ReplayRun.objects.create(
+        operator="ops",
+        target_group=f"g{n}",
+        source="table:default",
+        filters={"statuses": [Status.PUBLISHED.value], **filters},
+        last_id=row.pk,
+        sent=1,
+        matched=1,
+    )
+
+
+def handled_again(row: OutboxMessage, run: ReplayRun) -> InboxEntry:
+    return InboxEntry.objects.create(
+        consumer_group=run.target_group,
+        event_id=replay_inbox_key(event_id(row), run.token),
+        event_type=row.event_type,
+        topic=row.topic,
+        partition=0,
+        offset=run.pk,
+    )
+
+
+@pytest.mark.django_db
+def test_replay_runs_cost_the_same_queries_for_one_run_or_many(django_assert_num_queries):
+    one, many = make(Status.PUBLISHED), make(Status.PUBLISHED)
+    handled_again(one, replay_run(one, ids=[one.pk]))
+    for n in range(60):
+        handled_again(many, replay_run(many, n, ids=[many.pk]))
+    with django_assert_num_queries(2):  # the runs, the inbox entries of their replays
+        steps = journey_module.replay_steps(
+            journey_module.Subject(one, "default", "admin", json.loads(one.payload))
+        )
+    assert [s.kind for s in steps] == ["replay", "handled"]
+    with django_assert_num_queries(2):
+        steps = journey_module.replay_steps(
+            journey_module.Subject(many, "default", "admin", json.loads(many.payload))
+        )
+    assert [s.kind for s in steps].count("replay") == journey_module.HISTORY_ROWS
+    assert 0 < [s.kind for s in steps].count("handled") <= journey_module.HISTORY_ROWS
+    client = client_for(superuser())
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(detail_url(one.pk)).status_code == 200
+    with django_assert_num_queries(len(few)):
+        assert client.get(detail_url(many.pk)).status_code == 200
+
+
+@pytest.mark.django_db
+def test_only_the_runs_whose_selection_sent_the_row_appear():
+    row = make(Status.PUBLISHED)
+    sent = replay_run(row, 1, keys=[row.message_key])
+    replay_run(row, 2, keys=["another key"])  # outside the run's filter
+    replay_run(row, 3, statuses=[Status.DEAD.value])
+    ReplayRun.objects.filter(pk=replay_run(row, 4).pk).update(last_id=row.pk - 1)  # stopped before
+    ReplayRun.objects.filter(pk=replay_run(row, 5).pk).update(last_id=None)  # nothing acked
+    ReplayRun.objects.filter(pk=replay_run(row, 6).pk).update(source="archive:/tmp/a.jsonl.gz")
+    ReplayRun.objects.filter(pk=replay_run(row, 7).pk).update(source="table:other")
+    before = row.created_at - datetime.timedelta(hours=1)
+    ReplayRun.objects.filter(pk=replay_run(row, 9).pk).update(updated_at=before)  # row unwritten
+    other_run = replay_run(row, 8, ids=[row.pk + 1000])
+    handled_again(row, other_run)  # its entry is not this row's journey: its run is not
+    sent.interrupt("Kafka away")
+    steps = [s for s in journey(row).steps if s.kind in ("replay", "handled")]
+    assert [s.title for s in steps] == [
+        f"sent again by replay run #{sent.pk} to g1 (interrupted (resumable))"
+    ]
+    assert steps[0].actor == "ops"
+    assert steps[0].detail == "no consumer group has handled it again yet"
+    assert steps[0].link.endswith(f"/replayrun/{sent.pk}/change/")
 
 
 # --------------------------------------------------------------------------- pruning

@@ -16,6 +16,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from django_outbox import publish_event
+from django_outbox.consumer.inbox import replay_inbox_key
 from django_outbox.envelope import HEADER_REPLAY_RUN
 from django_outbox.history import replay
 from django_outbox.history.selection import Selection
@@ -26,6 +27,8 @@ from testproject.chat.models import Conversation
 from .consumer_support import COUNTER, consume, count_handler, registered, send_raw, unique_group
 from .kafka_fixtures import read_topic, topic_record_count
 from .relay_support import REPO_ROOT, database_url
+from .test_admin import detail_url
+from .test_admin_journey import titles
 
 pytestmark = [pytest.mark.kafka, pytest.mark.django_db(transaction=True)]
 
@@ -262,6 +265,36 @@ def test_the_admin_lists_the_runs(admin_client, history):
     page = admin_client.get(reverse("admin:django_outbox_replayrun_change", args=[run.pk]))
     assert page.status_code == 200 and str(run.token) in page.content.decode()
     assert admin_client.get(reverse("admin:django_outbox_replayrun_add")).status_code == 403
+
+
+def test_the_journey_of_a_replayed_row_shows_its_runs_and_the_groups_that_handled_them(
+    admin_client, history
+):
+    replayed, outside = history.rows[1], history.rows[2]
+    replay_command("--group", history.b, "--key", "k1")
+    run = ReplayRun.objects.get()
+    assert history.effect_of(history.b) == 1
+    event = json.loads(replayed.payload)["event_id"]
+    (entry,) = InboxEntry.objects.filter(event_id=replay_inbox_key(event, run.token))
+    assert entry.consumer_group == history.b
+    html = admin_client.get(detail_url(replayed.pk)).content.decode()
+    assert f"sent again by replay run #{run.pk} to {history.b} (done)" in titles(html)
+    assert (
+        f"handled again by consumer group {history.b} for replay run #{run.pk}, "
+        f"from partition {entry.partition}, offset {entry.offset}"
+    ) in titles(html)
+    assert f"handled again by: {history.b}" in html
+    page = admin_client.get(detail_url(outside.pk)).content.decode()
+    assert not [title for title in titles(page) if "replay run" in title]  # outside the filter
+
+    replay_command("--all-groups", "--id", str(replayed.pk))
+    second = ReplayRun.objects.exclude(pk=run.pk).get()
+    assert history.effect_of(history.a) == 1 and history.effect_of(history.b) == 1
+    html = admin_client.get(detail_url(replayed.pk)).content.decode()
+    assert f"sent again by replay run #{second.pk} to every group (done)" in titles(html)
+    assert f"handled again by: {', '.join(sorted([history.a, history.b]))}" in html
+    page = admin_client.get(detail_url(outside.pk)).content.decode()
+    assert not [title for title in titles(page) if "replay run" in title]
 
 
 def test_sigterm_stops_the_command_after_the_batch_in_hand(kafka_bootstrap, history):

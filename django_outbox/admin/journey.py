@@ -14,10 +14,14 @@ as on an empty one:
   its inbox, by event id;
 - ``rejection_steps``: ``RejectedRecord``, the copies a group rejected (and their
   replays), by event id;
+- ``replay_steps``: the ``ReplayRun``\\ s of ``outbox_replay`` that sent the row again
+  (one query on the small runs table; each run's recorded filters are tested on the
+  row by ``history.selection``), and the inbox entries of those replays (their key
+  is one per event and run, ``consumer.inbox.replay_inbox_key``: one more query);
 - ``action_steps``: Django's ``LogEntry`` of the row, what operators did.
 
-A new kind of step (a replay run of ``outbox_replay``, say) is one more function that
-takes a ``Subject`` and returns ``Step``\\ s, appended to ``SOURCES``.
+A new kind of step is one more function that takes a ``Subject`` and returns
+``Step``\\ s, appended to ``SOURCES``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 
 from django_outbox.conf import outbox_settings
-from django_outbox.models import OutboxMessage, Status
+from django_outbox.consumer.inbox import replay_inbox_key
+from django_outbox.history.replay import table_source_name
+from django_outbox.history.selection import Selection
+from django_outbox.models import OutboxMessage, ReplayRun, Status
 from django_outbox.models.attempts import FailedAttempt, Source
 from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from django_outbox.models.publications import Publication
@@ -43,6 +50,8 @@ from django_outbox.ops import tracing
 
 #: Rows a source reads at most (its newest).
 HISTORY_ROWS = 50
+#: Replay runs read at most (the newest) to find those that sent a row again.
+REPLAY_RUNS_READ = 1000
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,90 @@ def rejection_steps(subject: Subject) -> list[Step]:
     return steps
 
 
+def replay_steps(subject: Subject) -> list[Step]:
+    """The replay runs that sent the row again, then each group that handled a replay.
+
+    A run sent the row when the row is past none of its acknowledgements
+    (``id <= last_id``: runs go in id order) and matches the filters the run recorded.
+    The statuses are tested as the row is now: a dead row replayed, then retried by
+    hand and published, no longer matches its run. Archive runs are left out (their
+    rows are not in this table, their ``last_id`` is a line number).
+    """
+    runs = _replay_runs(subject)
+    if not runs:
+        return []
+    handled = _replay_entries(subject, runs)
+    steps = []
+    for run in runs:
+        groups = sorted({entry.consumer_group for entry in handled.get(run.pk, [])})
+        title = _("sent again by replay run #%(run)d to %(group)s (%(state)s)") % {
+            "run": run.pk,
+            "group": run.group_label,
+            "state": run.get_state_display(),
+        }
+        detail = (
+            _("handled again by: %(groups)s") % {"groups": ", ".join(groups)}
+            if groups
+            else _("no consumer group has handled it again yet")
+        )
+        link = reverse(f"{subject.site}:django_outbox_replayrun_change", args=[run.pk])
+        steps.append(Step(run.started_at, "replay", title, run.operator, detail, link))
+    steps.extend(
+        Step(
+            entry.handled_at,
+            "handled",
+            _(
+                "handled again by consumer group %(group)s for replay run #%(run)d, from "
+                "partition %(partition)d, offset %(offset)d"
+            )
+            % {
+                "group": entry.consumer_group,
+                "run": run_id,
+                "partition": entry.partition,
+                "offset": entry.offset,
+            },
+            actor=entry.consumer_group,
+        )
+        for run_id, entries in handled.items()
+        for entry in entries
+    )
+    return steps
+
+
+def _replay_runs(subject: Subject) -> list[ReplayRun]:
+    """The runs that sent the row (one query): their filters are JSON, tested here.
+
+    Of the runs that acknowledged past the row after it was written, the newest
+    ``REPLAY_RUNS_READ`` are read; the newest ``HISTORY_ROWS`` that match are kept.
+    """
+    row = subject.row
+    candidates = ReplayRun.objects.using(subject.alias).filter(
+        source=table_source_name(subject.alias), last_id__gte=row.pk
+    )
+    if row.created_at is not None:
+        # A margin for the millisecond clipping of the run's updated_at.
+        written = row.created_at - datetime.timedelta(seconds=1)
+        candidates = candidates.filter(updated_at__gte=written)
+    read = candidates.defer("error").order_by("-id")[:REPLAY_RUNS_READ]
+    return [run for run in read if Selection.from_dict(run.filters).matches(row)][:HISTORY_ROWS]
+
+
+def _replay_entries(subject: Subject, runs: list[ReplayRun]) -> dict[int, list[InboxEntry]]:
+    """The inbox entries of the event handled again for ``runs``, by run id (one query)."""
+    if subject.event_id is None:
+        return {}
+    keys = {replay_inbox_key(subject.event_id, run.token): run.pk for run in runs}
+    entries = (
+        InboxEntry.objects.using(outbox_settings.database)
+        .filter(event_id__in=list(keys))
+        .order_by("-id")[:HISTORY_ROWS]
+    )
+    by_run: dict[int, list[InboxEntry]] = {}
+    for entry in entries:
+        by_run.setdefault(keys[entry.event_id], []).append(entry)
+    return by_run
+
+
 def action_steps(subject: Subject) -> list[Step]:
     content_type = ContentType.objects.get_for_model(OutboxMessage, for_concrete_model=False)
     entries = (
@@ -264,5 +357,6 @@ SOURCES: list[StepSource] = [
     publication_steps,
     inbox_steps,
     rejection_steps,
+    replay_steps,
     action_steps,
 ]

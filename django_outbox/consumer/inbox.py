@@ -32,7 +32,12 @@ def inbox_key(delivery: Delivery, event: Event) -> uuid.UUID:
     mark = replay_mark(delivery)
     if mark is None:
         return event.event_id
-    return uuid.uuid5(REPLAY_NAMESPACE, f"{event.event_id}/{mark.run}")
+    return replay_inbox_key(event.event_id, mark.run)
+
+
+def replay_inbox_key(event_id: uuid.UUID | str, run_token: uuid.UUID | str) -> uuid.UUID:
+    """The inbox id of event ``event_id`` handled again for the replay run ``run_token``."""
+    return uuid.uuid5(REPLAY_NAMESPACE, f"{event_id}/{run_token}")
 
 
 class Duplicate(Exception):

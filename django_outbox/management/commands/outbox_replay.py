@@ -125,7 +125,7 @@ class Command(BaseCommand):
                 "say who handles the replay: --group G (only that consumer group) or "
                 "--all-groups (every consumer group of the topics handles the events again)"
             )
-        source_name = f"table:{alias}"
+        source_name = replay.table_source_name(alias)
         if options["from_archive"] is not None:
             source_name = f"archive:{options['from_archive']}"
         source, matched, sample = self._source(source_name, selection)
