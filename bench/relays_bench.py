@@ -35,6 +35,14 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 
+def shared(n: int) -> bool:
+    """Whether ``n`` live relays own all the buckets of the default database between them."""
+    from django_outbox.models import buckets
+
+    live = [r for r in buckets.assignment("default") if r["alive"] and r["buckets"]]
+    return len(live) == n and sum(r["buckets"] for r in live) == buckets.BUCKETS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
@@ -54,7 +62,7 @@ def main() -> None:
 
     from django_outbox import kafka
     from django_outbox.envelope import Event
-    from django_outbox.models import OutboxMessage, Status, buckets
+    from django_outbox.models import OutboxMessage, Status
     from tests.kafka_fixtures import order_inversions, read_topic
     from tests.relay_support import database_url
 
@@ -143,10 +151,6 @@ def main() -> None:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-    def shared(n: int) -> bool:
-        live = [r for r in buckets.assignment("default") if r["alive"] and r["buckets"]]
-        return len(live) == n and sum(r["buckets"] for r in live) == buckets.BUCKETS
 
     def relay_run(n: int) -> tuple[float, int, int]:
         name = topic()
