@@ -212,7 +212,7 @@ def main() -> None:
     from django.test.utils import setup_databases, teardown_databases
 
     from django_outbox.conf import outbox_settings
-    from django_outbox.relay.coordination import TICK
+    from django_outbox.relay.buckets import TICK
 
     config = settings.DATABASES["default"]
     if "sqlite" in config["ENGINE"]:
