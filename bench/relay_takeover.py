@@ -110,7 +110,6 @@ def first_published(topic: str, keys: list[str], since: datetime.datetime) -> fl
     return None if earliest is None else (earliest - since).total_seconds()
 
 
-# long: one stop and its two figures read as one sequence
 def take_over(
     victim: subprocess.Popen[str], topic: str, keys: list[str], signame: str, limit: float
 ) -> tuple[float, float, int]:
@@ -143,9 +142,8 @@ def take_over(
     return owned, published, len(held)
 
 
-# long: the run's set-up, its loop over the stops and its clean-up in one place
 def measure(bootstrap: str, lease: float, rate: float, keys: int, repeat: int) -> dict[str, Any]:
-    from relays_bench import shared
+    from relays_bench import shared, stop
 
     from tests.kafka_fixtures import create_topic, delete_topic
     from tests.relay_support import relay_process
@@ -184,14 +182,7 @@ def measure(bootstrap: str, lease: float, rate: float, keys: int, repeat: int) -
                 relays[turn % 2] = start()
     finally:
         writer.stop()
-        for process in relays:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in relays:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(relays)
         delete_topic(bootstrap, topic)
     return figures
 

@@ -35,6 +35,18 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 
+def stop(processes: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every relay still running, wait for each (kill after 30 s)."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def shared(n: int) -> bool:
     """Whether ``n`` live relays own all the buckets of the default database between them."""
     from django_outbox.models import buckets
@@ -141,16 +153,6 @@ def main() -> None:
             )
             for _ in range(n)
         ]
-
-    def stop(processes: list[subprocess.Popen[str]]) -> None:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
     def relay_run(n: int) -> tuple[float, int, int]:
         name = topic()
