@@ -35,6 +35,26 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 
+def stop(processes: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every relay still running, wait for each (kill after 30 s)."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def shared(n: int) -> bool:
+    """Whether ``n`` live relays own all the buckets of the default database between them."""
+    from django_outbox.models import buckets
+
+    live = [r for r in buckets.assignment("default") if r["alive"] and r["buckets"]]
+    return len(live) == n and sum(r["buckets"] for r in live) == buckets.BUCKETS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
@@ -54,7 +74,7 @@ def main() -> None:
 
     from django_outbox import kafka
     from django_outbox.envelope import Event
-    from django_outbox.models import OutboxMessage, Status, buckets
+    from django_outbox.models import OutboxMessage, Status
     from tests.kafka_fixtures import order_inversions, read_topic
     from tests.relay_support import database_url
 
@@ -133,20 +153,6 @@ def main() -> None:
             )
             for _ in range(n)
         ]
-
-    def stop(processes: list[subprocess.Popen[str]]) -> None:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-    def shared(n: int) -> bool:
-        live = [r for r in buckets.assignment("default") if r["alive"] and r["buckets"]]
-        return len(live) == n and sum(r["buckets"] for r in live) == buckets.BUCKETS
 
     def relay_run(n: int) -> tuple[float, int, int]:
         name = topic()
