@@ -13,7 +13,7 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import User
 from django.contrib.contenttypes.models import ContentType
 from django.core.management import call_command
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -134,19 +134,23 @@ def test_one_insert_per_topic_at_most_and_an_unknown_position(django_assert_max_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_rows_stay_pending_when_their_publications_cannot_be_written(monkeypatch):
-    # One transaction: a row is never published without its entry (or the other way).
+def test_rows_stay_published_when_their_publications_cannot_be_written(monkeypatch, caplog):
+    # The row's status is the contract: an entry that cannot be written is logged, never
+    # a reason to leave an acknowledged row pending (or to hold the UPDATE's locks longer).
     row = make()
     fence = lease([row], timezone.now())
 
     def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
+        raise DatabaseError("disk full")
 
     monkeypatch.setattr(publications_module, "record", broken)
-    with pytest.raises(RuntimeError):
-        OutboxMessage.objects.mark_published(fence, [row.pk], timezone.now(), sent=[("t", (0, 1))])
-    assert OutboxMessage.objects.get(pk=row.pk).status == Status.PENDING
+    changed = OutboxMessage.objects.mark_published(
+        fence, [row.pk], timezone.now(), sent=[("t", (0, 1))]
+    )
+    assert changed == 1
+    assert OutboxMessage.objects.get(pk=row.pk).status == Status.PUBLISHED
     assert not Publication.objects.exists()
+    assert "were not recorded (DatabaseError: disk full)" in caplog.text
 
 
 # --------------------------------------------------------------------------- the time line
