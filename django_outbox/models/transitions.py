@@ -120,10 +120,9 @@ class RelayTransitions(OutboxQueries):
         ``sent``: per id, the topic and the (partition, offset) of Kafka's ack; the
         ``Publication`` entries of the rows changed are written after the fenced
         ``UPDATE`` (one ``INSERT``), in a statement of their own: a row's status is the
-        contract, its entry a record for the admin. Joined to the ``UPDATE``'s
-        transaction, four relays on MariaDB met deadlocks that kept whole batches
-        unpublished (tests/test_relay_concurrency.py in CI); an entry that cannot be
-        written is logged, and the row stays published.
+        contract, its entry a record for the admin, and joining them would only hold
+        the ``UPDATE``'s row locks longer. An entry that cannot be written is logged, and
+        the row stays published.
         """
         changed = self._mark_published(fence, ids, now)
         if not changed or sent is None:
