@@ -134,23 +134,14 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.conf import settings
     from django.db import connection
-    from django.test.utils import setup_databases, teardown_databases
 
+    from bench.seeding import takeover_database
     from tests.scale_support import create_effect_table
 
-    config = settings.DATABASES["default"]
-    if "sqlite" in config["ENGINE"]:
-        raise SystemExit("run it on PostgreSQL or MariaDB (DATABASE_URL=...)")
-    config.setdefault("TEST", {})["NAME"] = f"bench_{config['NAME']}"
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
-    settings.OUTBOX_WAKE_RELAY = False
-    old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
-    create_effect_table()
     summary = []
-    try:
+    with takeover_database("run it on PostgreSQL or MariaDB (DATABASE_URL=...)") as bootstrap:
+        create_effect_table()
         for session_ms in (int(v) for v in args.session_timeouts.split(",")):
             figures = measure(bootstrap, session_ms, args.heartbeat_ms, args.repeat)
             for signame, values in figures.items():
@@ -162,9 +153,6 @@ def main() -> None:
                     f"(max {max(handled):.1f}), all partitions owned after median "
                     f"{statistics.median(owned):.1f} s (max {max(owned):.1f}), n={len(values)}"
                 )
-    finally:
-        connection.close()
-        teardown_databases(old_config, verbosity=0)
     print("\n".join(["", f"{connection.vendor}, 3 members, {PARTITIONS} partitions:", *summary]))
 
 

@@ -198,32 +198,22 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.conf import settings
     from django.db import connection
-    from django.test.utils import setup_databases, teardown_databases
 
+    from bench.seeding import takeover_database
     from django_outbox.conf import outbox_settings
     from django_outbox.relay.buckets import TICK
 
-    config = settings.DATABASES["default"]
-    if "sqlite" in config["ENGINE"]:
-        raise SystemExit("relay buckets need PostgreSQL or MariaDB: set DATABASE_URL")
-    config.setdefault("TEST", {})["NAME"] = f"bench_{config['NAME']}"
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
-    settings.OUTBOX_WAKE_RELAY = False
-    old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
-    print(
-        f"{connection.vendor}: 2 relays, OUTBOX_LEASE_SECONDS={args.lease:g}, "
-        f"OUTBOX_POLL_INTERVAL={outbox_settings.poll_interval:g}, bucket tick {TICK:g} s, "
-        f"{args.rate:g} rows/s of {args.keys} keys, OUTBOX_WAKE_RELAY off",
-        flush=True,
-    )
-    try:
+    with takeover_database(
+        "relay buckets need PostgreSQL or MariaDB: set DATABASE_URL"
+    ) as bootstrap:
+        print(
+            f"{connection.vendor}: 2 relays, OUTBOX_LEASE_SECONDS={args.lease:g}, "
+            f"OUTBOX_POLL_INTERVAL={outbox_settings.poll_interval:g}, bucket tick {TICK:g} s, "
+            f"{args.rate:g} rows/s of {args.keys} keys, OUTBOX_WAKE_RELAY off",
+            flush=True,
+        )
         figures = measure(bootstrap, args.lease, args.rate, args.keys, args.repeat)
-    finally:
-        connection.close()
-        teardown_databases(old_config, verbosity=0)
     print(f"\n{'signal':8} {'owned again (median / max)':>28} {'published again':>22}  n")
     for signame, values in figures.items():
         owned = [o for o, _ in values]

@@ -19,9 +19,11 @@ Usage: ``create_database(url)`` before ``django.setup()``, then ``seed(rows, ...
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -251,3 +253,28 @@ def seed(
         cursor.execute(seed_sql(connection.vendor, rows, live))
     analyze(connection)
     print(f"{using}: seeded {rows:,} rows in {time.perf_counter() - started:.1f} s")
+
+
+@contextlib.contextmanager
+def takeover_database(on_sqlite: str) -> Iterator[str]:
+    """For the takeover benches (several worker processes on one database): a
+    ``bench_<name>`` test database on PostgreSQL or MariaDB (``SystemExit(on_sqlite)`` on
+    SQLite), the broker of ``KAFKA_BOOTSTRAP_SERVERS``, relay wake-ups off (the workers
+    find rows by polling). Yields the bootstrap address; drops the database after."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test.utils import setup_databases, teardown_databases
+
+    config = settings.DATABASES["default"]
+    if "sqlite" in config["ENGINE"]:
+        raise SystemExit(on_sqlite)
+    config.setdefault("TEST", {})["NAME"] = f"bench_{config['NAME']}"
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
+    settings.OUTBOX_WAKE_RELAY = False
+    old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    try:
+        yield bootstrap
+    finally:
+        connection.close()
+        teardown_databases(old_config, verbosity=0)
