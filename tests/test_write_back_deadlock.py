@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from django.db import OperationalError
 
+from django_outbox.relay import deadlocks
 from django_outbox.relay import write_back as module
 
 
@@ -19,14 +20,14 @@ def deadlock() -> OperationalError:
 
 
 def test_deadlocks_are_told_from_other_database_errors():
-    assert module._is_deadlock(deadlock())
+    assert deadlocks.is_deadlock(deadlock())
     postgres = OperationalError("deadlock detected")
     cause = Exception("deadlock detected")
     cause.sqlstate = "40P01"  # psycopg's attribute
     postgres.__cause__ = cause
-    assert module._is_deadlock(postgres)
-    assert not module._is_deadlock(OperationalError(2006, "MySQL server has gone away"))
-    assert not module._is_deadlock(OperationalError("connection refused"))
+    assert deadlocks.is_deadlock(postgres)
+    assert not deadlocks.is_deadlock(OperationalError(2006, "MySQL server has gone away"))
+    assert not deadlocks.is_deadlock(OperationalError("connection refused"))
 
 
 def test_deadlocks_are_retried_without_spending_the_attempts(monkeypatch):
@@ -40,7 +41,7 @@ def test_deadlocks_are_retried_without_spending_the_attempts(monkeypatch):
     monkeypatch.setattr(module, "_write", write)
     monkeypatch.setattr(module.metrics, "batch_recorded", lambda claim: None)
     monkeypatch.setattr(module, "_reconnect", lambda alias: pytest.fail("no reconnect"))
-    monkeypatch.setattr(module.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(deadlocks.time, "sleep", lambda seconds: None)
     settled = SimpleNamespace(claim=SimpleNamespace(rows=[1], alias="default"))
     module.write_back(settled, attempts=1)  # one attempt, five deadlocks: still recorded
     assert len(calls) == 6
@@ -54,8 +55,8 @@ def test_endless_deadlocks_end_in_the_error(monkeypatch):
         raise deadlock()
 
     monkeypatch.setattr(module, "_write", write)
-    monkeypatch.setattr(module.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(deadlocks.time, "sleep", lambda seconds: None)
     settled = SimpleNamespace(claim=SimpleNamespace(rows=[1], alias="default"))
     with pytest.raises(OperationalError):
         module.write_back(settled, attempts=1)
-    assert len(calls) == module.DEADLOCK_RETRIES + 1
+    assert len(calls) == deadlocks.DEADLOCK_RETRIES + 1

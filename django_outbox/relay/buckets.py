@@ -21,6 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from django_outbox.models.buckets import BUCKETS, RelayBucket, RelayMember, supported
+from django_outbox.relay import deadlocks
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,18 @@ class Coordinator:
         is due, then stop): take every free bucket and give none back.
         """
         now = now or timezone.now()
+        return deadlocks.retry_deadlocks(lambda: self._tick_once(now, greedy))
+
+    def _tick_once(self, now: datetime.datetime, greedy: bool) -> int:
+        # the tick is one transaction: if it rolls back, so does what it told the holding
+        before = Holding(dict(self.holding.buckets), self.holding.until, self.holding.members)
+        try:
+            return self._tick_in_transaction(now, greedy)
+        except Exception:
+            self.holding = before
+            raise
+
+    def _tick_in_transaction(self, now: datetime.datetime, greedy: bool) -> int:
         with transaction.atomic(using=self.alias):
             self._heartbeat(now)
             members = self._live_members(now)
@@ -142,8 +155,16 @@ class Coordinator:
             )
 
     def _live_members(self, now: datetime.datetime) -> int:
-        # members gone for an hour are forgotten
-        self._members().filter(alive_until__lt=now - datetime.timedelta(hours=1)).delete()
+        # Members gone for an hour are forgotten: found by a plain read, deleted by name,
+        # so no tick locks a range of the table (a ranged DELETE beside other relays'
+        # heartbeats deadlocked on MariaDB).
+        gone = list(
+            self._members()
+            .filter(alive_until__lt=now - datetime.timedelta(hours=1))
+            .values_list("name", flat=True)
+        )
+        if gone:
+            self._members().filter(name__in=gone).delete()
         return self._members().filter(alive_until__gt=now).count()
 
     def _ensure_buckets(self) -> None:

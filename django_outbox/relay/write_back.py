@@ -14,7 +14,6 @@ thread until they are known done, and the outcomes kept while their database fai
 from __future__ import annotations
 
 import logging
-import random
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -32,6 +31,7 @@ from django_outbox.models.claiming import (
     release,
 )
 from django_outbox.ops import metrics
+from django_outbox.relay import deadlocks
 from django_outbox.relay.dbthread import Submit
 from django_outbox.relay.outages import Outages
 from django_outbox.relay.send import UNREACHABLE_DELAY, RecordError, Sender, Settled
@@ -47,36 +47,21 @@ def failure_of(row: Any, outcome: BaseException) -> Failure:
     )
 
 
-#: Deadlocks a write-back retries at once (with jitter) before counting a failed attempt.
-DEADLOCK_RETRIES = 10
-
-
-def _is_deadlock(exc: BaseException) -> bool:
-    """MySQL/MariaDB's 1213 or PostgreSQL's 40P01: the transaction was rolled back whole."""
-    cause = exc.__cause__ or exc
-    args = getattr(cause, "args", ())
-    return bool(args and args[0] == 1213) or getattr(cause, "sqlstate", None) == "40P01"
-
-
 def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> None:
     """Record ``settled`` (fenced on its lease), on a fresh connection after a failure.
 
     Raises the database's error when every attempt failed; the caller keeps the
     outcome and tries again later, as long as the lease lasts.
     """
-    attempt = deadlocks = 0
+    attempt = 0
     while True:
         try:
-            _write(settled)
+            # a deadlock's victim (relays' claims and write-backs lock rows and fences)
+            # rolled back whole: retried at once, no attempt spent
+            deadlocks.retry_deadlocks(lambda: _write(settled))
             metrics.batch_recorded(settled.claim)
             return
-        except Exception as exc:
-            if _is_deadlock(exc) and deadlocks < DEADLOCK_RETRIES:
-                # InnoDB chose this transaction as a deadlock's victim (relays' claims and
-                # write-backs lock rows and fences): retry it at once, it rolled back whole.
-                deadlocks += 1
-                time.sleep(random.uniform(0.01, 0.1) * deadlocks)
-                continue
+        except Exception:
             attempt += 1
             if attempt >= attempts:
                 raise
