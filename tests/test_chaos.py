@@ -14,9 +14,9 @@ the topic: lost 0 (committed events without effect), duplicate effects 0, phanto
 effects 0 (effects of rolled-back events), phantom records 0 (rolled-back events in
 Kafka), stuck 0 (rows not consumed), dead 0, business row and outbox row together or not
 at all, no worker exit but the ones the supervisor caused, every SIGTERM exit 0, and no
-same-key order inversion in the topic when OUTBOX_CHAOS_REQUIRE_ORDER=1 (relays share the
-keys by bucket, decision 0003; a run after a Kafka outage has shown inversions, an open
-defect of issue 18, so by default they are counted and printed, not asserted).
+same-key order inversion in the topic (relays share the keys by bucket, decision 0003,
+and keep a key's order through failures, relay/keyorder.py; OUTBOX_CHAOS_REQUIRE_ORDER=0
+only counts and prints them).
 The raw duplicate-record rate of the topic is printed, not asserted. The last line printed:
 ``chaos: seed=... committed=... lost=0 ...``. tests/test_cluster_chaos.py runs the same
 harness with 3 relays and 3 consumers on the 3-node cluster.

@@ -33,7 +33,7 @@ def test_deadlocks_are_told_from_other_database_errors():
 def test_deadlocks_are_retried_without_spending_the_attempts(monkeypatch):
     calls = []
 
-    def write(settled):
+    def write(settled, unknown_delay=0.0):
         calls.append(settled)
         if len(calls) <= 5:
             raise deadlock()
@@ -50,7 +50,7 @@ def test_deadlocks_are_retried_without_spending_the_attempts(monkeypatch):
 def test_endless_deadlocks_end_in_the_error(monkeypatch):
     calls = []
 
-    def write(settled):
+    def write(settled, unknown_delay=0.0):
         calls.append(settled)
         raise deadlock()
 

@@ -2,9 +2,10 @@
 sent before it, hand its write-back over.
 
 At most two batches are with Kafka at once (the one sent this round, and the one
-before, settled meanwhile), one more is claimed ahead. A round ends with nothing in
-flight when nothing was claimed, Kafka looked unreachable, or a stop was requested.
-Here too: how long an idle relay sleeps, and when a burst is done.
+before, settled meanwhile), one more is claimed ahead; no key is in both batches
+with Kafka, and a key that failed gives its later rows back (``keyorder``). A round
+ends with nothing in flight when nothing was claimed, Kafka looked unreachable, or a
+stop was requested. Here too: how long an idle relay sleeps, and when a burst is done.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 from django_outbox.conf import outbox_settings
 from django_outbox.models.claiming import Claim
+from django_outbox.relay import keyorder
 from django_outbox.relay.claims import Claims, budget
 from django_outbox.relay.coordination import Coordination
 from django_outbox.relay.outages import Outages
@@ -51,7 +53,11 @@ class Rounds:
         self.write_backs = write_backs
         self.outages = outages
         self.coordination = coordination
-        self.in_flight: InFlight | None = None
+        #: Sent, not settled yet, in the order sent.
+        self.in_flight: list[InFlight] = []
+        #: Keys with a row not acknowledged, settled after the batch claimed ahead was
+        #: taken (that batch may hold later rows of them: ``keyorder``).
+        self.failed_keys: set[keyorder.Key] = set()
         self.delivered = 0
         self.failed = 0
         #: Rows whose outcome the last ``run_once`` settled.
@@ -77,8 +83,7 @@ class Rounds:
         for alias in self.databases:
             if self.shutdown.requested or not self.outages.database_usable(alias):
                 continue
-            in_flight = self.in_flight
-            if in_flight is not None and in_flight.failed_early:
+            if any(in_flight.failed_early for in_flight in self.in_flight):
                 self.settle_in_flight()  # known to be in trouble: record it before more
                 if not self.outages.kafka_usable():
                     break
@@ -89,11 +94,18 @@ class Rounds:
                 continue
             self.outages.database_ok(alias)
             handled += len(batch)
+            # Claimed (ahead) before the latest failures were written back.
+            batch = self._give_back_failed_keys(batch)
+            self.failed_keys = {key for key in self.failed_keys if key[0] != alias}
             if batch.rows and not self.shutdown.requested and not self.outages.kafka_failures:
                 self.claims.claim_ahead(alias)
-            sent = self._send(batch) if batch.rows else None
+            batch, held = keyorder.split(batch, keyorder.keys_in(self.in_flight))
+            sent = [self._send(batch)] if batch.rows else []
             # The previous batch's acks arrived meanwhile, or arrive now.
-            self.settle_in_flight(flush=sent is None)
+            self.settle_in_flight(flush=not sent)
+            held = self._give_back_failed_keys(held)
+            if held.rows:  # their keys' earlier rows are acknowledged now
+                sent.append(self._send(held))
             self.in_flight = sent
         if not handled or self.shutdown.requested or not self.outages.kafka_usable():
             self.settle_in_flight()
@@ -103,25 +115,33 @@ class Rounds:
     def _send(self, batch: Claim) -> InFlight:
         return self.sender.send(prepare(batch), max(budget(batch, self.lease_seconds), 0.5))
 
+    def _give_back_failed_keys(self, batch: Claim) -> Claim:
+        """``batch`` without the rows of ``failed_keys``; those are given back unsent."""
+        batch, failed = keyorder.split(batch, self.failed_keys)
+        if failed.rows:
+            self.write_backs.give_back(failed)
+        return batch
+
     def settle_in_flight(self, *, flush: bool = True) -> None:
-        in_flight, self.in_flight = self.in_flight, None
-        if in_flight is None:
-            return
-        settled = self.sender.settle(in_flight, flush=flush)
-        self.settled_last_turn += len(settled.outcomes)
-        if settled.unreachable:
-            self.outages.kafka_unreachable(settled)
-        else:
-            self.outages.kafka_ok()
-        self.delivered += settled.acked
-        self.failed += len(settled.outcomes) - settled.acked
-        self.write_backs.record(settled)
+        in_flight, self.in_flight = self.in_flight, []
+        for sent in in_flight:
+            settled = self.sender.settle(sent, flush=flush)
+            self.settled_last_turn += len(settled.outcomes)
+            if settled.unreachable:
+                self.outages.kafka_unreachable(settled)
+            else:
+                self.outages.kafka_ok()
+            self.delivered += settled.acked
+            self.failed += len(settled.outcomes) - settled.acked
+            self.failed_keys |= keyorder.failed_keys(settled)
+            self.write_backs.record(settled)
 
     def quiesce(self) -> None:
         """Nothing with Kafka, nothing claimed ahead: what was sent is settled, the rest
         given back."""
         self.settle_in_flight()
         self.claims.give_back_ahead()
+        self.failed_keys.clear()  # the next claims are taken after these write-backs
 
     def finish(self) -> None:
         """On a clean stop: what was sent gets recorded, the rest given back."""
@@ -145,7 +165,7 @@ class Rounds:
     def burst_done(self) -> bool:
         """A burst ends when nothing is due; it gives up on what it cannot reach."""
         outages = self.outages
-        if self.in_flight is not None or self.write_backs.pending:
+        if self.in_flight or self.write_backs.pending:
             return False
         if any(alias not in outages.broken for alias in self.claims.ahead):
             return False  # (a broken database's claim ahead is given back on the way out)

@@ -38,12 +38,19 @@ from django_outbox.ops import tracing
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a batch whose fate is unknown waits before it is due again (no attempt counted).
+#: Seconds a burst lets a row of unknown fate wait before it is due again (no attempt
+#: counted), so the burst ends while Kafka is away; the steady relay makes it due at
+#: once, so that no later row of its key is due before it (``keyorder``).
 UNREACHABLE_DELAY = 1.0
 
 
 class RecordError(Exception):
     """An outbox row that cannot be turned into a Kafka record (its fault, for good)."""
+
+
+def is_final(outcome: BaseException) -> bool:
+    """The row itself is at fault, for good: it cannot become a record, or is poison."""
+    return isinstance(outcome, RecordError) or kafka.is_poison(outcome)
 
 
 def build_record(row: Any, alias: str) -> kafka.OutboxRecord:

@@ -34,20 +34,24 @@ from django_outbox.ops import metrics
 from django_outbox.relay import deadlocks
 from django_outbox.relay.dbthread import Submit
 from django_outbox.relay.outages import Outages
-from django_outbox.relay.send import UNREACHABLE_DELAY, RecordError, Sender, Settled
+from django_outbox.relay.send import UNREACHABLE_DELAY, Sender, Settled, is_final
 
 logger = logging.getLogger(__name__)
 
 
 def failure_of(row: Any, outcome: BaseException) -> Failure:
     """The ``Failure`` a row's outcome means: final, definite, or of unknown fate."""
-    final = isinstance(outcome, RecordError) or kafka.is_poison(outcome)
     return Failure(
-        row, describe(outcome), final=final, definite=not kafka.is_transport_error(outcome)
+        row,
+        describe(outcome),
+        final=is_final(outcome),
+        definite=not kafka.is_transport_error(outcome),
     )
 
 
-def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> None:
+def write_back(
+    settled: Settled, *, attempts: int = 3, pause: float = 0.5, unknown_delay: float = 0.0
+) -> None:
     """Record ``settled`` (fenced on its lease), on a fresh connection after a failure.
 
     Raises the database's error when every attempt failed; the caller keeps the
@@ -58,7 +62,7 @@ def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> No
         try:
             # a deadlock's victim (relays' claims and write-backs lock rows and fences)
             # rolled back whole: retried at once, no attempt spent
-            deadlocks.retry_deadlocks(lambda: _write(settled))
+            deadlocks.retry_deadlocks(lambda: _write(settled, unknown_delay))
             metrics.batch_recorded(settled.claim)
             return
         except Exception:
@@ -77,7 +81,7 @@ def write_back(settled: Settled, *, attempts: int = 3, pause: float = 0.5) -> No
             time.sleep(pause * attempt)
 
 
-def _write(settled: Settled) -> None:
+def _write(settled: Settled, unknown_delay: float = 0.0) -> None:
     claim, now = settled.claim, timezone.now()
     acked = [row for row, o in zip(claim.rows, settled.outcomes, strict=True) if o is None]
     failed = [(row, o) for row, o in zip(claim.rows, settled.outcomes, strict=True) if o]
@@ -101,11 +105,14 @@ def _write(settled: Settled) -> None:
     if not failed:
         return
     failures = [failure_of(row, outcome) for row, outcome in failed]
-    if settled.unreachable:
-        # Nothing is known and Kafka looks away: no attempt spent, due again shortly.
-        unknown = [f for f in failures if not f.final and not f.definite]
-        error = f"not delivered, will retry: {failures[0].error}"
-        release(claim, [f.row.id for f in unknown], now, error=error, delay=UNREACHABLE_DELAY)
+    unknown = [f for f in failures if not f.final and not f.definite]
+    if unknown:
+        # No answer, or the cluster's own trouble: nothing is known about the records,
+        # so no attempt is spent, and they are due again at once (keyorder: no later
+        # row of their keys may be due before them). A burst waits ``unknown_delay``
+        # (``UNREACHABLE_DELAY``) so that it ends even while Kafka is away.
+        error = f"not delivered, will retry: {unknown[0].error}"
+        release(claim, [f.row.id for f in unknown], now, error=error, delay=unknown_delay)
         _signal_failures(claim.alias, unknown)
         failures = [f for f in failures if f.final or f.definite]
         if not failures:
@@ -164,7 +171,8 @@ class WriteBacks:
 
     def record(self, settled: Settled) -> None:
         """Hand the write-back of ``settled`` to the database thread."""
-        future = self._submit(settled.claim.alias, write_back, settled)
+        delay = UNREACHABLE_DELAY if self._outages.burst else 0.0
+        future = self._submit(settled.claim.alias, write_back, settled, unknown_delay=delay)
         self.writing.append((settled.claim, settled, future))
 
     def give_back(self, batch: Claim) -> None:
