@@ -104,7 +104,9 @@ class Rounds:
             # The previous batch's acks arrived meanwhile, or arrive now.
             self.settle_in_flight(flush=not sent)
             held = self._give_back_failed_keys(held)
-            if held.rows:  # their keys' earlier rows are acknowledged now
+            if held.rows and (self.shutdown.requested or not self.outages.kafka_usable()):
+                self.write_backs.give_back(held)
+            elif held.rows:  # their keys' earlier rows are acknowledged now
                 sent.append(self._send(held))
             self.in_flight = sent
         if not handled or self.shutdown.requested or not self.outages.kafka_usable():
