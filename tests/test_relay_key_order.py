@@ -67,10 +67,19 @@ def test_failed_keys_are_the_keys_of_rows_that_will_be_sent_again():
     assert keyorder.failed_keys(Settled(claim, outcomes)) == {("db", "t", "b")}
 
 
+def test_a_later_row_acknowledged_after_an_earlier_failed_one_is_named():
+    claim = Claim("db", LEASE, [row(1, "a"), row(2, "b"), row(3, "a"), row(4, "b"), row(5, "a")])
+    lost = kafka.NotAcknowledged("no answer")
+    assert keyorder.overtaken(Settled(claim, [lost, None, None, None, None])) == [(1, 3)]
+    assert keyorder.overtaken(Settled(claim, [None, lost, None, lost, None])) == []
+    dead = RecordError("cannot build")  # a dead row holds nothing
+    assert keyorder.overtaken(Settled(claim, [dead, None, None, None, None])) == []
+
+
 # ------------------------------------------------------------------ on the real broker
 
 
-def failing_once(victims: set[int]):
+def failing_once(victims: set[int], *, whole_key: bool = True):
     """A ``kafka.send_batch`` that does not send the records of ``victims`` the first
     time it meets them, nor the later records of their key in that send (as when a
     produce batch of their partition fails): their outcome is ``NotAcknowledged``, as
@@ -84,7 +93,7 @@ def failing_once(victims: set[int]):
         sends.append(ids)
         drop, broken = [], set()
         for i, (pk, record) in enumerate(zip(ids, records, strict=True)):
-            if (pk in victims and pk not in failed) or record.key in broken:
+            if (pk in victims and pk not in failed) or (whole_key and record.key in broken):
                 drop.append(i)
                 broken.add(record.key)
         failed.update(ids[i] for i in drop)
@@ -138,3 +147,34 @@ def test_a_failed_row_is_not_overtaken_by_later_rows_of_its_key(
     assert all(sum(pk in ids for ids in sends) >= 2 for pk in victims)
     # a row of unknown fate spends no attempt
     assert OutboxMessage.objects.filter(pk__in=victims, retry_count=0).count() == len(victims)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS)
+def test_an_order_broken_inside_one_batch_is_said(
+    relay_settings, kafka_bootstrap, kafka_topic, monkeypatch, caplog
+):
+    """Only the first row of a key's two in one batch fails (as when the first of two
+    produce requests of one partition fails): Kafka holds them out of order, and the
+    relay says so rather than keep quiet."""
+    relay_settings.OUTBOX_WAKE_RELAY = False
+    made = make_rows(4, kafka_topic, keys=["k"])
+    victim = made[0].pk
+    send_batch, _sends, failed = failing_once({victim}, whole_key=False)
+    monkeypatch.setattr(kafka, "send_batch", send_batch)
+    relay = Relay(batch_size=10, interval=0.05, lease_seconds=10)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: OutboxMessage.objects.filter(status=Status.PUBLISHED).count() == len(made),
+            60,
+            "every row published",
+        )
+    finally:
+        relay.stop()
+        thread.join(30)
+    assert failed == {victim}
+    assert order_inversions(read_topic(kafka_bootstrap, kafka_topic, len(made))) == 1
+    said = [r.getMessage() for r in caplog.records if "out of order in Kafka" in r.getMessage()]
+    assert said and f"#{made[1].pk} before #{victim}" in said[0]

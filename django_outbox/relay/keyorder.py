@@ -20,6 +20,10 @@ claimed ahead), so three rules keep each key's rows in id order:
 A key is (database, topic, message key); rows without a key have no order to keep
 (Kafka's partitioner spreads them). A row that fails with a definite error backs off
 (``OUTBOX_STRICT_ORDER`` keeps the order through those too: docs/relay.rst).
+
+What the rules cannot undo is said (``overtaken``): within one batch, a later row of
+a key acknowledged while an earlier one was not (two produce requests of one
+partition, the first failed) is already out of order in Kafka.
 """
 
 from __future__ import annotations
@@ -74,3 +78,19 @@ def failed_keys(settled: Settled) -> set[Key]:
         and not is_final(outcome)
         and (k := key_of(claim.alias, row)) is not None
     }
+
+
+def overtaken(settled: Settled) -> list[tuple[int, int]]:
+    """Per key, (an id not acknowledged, a later id of its key that was): order broken."""
+    claim = settled.claim
+    failed: dict[Key, int] = {}
+    broken: dict[Key, tuple[int, int]] = {}
+    for row, outcome in zip(claim.rows, settled.outcomes, strict=True):
+        key = key_of(claim.alias, row)
+        if key is None or key in broken:
+            continue
+        if outcome is not None and not is_final(outcome):
+            failed.setdefault(key, row.id)
+        elif outcome is None and key in failed:
+            broken[key] = (failed[key], row.id)
+    return list(broken.values())

@@ -10,19 +10,23 @@ stop was requested. Here too: how long an idle relay sleeps, and when a burst is
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
 from django_outbox.conf import outbox_settings
 from django_outbox.models.claiming import Claim
+from django_outbox.ops import metrics
 from django_outbox.relay import keyorder
 from django_outbox.relay.claims import Claims, budget
 from django_outbox.relay.coordination import Coordination
 from django_outbox.relay.outages import Outages
-from django_outbox.relay.send import InFlight, Sender, prepare
+from django_outbox.relay.send import InFlight, Sender, Settled, prepare
 from django_outbox.relay.write_back import WriteBacks
 from django_outbox.shutdown import Shutdown
 from django_outbox.wakeup import Wakeup
+
+logger = logging.getLogger(__name__)
 
 #: A burst stops after this many looks at an unreachable broker.
 BURST_GIVE_UP = 3
@@ -136,7 +140,25 @@ class Rounds:
             self.delivered += settled.acked
             self.failed += len(settled.outcomes) - settled.acked
             self.failed_keys |= keyorder.failed_keys(settled)
+            self._say_overtaken(settled)
             self.write_backs.record(settled)
+
+    def _say_overtaken(self, settled: Settled) -> None:
+        broken = keyorder.overtaken(settled)
+        if not broken:
+            return
+        topics = {row.id: row.topic for row in settled.claim.rows}
+        for earlier, _later in broken:
+            metrics.ordering_violation(topics[earlier])
+        logger.warning(
+            "outbox relay: %d key(s) on %r out of order in Kafka: a later row was "
+            "acknowledged while an earlier one of its key was not (first: #%d before #%d); "
+            "the earlier row is sent again after it (OUTBOX_STRICT_ORDER rules this out)",
+            len(broken),
+            settled.claim.alias,
+            broken[0][1],
+            broken[0][0],
+        )
 
     def quiesce(self) -> None:
         """Nothing with Kafka, nothing claimed ahead: what was sent is settled, the rest
