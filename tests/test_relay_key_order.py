@@ -111,6 +111,23 @@ def failing_once(victims: set[int], *, whole_key: bool = True):
     return send_batch, sends, failed
 
 
+def relay_until_published(count: int, batch_size: int) -> None:
+    """Run a relay in a thread until ``count`` rows are published, then stop it."""
+    relay = Relay(batch_size=batch_size, interval=0.05, lease_seconds=10)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: OutboxMessage.objects.filter(status=Status.PUBLISHED).count() == count,
+            60,
+            "every row published",
+        )
+    finally:
+        relay.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS)
 def test_a_failed_row_is_not_overtaken_by_later_rows_of_its_key(
@@ -126,18 +143,7 @@ def test_a_failed_row_is_not_overtaken_by_later_rows_of_its_key(
     victims = {hot[3], hot[10], hot[11]}  # one alone, two in a row
     send_batch, sends, failed = failing_once(victims)
     monkeypatch.setattr(kafka, "send_batch", send_batch)
-    relay = Relay(batch_size=4, interval=0.05, lease_seconds=10)
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(
-            lambda: OutboxMessage.objects.filter(status=Status.PUBLISHED).count() == len(made),
-            60,
-            "every row published",
-        )
-    finally:
-        relay.stop()
-        thread.join(30)
+    relay_until_published(len(made), batch_size=4)
     records = read_topic(kafka_bootstrap, kafka_topic, len(made))
     first_copies = {int(dict(r.headers)["outbox_id"]) for r in records}
     assert first_copies == {m.pk for m in made}
@@ -162,18 +168,7 @@ def test_an_order_broken_inside_one_batch_is_said(
     victim = made[0].pk
     send_batch, _sends, failed = failing_once({victim}, whole_key=False)
     monkeypatch.setattr(kafka, "send_batch", send_batch)
-    relay = Relay(batch_size=10, interval=0.05, lease_seconds=10)
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    try:
-        wait_for(
-            lambda: OutboxMessage.objects.filter(status=Status.PUBLISHED).count() == len(made),
-            60,
-            "every row published",
-        )
-    finally:
-        relay.stop()
-        thread.join(30)
+    relay_until_published(len(made), batch_size=10)
     assert failed == {victim}
     assert order_inversions(read_topic(kafka_bootstrap, kafka_topic, len(made))) == 1
     said = [r.getMessage() for r in caplog.records if "out of order in Kafka" in r.getMessage()]
