@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from django.db import connections
 
 from django_outbox.envelope import Event
 from django_outbox.models import OutboxMessage, Status
+from tests.kafka_fixtures import read_topic, topic_record_count
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,6 +91,14 @@ def row_event_ids(queryset) -> set[str]:
     return {
         json.loads(payload)["event_id"] for payload in queryset.values_list("payload", flat=True)
     }
+
+
+def assert_each_row_once_in(bootstrap: str, topic: str) -> None:
+    """The topic holds every row's event exactly once, and nothing else."""
+    expected = row_event_ids(OutboxMessage.objects.all())
+    assert topic_record_count(bootstrap, topic) == len(expected)
+    records = read_topic(bootstrap, topic, expected_count=len(expected))
+    assert Counter(event_ids(records)) == Counter(expected)
 
 
 @contextmanager

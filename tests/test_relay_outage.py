@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -22,17 +21,14 @@ from tests.kafka_fixtures import (
     BrokerControl,
     create_topic,
     delete_topic,
-    read_topic,
-    topic_record_count,
     unique_topic_name,
 )
 
 from .relay_support import (
     FAST_FAIL_PRODUCER,
     IGNORE_LEAKED_SOCKETS,
-    event_ids,
+    assert_each_row_once_in,
     leaked_sockets_collected,
-    row_event_ids,
     run_in_thread,
     wait_for,
 )
@@ -81,14 +77,6 @@ def publish(count: int, wave: str) -> list[OutboxMessage]:
             publish_event("outage.tested", {"wave": wave, "n": n}, key=f"k{n % 4}")
             for n in range(count)
         ]
-
-
-def assert_each_row_once_in(bootstrap: str, topic: str) -> None:
-    """The topic holds every row's event exactly once, and nothing else."""
-    expected = row_event_ids(OutboxMessage.objects.all())
-    assert topic_record_count(bootstrap, topic) == len(expected)
-    records = read_topic(bootstrap, topic, expected_count=len(expected))
-    assert Counter(event_ids(records)) == Counter(expected)
 
 
 def test_burst_while_the_broker_is_down_keeps_the_rows_then_delivers_each_once(

@@ -168,10 +168,15 @@ class Rounds:
         self.failed_keys.clear()  # the next claims are taken after these write-backs
 
     def finish(self) -> None:
-        """On a clean stop: what was sent gets recorded, the rest given back."""
+        """On a clean stop: what was sent gets recorded, the rest given back.
+
+        An outcome kept for a failing database is tried once more, pause or not; one
+        that still fails is named and dropped (its rows go out again after the lease).
+        """
         self.quiesce()
-        self.write_backs.record_unrecorded()
+        self.write_backs.record_unrecorded(stopping=True)
         self.write_backs.collect(wait=True)
+        self.write_backs.abandon()
 
     def idle_wait(self, wakeup: Wakeup | None) -> float:
         """Seconds an idle relay sleeps, unless a commit wakes it first."""
@@ -181,7 +186,7 @@ class Rounds:
         waits = [self.interval, max(self.coordination.tick_at - time.monotonic(), 0.05)]
         if wakeup is None or set(self.databases) - wakeup.listening:
             waits.append(outbox_settings.poll_interval)
-        retry_at = outages.database_retry_times()
+        retry_at = outages.database_retry_times(kept=self.write_backs.kept)
         if retry_at:
             waits.append(max(min(retry_at) - time.monotonic(), 0.05))
         return min(waits)

@@ -5,7 +5,7 @@ Acknowledged rows become ``published``, with the partition and offset Kafka gave
 with no attempt spent (nothing known, broker unreachable) or ``dead`` (a definite,
 final answer), each through the fenced transitions of ``django_outbox.models``. A
 database that fails is retried on a fresh connection; the caller keeps the outcome
-and tries again while the claim's lease lasts.
+and writes it once the database answers again, while the claim's lease lasts.
 
 ``WriteBacks`` is the relay's side of it: the write-backs handed to the database
 thread until they are known done, and the outcomes kept while their database fails.
@@ -33,7 +33,7 @@ from django_outbox.models.claiming import (
 from django_outbox.ops import metrics
 from django_outbox.relay import deadlocks
 from django_outbox.relay.dbthread import Submit
-from django_outbox.relay.outages import Outages
+from django_outbox.relay.outages import KEPT_PAUSE, Outages
 from django_outbox.relay.send import UNREACHABLE_DELAY, Sender, Settled, is_final
 
 logger = logging.getLogger(__name__)
@@ -151,8 +151,12 @@ def _reconnect(alias: str) -> None:
 class WriteBacks:
     """The relay's write-backs, handed to the database thread in order, until known done.
 
-    An outcome whose write-back failed is kept and written again, on a fresh
-    connection, while the claim's lease lasts (its rows are not sent again meanwhile).
+    An outcome whose write-back failed is kept (its rows are not sent again meanwhile)
+    and written first thing in the first round after its database's pause, in steady
+    and burst mode alike: the write is the look at the database, one attempt on a
+    fresh connection, fenced on the claim's token. While it is kept, the pause is at
+    most ``outages.KEPT_PAUSE``. Once the claim's lease has run out it is dropped: the
+    rows are due again and go out again.
     """
 
     def __init__(self, submit: Submit, outages: Outages) -> None:
@@ -161,7 +165,7 @@ class WriteBacks:
         #: Write-backs handed to the database thread, not known to be done yet: the
         #: claim, its outcome (None for a batch given back unsent), the job.
         self.writing: list[tuple[Claim, Settled | None, Future[Any]]] = []
-        #: Settled batches whose write-back failed: recorded first thing next turn.
+        #: Settled batches whose write-back failed, written again once the database answers.
         self.unrecorded: list[Settled] = []
 
     @property
@@ -169,10 +173,17 @@ class WriteBacks:
         """Some write-back is not known to be done, or waits to be written again."""
         return bool(self.writing or self.unrecorded)
 
-    def record(self, settled: Settled) -> None:
+    @property
+    def kept(self) -> set[str]:
+        """The databases that outcomes wait for."""
+        return {settled.claim.alias for settled in self.unrecorded}
+
+    def record(self, settled: Settled, *, attempts: int = 3) -> None:
         """Hand the write-back of ``settled`` to the database thread."""
         delay = UNREACHABLE_DELAY if self._outages.burst else 0.0
-        future = self._submit(settled.claim.alias, write_back, settled, unknown_delay=delay)
+        future = self._submit(
+            settled.claim.alias, write_back, settled, attempts=attempts, unknown_delay=delay
+        )
         self.writing.append((settled.claim, settled, future))
 
     def give_back(self, batch: Claim) -> None:
@@ -193,11 +204,18 @@ class WriteBacks:
                 self._outages.database_failed(batch.alias)
                 if settled is not None:
                     # Kafka has answered; the answer is kept and written on a fresh
-                    # connection next turn, while the lease lasts (rows are not sent
-                    # again meanwhile). A batch given back unsent just waits for its lease.
-                    self.unrecorded.append(settled)
+                    # connection once the database's pause is over, while the lease
+                    # lasts (rows are not sent again meanwhile). A batch given back
+                    # unsent just waits for its lease.
+                    self._keep(settled)
+            else:
+                # (a success from before a later job's failure leaves that pause alone)
+                if not self._outages.database_paused(batch.alias):
+                    self._outages.database_ok(batch.alias)
 
-    def record_unrecorded(self) -> None:
+    def record_unrecorded(self, *, stopping: bool = False) -> None:
+        """Hand over the outcomes kept whose database's pause is over (``stopping``: all
+        of them, one last time before the relay exits)."""
         pending, self.unrecorded = self.unrecorded, []
         for settled in pending:
             if settled.claim.lease <= timezone.now():
@@ -207,8 +225,25 @@ class WriteBacks:
                     len(settled.claim.rows),
                     settled.claim.alias,
                 )
-                continue
-            if self._outages.database_usable(settled.claim.alias):
-                self.record(settled)
+            elif stopping or not self._outages.database_paused(settled.claim.alias):
+                self.record(settled, attempts=1)
             else:
-                self.unrecorded.append(settled)
+                self._keep(settled)
+
+    def _keep(self, settled: Settled) -> None:
+        # The lease runs while the outcome waits: the database is looked at again soon.
+        self._outages.look_again_within(settled.claim.alias, KEPT_PAUSE)
+        self.unrecorded.append(settled)
+
+    def abandon(self) -> None:
+        """On the way out: name the outcomes that could not be written, and drop them."""
+        abandoned, self.unrecorded = self.unrecorded, []
+        for settled in abandoned:
+            logger.warning(
+                "outbox relay: stopping with the outcome of %d row(s) of %r unwritten (the "
+                "database fails); they stay leased until %s, then go out again (consumers "
+                "take a repeated event_id as a duplicate)",
+                len(settled.claim.rows),
+                settled.claim.alias,
+                settled.claim.lease.isoformat(),
+            )
