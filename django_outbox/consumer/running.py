@@ -111,7 +111,8 @@ def run_in_savepoint(
     cannot be rolled back (the connection is lost, MariaDB rolled the transaction
     back for a deadlock, PostgreSQL's transaction broke without a savepoint), the
     chunk's transaction is lost: a database error propagates (unless
-    ``database_errors_fail``), anything else as ``HandlerBroke``.
+    ``database_errors_fail``), anything else as ``HandlerBroke``. So does a database
+    error of a handler that made no query here (is the database away?).
     """
     events = unit.events
     if ran is not None:
@@ -127,12 +128,18 @@ def run_in_savepoint(
         savepoints.disarm()
     if failure is None:
         return None
+    database_error = isinstance(failure, DATABASE_ERRORS) and not database_errors_fail
+    # A savepoint rolled back proves the database answers; without one, a database
+    # error may mean it does not: the caller's retries find out (the chunk again).
+    answered = bool(savepoints.issued)
     try:
         savepoints.rollback()
     except RollbackFailed:
-        if isinstance(failure, DATABASE_ERRORS) and not database_errors_fail:
+        if database_error:
             raise failure from None
         raise HandlerBroke(failure) from failure
+    if database_error and not answered:
+        raise failure
     return failure
 
 

@@ -85,6 +85,8 @@ class LazySavepoints:
         self.disarm()
         for alias in self.aliases:
             connection = connections[alias]
+            if connection.connection is None or getattr(connection, "closed_in_transaction", False):
+                raise RollbackFailed(f"the connection to {alias!r} was closed in the transaction")
             if alias in self.issued:
                 # Django refuses queries while the flag is up; the savepoint clears it.
                 transaction.set_rollback(False, using=alias)
