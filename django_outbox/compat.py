@@ -64,6 +64,31 @@ def transaction_failed(connection: Any) -> bool:
     return int(status) == _PQTRANS_INERROR
 
 
+def joins_statements(cursor: Any) -> bool:
+    """Whether the driver's ``cursor`` sends ``"A; B"`` as one query, parameters and all.
+
+    psycopg2 does (client-side binding; the last statement's result is the cursor's);
+    so does psycopg 3's ``ClientCursor``, Django's default (``nextset()`` then moves to
+    the second result). Not a named (server-side) cursor of either, nor psycopg 3
+    with ``server_side_binding``, nor mysqlclient without ``CLIENT.MULTI_STATEMENTS``,
+    nor sqlite3.
+    """
+    module = type(cursor).__module__
+    if module.startswith("psycopg2"):
+        return getattr(cursor, "name", None) is None  # a named cursor DECLAREs its query
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg2 only
+        return False
+    return isinstance(cursor, psycopg.ClientCursor)
+
+
+def to_second_result(cursor: Any) -> None:
+    """After ``"A; B"`` through a cursor that ``joins_statements``: B's result current."""
+    if not type(cursor).__module__.startswith("psycopg2"):
+        cursor.nextset()
+
+
 def test_case_savepoints(connection: Any) -> set[str | None] | None:
     """The savepoint ids of the atomic blocks a Django ``TestCase`` holds open.
 

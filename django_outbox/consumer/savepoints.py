@@ -4,7 +4,10 @@ A chunk's handlers run one after another in the chunk's transaction (``chunk.py`
 Before each one, ``LazySavepoints.arm()``; a ``connection.execute_wrapper`` on each
 of the chunk's connections then issues ``SAVEPOINT`` right before the handler's
 first statement there. A handler that makes no query (a call to an HTTP API, an
-e-mail through ``on_commit``) costs no round trip; one that does costs one. If the
+e-mail through ``on_commit``) costs no round trip. On PostgreSQL the ``SAVEPOINT``
+travels in the same query as that first statement (``"SAVEPOINT s; INSERT ..."``,
+client-side binding: psycopg2, and psycopg 3 unless ``server_side_binding``), so it
+costs no round trip either; elsewhere it costs one. If the
 handler fails, ``rollback()`` goes back to the savepoints issued (its writes go, the
 other handlers' stay) and drops the ``on_commit`` callbacks it registered: Django
 only drops the callbacks of savepoints it made itself (``transaction.atomic``).
@@ -115,13 +118,21 @@ class LazySavepoints:
         def issue_first(
             execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any
         ) -> Any:
-            if alias in self.armed:
-                self.armed.discard(alias)
-                # Through a cursor of its own: this wrapper lets it pass (disarmed).
-                with connection.cursor() as cursor:
-                    cursor.execute(connection.ops.savepoint_create_sql(self.name))
-                self.issued.add(alias)
-                self.count[alias] += 1
+            if alias not in self.armed:
+                return execute(sql, params, many, context)
+            self.armed.discard(alias)
+            self.issued.add(alias)
+            self.count[alias] += 1
+            savepoint = connection.ops.savepoint_create_sql(self.name)
+            raw = context["cursor"].cursor
+            if not many and compat.joins_statements(raw):
+                # PostgreSQL: in the same query as the handler's statement, no round trip.
+                result = execute(f"{savepoint}; {sql}", params, many, context)
+                compat.to_second_result(raw)
+                return result
+            # Through a cursor of its own: this wrapper lets it pass (disarmed).
+            with connection.cursor() as cursor:
+                cursor.execute(savepoint)
             return execute(sql, params, many, context)
 
         return issue_first
