@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from django_outbox import Event, publish_event
 from django_outbox.consumer import Delivery, Handling
-from django_outbox.consumer import savepoints as lazy
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry
@@ -184,7 +183,9 @@ def test_a_handler_with_queries_gets_one_savepoint_each(conversation):
     with registered(PLAIN, Outside().plain):
         with CaptureQueriesContext(connection) as queries:
             Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
-    with_savepoint = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" in q["sql"]]
+    with_savepoint = [
+        q["sql"] for q in queries.captured_queries if q["sql"].startswith("SAVEPOINT")
+    ]
     names = [re.search(r'SAVEPOINT\s+"?(\w+)', sql).group(1) for sql in with_savepoint]
     assert len(names) == 3 and len(set(names)) == 1  # one name, never released
     # PostgreSQL: in the query of the handler's first statement, not a round trip of its own.
@@ -235,8 +236,8 @@ def test_a_handler_that_swallows_a_database_error_is_rolled_back_alone(conversat
         assert histories() == set(ids)
 
 
-def test_a_postgresql_chunk_ends_at_its_subtransaction_cap(conversation, monkeypatch):
-    monkeypatch.setattr(lazy, "SUBTRANSACTIONS", 2)
+def test_a_postgresql_chunk_ends_at_its_subtransaction_cap(conversation, settings):
+    settings.OUTBOX_CONSUMER_SUBTRANSACTIONS = 2
     rows = [publish_event(PLAIN, data(conversation, n)) for n in range(5)]
     outside = Outside()
     with registered(PLAIN, outside.plain):
@@ -301,3 +302,11 @@ def test_effects_are_exactly_the_passing_handlers_each_once(conversation, plan):
         else:
             assert sent[event_id] <= 1  # in a failing list, then left behind its partition
     assert all(sent[event_id] == 1 for event_id in handled if types[event_id][0] == PLAIN)
+
+
+def test_no_subtransaction_cap_at_zero(conversation, settings):
+    settings.OUTBOX_CONSUMER_SUBTRANSACTIONS = 0
+    rows = [publish_event(PLAIN, data(conversation, n)) for n in range(5)]
+    with registered(PLAIN, Outside().plain):
+        results = Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
+    assert outcomes(results) == ["handled"] * 5

@@ -16,7 +16,7 @@ partition keeps its order: the list is handed over before the handler of any lat
 record of one of its partitions runs.
 
 On PostgreSQL a chunk ends early once its transaction holds
-``savepoints.SUBTRANSACTIONS`` savepoints; the records after that wait for the
+``OUTBOX_CONSUMER_SUBTRANSACTIONS`` savepoints; the records after that wait for the
 next chunk.
 """
 

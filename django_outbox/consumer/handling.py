@@ -112,7 +112,7 @@ class Handling:
         else that broke it (``HandlerBroke``) or a failed commit. The caller retries
         the chunk, or handles its records one by one with ``handle``. Records left
         for later are also those after the point where the chunk holds too many
-        savepoints (PostgreSQL's subtransaction cache, ``savepoints.SUBTRANSACTIONS``).
+        savepoints (PostgreSQL's subtransaction cache, ``OUTBOX_CONSUMER_SUBTRANSACTIONS``).
         """
         parsed = [records.parse(delivery) for delivery in deliveries]
         references = self.rows.references(deliveries, parsed)

@@ -127,6 +127,7 @@ def run_in_savepoint(
     finally:
         savepoints.disarm()
     if failure is None:
+        savepoints.keep()
         return None
     database_error = isinstance(failure, DATABASE_ERRORS) and not database_errors_fail
     # A savepoint rolled back proves the database answers; without one, a database

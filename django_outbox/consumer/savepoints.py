@@ -7,19 +7,23 @@ first statement there. A handler that makes no query (a call to an HTTP API, an
 e-mail through ``on_commit``) costs no round trip. On PostgreSQL the ``SAVEPOINT``
 travels in the same query as that first statement (``"SAVEPOINT s; INSERT ..."``,
 client-side binding: psycopg2, and psycopg 3 unless ``server_side_binding``), so it
-costs no round trip either; elsewhere it costs one. If the
-handler fails, ``rollback()`` goes back to the savepoints issued (its writes go, the
-other handlers' stay) and drops the ``on_commit`` callbacks it registered: Django
-only drops the callbacks of savepoints it made itself (``transaction.atomic``).
+costs no round trip either; on MariaDB it costs one. If the handler fails,
+``rollback()`` goes back to the savepoints issued (its writes go, the other
+handlers' stay) and drops the ``on_commit`` callbacks it registered: Django only
+drops the callbacks of savepoints it made itself (``transaction.atomic``).
 
-One savepoint name serves the whole chunk and is never released: MySQL/MariaDB
-replace a savepoint of the same name (the older one is released), PostgreSQL and
-SQLite shadow it (``ROLLBACK TO`` goes to the newest). Either way the release round
-trip is saved. On PostgreSQL each savepoint whose handler writes is a subtransaction with
-an id of its own; past 64 in one transaction the backend's cache of them overflows
-(other sessions' snapshots then look them up in ``pg_subtrans``). ``full()`` tells
-the chunk to stop there (``SUBTRANSACTIONS``): the records after it wait for the
-next chunk.
+One savepoint name serves the whole chunk and is not released: MySQL/MariaDB
+replace a savepoint of the same name (the older one is released), PostgreSQL
+shadows it (``ROLLBACK TO`` goes to the newest). Either way the release round trip
+is saved. SQLite shadows it too, but there each open savepoint makes later writes
+dearer (20-50k inserts/s nested 200 deep against 90k/s without, measured here): a
+handler's savepoint is released once it succeeded, an in-process call.
+
+On PostgreSQL each savepoint whose handler writes is a subtransaction with an id of
+its own; past 64 in one transaction the backend's cache of them overflows (other
+sessions' snapshots then look them up in ``pg_subtrans``). ``full()`` tells the
+chunk to stop there (``OUTBOX_CONSUMER_SUBTRANSACTIONS``): the records after it wait
+for the next chunk.
 """
 
 from __future__ import annotations
@@ -32,10 +36,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from django_outbox import compat
-
-#: Savepoints one chunk's transaction takes on PostgreSQL before it ends early: the
-#: size of a backend's cache of subtransaction ids (``PGPROC_MAX_CACHED_SUBXIDS``).
-SUBTRANSACTIONS = 64
+from django_outbox.conf import outbox_settings
 
 
 class RollbackFailed(Exception):
@@ -73,6 +74,15 @@ class LazySavepoints:
     def disarm(self) -> None:
         self.armed = set()
 
+    def keep(self) -> None:
+        """The handler succeeded. SQLite nests same-named savepoints, and each open one
+        makes the next writes dearer: released there (in-process, no round trip)."""
+        for alias in self.issued:
+            connection = connections[alias]
+            if connection.vendor == "sqlite":
+                with connection.cursor() as cursor:
+                    cursor.execute(connection.ops.savepoint_commit_sql(self.name))
+
     def broken(self) -> str | None:
         """Whether the handler left a transaction unusable though it returned: which."""
         for alias in self.aliases:
@@ -106,9 +116,12 @@ class LazySavepoints:
             compat.drop_on_commit_callbacks(connection, self.callbacks.get(alias, 0))
 
     def full(self) -> bool:
-        """Whether a transaction holds as many subtransactions as PostgreSQL caches."""
-        return any(
-            count >= SUBTRANSACTIONS and connections[alias].vendor == "postgresql"
+        """Whether a PostgreSQL transaction holds ``OUTBOX_CONSUMER_SUBTRANSACTIONS``
+        savepoints: 64 by default, the size of a backend's cache of subtransaction
+        ids (``PGPROC_MAX_CACHED_SUBXIDS``)."""
+        cap = outbox_settings.consumer_subtransactions
+        return cap > 0 and any(
+            count >= cap and connections[alias].vendor == "postgresql"
             for alias, count in self.count.items()
         )
 
