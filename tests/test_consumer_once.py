@@ -24,7 +24,14 @@ from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry
 from testproject.chat.models import ChatHistory, Conversation
 
-from .consumer_support import foreign_record, handling_settings, registered
+from .consumer_support import (
+    consume,
+    foreign_record,
+    handling_settings,
+    registered,
+    send_rows,
+    unique_group,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -310,3 +317,31 @@ def test_no_subtransaction_cap_at_zero(conversation, settings):
     with registered(PLAIN, Outside().plain):
         results = Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
     assert outcomes(results) == ["handled"] * 5
+
+
+@pytest.mark.kafka
+def test_after_a_capped_chunk_the_next_chunks_are_that_size(
+    settings, kafka_bootstrap, kafka_topic, conversation, monkeypatch
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("only PostgreSQL caps a chunk's savepoints")
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = kafka_bootstrap
+    settings.OUTBOX_DEFAULT_TOPIC = kafka_topic
+    settings.OUTBOX_CONSUMER_SUBTRANSACTIONS = 3
+    rows = [publish_event(PLAIN, data(conversation, n)) for n in range(10)]
+    sizes: list[int] = []
+    real = Handling.handle_batch
+
+    def sized(self, deliveries, **kwargs):
+        sizes.append(len(deliveries))
+        return real(self, deliveries, **kwargs)
+
+    monkeypatch.setattr(Handling, "handle_batch", sized)
+    outside = Outside()
+    with registered(PLAIN, outside.plain):
+        send_rows(kafka_bootstrap, kafka_topic, rows, partition=0)
+        consumer = consume(kafka_topic, unique_group(), batch_size=200)
+
+    assert consumer.stats.outcomes == {"handled": 10}
+    assert collections.Counter(outside.sent) == {row.event.event_id: 1 for row in rows}
+    assert sizes == [10, 3, 3, 1]  # the first ends at 3 savepoints, the next are of 3

@@ -96,6 +96,8 @@ class ChunkPass:
     copies: list[tuple[int, int]] = field(default_factory=list)
     blocked: set[Partition] = field(default_factory=set)  # an inbox retry in hand
     pending: dict[tuple[str, str], Unit] = field(default_factory=dict)  # batches to hand over
+    #: Records walked when the chunk ended at its savepoint cap (PostgreSQL), or None.
+    capped_at: int | None = None
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.deliveries)
@@ -113,8 +115,11 @@ class ChunkPass:
         first_copy: dict[object, int] = {}
         for index, delivery in enumerate(self.deliveries):
             event, row = parsed[index], owned[index]
-            if stop() or self.savepoints.full():
+            if stop():
                 return  # the batches not handed over yet are left for later too
+            if self.savepoints.full():
+                self.capped_at = index
+                return
             if (delivery.topic, delivery.partition) in self.blocked:
                 continue
             mark = replay_mark(delivery)

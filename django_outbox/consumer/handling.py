@@ -65,6 +65,9 @@ class Handling:
         self.inbox_database = inbox_database or outbox_settings.database
         self.rows = LocalRows(self.group)
         self.inbox = Inbox(self.group, self.inbox_database)
+        #: Records in the last chunk that ended at its savepoint cap: a size for the
+        #: next chunks, so that they do not lock and parse records they leave behind.
+        self.capped_chunk: int | None = None
 
     # ------------------------------------------------------------------ entry points
 
@@ -135,6 +138,8 @@ class Handling:
             done = self._pass(
                 deliveries, parsed, references, to_lock, stop, database_errors_fail, ran
             )
+        if done.capped_at is not None:
+            self.capped_chunk = max(done.capped_at, 1)
         # Committed. A crash before the failures are counted only makes the failed
         # records come again (their offsets are not committed yet).
         for alias, items in done.failures.items():
