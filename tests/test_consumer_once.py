@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from django_outbox import Event, publish_event
 from django_outbox.consumer import Delivery, Handling
+from django_outbox.consumer import savepoints as lazy
 from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry
@@ -175,29 +176,44 @@ def test_a_failing_list_is_handled_one_event_at_a_time_each_once_more(conversati
     assert histories() == {ids[0], ids[2]} == set(outside.committed)
 
 
-def test_a_handler_without_a_query_costs_no_savepoint(conversation):
+@pytest.fixture
+def chunk_savepoints(monkeypatch) -> list[lazy.LazySavepoints]:
+    """The ``LazySavepoints`` of each chunk handled."""
+    made: list[lazy.LazySavepoints] = []
+    real = lazy.LazySavepoints.__init__
+
+    def init(self, aliases):
+        real(self, aliases)
+        made.append(self)
+
+    monkeypatch.setattr(lazy.LazySavepoints, "__init__", init)
+    return made
+
+
+def test_a_handler_without_a_query_costs_no_savepoint(conversation, chunk_savepoints):
     rows = [publish_event(QUIET, data(conversation, n)) for n in range(3)]
     seen: list[uuid.UUID] = []
     with registered(QUIET, lambda event: seen.append(event.event_id)):
         with CaptureQueriesContext(connection) as queries:
             results = Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
     assert outcomes(results) == ["handled"] * 3 and len(seen) == 3
+    assert [made.count for made in chunk_savepoints] == [{"default": 0}]
     assert not [q for q in queries.captured_queries if "SAVEPOINT" in q["sql"].upper()]
 
 
-def test_a_handler_with_queries_gets_one_savepoint_each(conversation):
+def test_a_handler_with_queries_gets_one_savepoint_each(conversation, chunk_savepoints):
     rows = [publish_event(PLAIN, data(conversation, n)) for n in range(3)]
     with registered(PLAIN, Outside().plain):
         with CaptureQueriesContext(connection) as queries:
             Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
-    with_savepoint = [
-        q["sql"] for q in queries.captured_queries if q["sql"].startswith("SAVEPOINT")
-    ]
-    names = [re.search(r'SAVEPOINT\s+"?(\w+)', sql).group(1) for sql in with_savepoint]
-    assert len(names) == 3 and len(set(names)) == 1  # one name, never released
-    # PostgreSQL: in the query of the handler's first statement, not a round trip of its own.
-    alone = [sql for sql in with_savepoint if "INSERT" not in sql]
-    assert len(alone) == (0 if connection.vendor == "postgresql" else 3)
+    assert [made.count for made in chunk_savepoints] == [{"default": 3}]
+    if connection.vendor == "postgresql":
+        # In the query of the handler's first statement, not a round trip of its own;
+        # one name for the chunk, never released.
+        joined = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SAVEPOINT")]
+        names = {re.match(r'SAVEPOINT\s+"?(\w+)', sql).group(1) for sql in joined}
+        assert len(joined) == 3 and all("; INSERT" in sql for sql in joined)
+        assert names == {chunk_savepoints[0].name}
 
 
 def test_a_handler_whose_first_query_fails_is_rolled_back_alone(conversation):

@@ -80,8 +80,8 @@ class LazySavepoints:
         for alias in self.issued:
             connection = connections[alias]
             if connection.vendor == "sqlite":
-                with connection.cursor() as cursor:
-                    cursor.execute(connection.ops.savepoint_commit_sql(self.name))
+                with connection.wrap_database_errors:
+                    connection.connection.execute(connection.ops.savepoint_commit_sql(self.name))
 
     def broken(self) -> str | None:
         """Whether the handler left a transaction unusable though it returned: which."""
@@ -143,9 +143,8 @@ class LazySavepoints:
                 result = execute(f"{savepoint}; {sql}", params, many, context)
                 compat.to_second_result(raw)
                 return result
-            # Through a cursor of its own: this wrapper lets it pass (disarmed).
-            with connection.cursor() as cursor:
-                cursor.execute(savepoint)
+            with connection.wrap_database_errors:
+                raw.execute(savepoint)  # the driver's cursor: no Django cursor to build
             return execute(sql, params, many, context)
 
         return issue_first
