@@ -38,6 +38,57 @@ def wrap_on_commit_callbacks(
     return max(len(hooks) - start, 0)
 
 
+def drop_on_commit_callbacks(connection: Any, start: int) -> None:
+    """Forget the on-commit callbacks registered since ``start`` (a savepoint rolled back
+    that Django did not make itself, so that it cannot drop them as it does its own)."""
+    del connection.run_on_commit[start:]
+
+
+#: libpq's PQTRANS_INERROR, psycopg's ``TransactionStatus.INERROR`` and psycopg2's
+#: ``TRANSACTION_STATUS_INERROR``: a statement failed, the transaction is aborted.
+_PQTRANS_INERROR = 3
+
+
+def transaction_failed(connection: Any) -> bool:
+    """Whether ``connection``'s PostgreSQL transaction is aborted (a caught error).
+
+    Asked of the driver's own connection, without a round trip: psycopg 3's
+    ``info.transaction_status``, psycopg2's ``get_transaction_status()``. Always False
+    on the other databases, whose transactions outlive a failed statement.
+    """
+    raw = connection.connection
+    if connection.vendor != "postgresql" or raw is None:
+        return False
+    info = getattr(raw, "info", None)  # psycopg 3
+    status = info.transaction_status if info is not None else raw.get_transaction_status()
+    return int(status) == _PQTRANS_INERROR
+
+
+def joins_statements(cursor: Any) -> bool:
+    """Whether the driver's ``cursor`` sends ``"A; B"`` as one query, parameters and all.
+
+    psycopg2 does (client-side binding; the last statement's result is the cursor's);
+    so does psycopg 3's ``ClientCursor``, Django's default (``nextset()`` then moves to
+    the second result). Not a named (server-side) cursor of either, nor psycopg 3
+    with ``server_side_binding``, nor mysqlclient without ``CLIENT.MULTI_STATEMENTS``,
+    nor sqlite3.
+    """
+    module = type(cursor).__module__
+    if module.startswith("psycopg2"):
+        return getattr(cursor, "name", None) is None  # a named cursor DECLAREs its query
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg2 only
+        return False
+    return isinstance(cursor, psycopg.ClientCursor)
+
+
+def to_second_result(cursor: Any) -> None:
+    """After ``"A; B"`` through a cursor that ``joins_statements``: B's result current."""
+    if not type(cursor).__module__.startswith("psycopg2"):
+        cursor.nextset()
+
+
 def test_case_savepoints(connection: Any) -> set[str | None] | None:
     """The savepoint ids of the atomic blocks a Django ``TestCase`` holds open.
 

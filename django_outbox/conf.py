@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_INTERVAL": 15.0,  # seconds between two refreshes of the backlog gauges
     "ORDERING_KEYS": 1000,  # keys per partition the ordering detector remembers; 0: off
     "DEAD_LETTER_TOPIC": None,  # a copy of given-up/rejected records: "{topic}.DLT"; None: off
+    "CONSUMER_SUBTRANSACTIONS": 64,  # PostgreSQL: savepoints before a chunk ends early; 0: any
 }
 
 
@@ -143,6 +144,10 @@ class OutboxSettings:
     @property
     def batch_size(self) -> int:
         return int(self._get("BATCH_SIZE"))
+
+    @property
+    def consumer_subtransactions(self) -> int:
+        return int(self._get("CONSUMER_SUBTRANSACTIONS"))
 
     @property
     def unknown_event_policy(self) -> str:

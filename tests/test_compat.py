@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import django
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from django_outbox import compat
 
@@ -58,3 +58,39 @@ def test_a_test_cases_transaction_and_its_savepoints_are_told_apart():
         assert compat.open_savepoints(connection) - test and test <= compat.open_savepoints(
             connection
         )
+
+
+def test_the_callbacks_after_a_mark_are_dropped_and_those_before_kept():
+    ran = []
+    with transaction.atomic():
+        transaction.on_commit(lambda: ran.append("kept"))
+        start = compat.on_commit_count(connection)
+        transaction.on_commit(lambda: ran.append("dropped"))
+        compat.drop_on_commit_callbacks(connection, start)
+        assert compat.on_commit_count(connection) == start == 1
+    assert ran == ["kept"]
+
+
+def test_an_aborted_postgresql_transaction_is_seen_without_a_query():
+    with transaction.atomic():
+        assert not compat.transaction_failed(connection)
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute("SELECT * FROM no_such_table_for_compat")
+            except DatabaseError:
+                pass
+        # Only PostgreSQL aborts the transaction on a failed statement.
+        assert compat.transaction_failed(connection) == (connection.vendor == "postgresql")
+        transaction.set_rollback(True)
+
+
+def test_two_statements_in_one_query_where_the_driver_binds_client_side():
+    server_side = connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    with connection.cursor() as cursor:
+        raw = cursor.cursor
+        joins = compat.joins_statements(raw)
+        assert joins == (connection.vendor == "postgresql" and not server_side)
+        if joins:
+            cursor.execute("SELECT %s; SELECT %s", [1, 2])
+            compat.to_second_result(raw)
+            assert raw.fetchone()[0] == 2

@@ -86,9 +86,9 @@ def test_one_failing_handler_in_a_chunk_rolls_back_only_its_own_effects(conversa
         results = Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
 
     assert outcomes(results) == ["handled", "handled", "retry", "handled", "handled"]
-    # Without savepoints up to the failure, then again with a savepoint each.
+    # One pass: each handler once, the failing one rolled back alone.
     ids = [row.event.event_id for row in rows]
-    assert calls == ids[:3] + ids
+    assert calls == ids
     assert count(conversation) == 4  # the failing one's increment is gone
     statuses = {r.pk: (r.status, r.retry_count) for r in OutboxMessage.objects.all()}
     assert [statuses[row.pk] for row in rows] == [(Status.CONSUMED, 0)] * 2 + [
@@ -155,15 +155,43 @@ def test_a_failure_before_the_commit_leaves_nothing_then_the_retry_does_it_once(
     assert count(conversation) == 4
 
 
-def test_a_handler_database_error_rolls_back_the_whole_chunk(conversation):
-    rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(2)]
+def test_a_handler_database_error_its_savepoint_undoes_is_retried_once_then_fails_alone(
+    conversation,
+):
+    rows = [
+        publish_event(COUNTER, {"conversation_id": conversation.pk}, max_retry=3) for _ in range(3)
+    ]
+    calls: list = []
 
     def second_fails(event):
+        calls.append(event.event_id)
         count_handler(event)
         if event.event_id == rows[1].event.event_id:
             raise OperationalError("deadlock detected")
 
-    with registered(COUNTER, second_fails), pytest.raises(OperationalError):
+    with registered(COUNTER, second_fails):
+        results = Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
+    assert outcomes(results) == ["handled", "retry", "handled"]
+    ids = [row.event.event_id for row in rows]
+    assert calls == [ids[0], ids[1], ids[1], ids[2]]  # the failing one at once again
+    assert count(conversation) == 2
+    assert OutboxMessage.objects.get(pk=rows[1].pk).retry_count == 1
+
+
+def test_a_handler_database_error_that_lost_the_transaction_rolls_back_the_chunk(
+    conversation,
+):
+    from django.db import connection
+
+    rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(2)]
+
+    def second_loses_the_connection(event):
+        count_handler(event)
+        if event.event_id == rows[1].event.event_id:
+            connection.close()  # the server went away: the transaction with it
+            raise OperationalError("server closed the connection unexpectedly")
+
+    with registered(COUNTER, second_loses_the_connection), pytest.raises(OperationalError):
         Handling("g").handle_batch([local(row, n) for n, row in enumerate(rows)])
     assert count(conversation) == 0
     assert OutboxMessage.objects.consumed().count() == 0
@@ -231,11 +259,11 @@ def test_consumer_chunks_with_failures_and_repeats(
         consumer = consume(kafka_topic, group, batch_size=batch_size)
 
     assert consumer.stats.outcomes == {"handled": 7, "retry": 1, "duplicate": 3}
-    # Each ran once without a savepoint; those in the failing one's chunk once more
-    # with (the first run rolled back), the failing one too: its failure counts once.
+    # Each ran once, the failing one too: its failure counts once. The repeats are
+    # duplicates, not run.
     runs = collections.Counter(calls)
     assert set(runs) == {row.event.event_id for row in rows}
-    assert runs[rows[4].event.event_id] == 2 and max(runs.values()) == 2
+    assert set(runs.values()) == {1}
     assert count(conversation) == 7
     assert OutboxMessage.objects.consumed().count() == 7
     assert OutboxMessage.objects.get(pk=rows[4].pk).retry_count == 1

@@ -1,19 +1,23 @@
 """One pass over a chunk of records: which handler runs on what, in which order.
 
-``Handling.handle_batch`` walks a chunk once or twice, each time in one transaction
-per database (``ChunkPass``):
-
-- **fast**: handlers run one after another with no savepoint of their own (a
-  savepoint is two round trips, more than a small handler's own work). The first
-  handler that raises ends the pass (``Fallback``): everything is rolled back;
-- **careful**, only after a fast pass failed: each handler runs in a savepoint,
-  so a failing event is rolled back alone and the others commit.
+``Handling.handle_batch`` walks a chunk once, in one transaction per database
+(``ChunkPass``). Each handler runs once, in a lazy savepoint (``savepoints.py``):
+one issued before its first statement only, so a handler that makes no query costs
+no round trip. A handler that raises is rolled back alone, with its ``on_commit``
+callbacks; the others commit. So a handler runs twice only when the chunk's
+transaction itself is lost (the process dies, the connection breaks, the commit
+fails), never because another handler of its chunk failed.
 
 A batch handler (``@handler(..., batch=True)``) gets the events of its type in the
-chunk as one list, per database, in chunk order; in the careful pass a list whose
-handler raises is handled again one event at a time (a list of one, each in its
-own savepoint). A partition keeps its order: the list is handed over before the
-handler of any later record of one of its partitions runs.
+chunk as one list, per database, in chunk order; a list whose handler raises is
+rolled back and handed over again one event at a time (a list of one, each in its
+own savepoint): those events reach the handler twice, once in the list. A
+partition keeps its order: the list is handed over before the handler of any later
+record of one of its partitions runs.
+
+On PostgreSQL a chunk ends early once its transaction holds
+``OUTBOX_CONSUMER_SUBTRANSACTIONS`` savepoints; the records after that wait for the
+next chunk.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from django_outbox.consumer.inbox import Duplicate, inbox_key
+from django_outbox.consumer.database import DATABASE_ERRORS
+from django_outbox.consumer.inbox import inbox_key
 from django_outbox.consumer.local import LocalFailure, LockedRow
 from django_outbox.consumer.outcomes import Outcome, Result
 from django_outbox.consumer.records import Delivery, Rejected, replay_mark
 from django_outbox.consumer.running import run_in_savepoint
+from django_outbox.consumer.savepoints import LazySavepoints
 from django_outbox.envelope import Event
 from django_outbox.exceptions import UnknownEventType
 from django_outbox.registry import Registration
@@ -39,10 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("django_outbox.consumer")
 
 Partition = tuple[str, int]
-
-
-class Fallback(Exception):
-    """A handler failed in the fast pass: the chunk is rolled back and handled carefully."""
 
 
 @dataclass
@@ -83,17 +85,19 @@ class ChunkPass:
 
     handling: Handling
     deliveries: Sequence[Delivery]
-    careful: bool
+    savepoints: LazySavepoints
     database_errors_fail: bool = False
     ran: list[Event] | None = None
     results: list[Result | None] = field(init=False)
     consumed: dict[str, list[int]] = field(default_factory=dict)
-    inboxed: list[Item] = field(default_factory=list)  # fast pass: entries to insert
+    inboxed: list[Item] = field(default_factory=list)  # entries to insert, in one INSERT
     failures: dict[str, list[LocalFailure]] = field(default_factory=dict)
     #: A later copy of an event in the chunk, and the index of the first copy.
     copies: list[tuple[int, int]] = field(default_factory=list)
     blocked: set[Partition] = field(default_factory=set)  # an inbox retry in hand
     pending: dict[tuple[str, str], Unit] = field(default_factory=dict)  # batches to hand over
+    #: Records walked when the chunk ended at its savepoint cap (PostgreSQL), or None.
+    capped_at: int | None = None
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.deliveries)
@@ -113,6 +117,9 @@ class ChunkPass:
             event, row = parsed[index], owned[index]
             if stop():
                 return  # the batches not handed over yet are left for later too
+            if self.savepoints.full():
+                self.capped_at = index
+                return
             if (delivery.topic, delivery.partition) in self.blocked:
                 continue
             mark = replay_mark(delivery)
@@ -174,47 +181,34 @@ class ChunkPass:
         self._execute(self.pending.pop(key))
 
     def _execute(self, unit: Unit) -> None:
-        handling = self.handling
-        if not self.careful:
-            failure = handling.run_fast(unit, self.ran)
-            if failure is not None:
-                raise Fallback() from failure
-            self._succeeded(unit, insert_inbox=True)
+        failure = run_in_savepoint(self.savepoints, unit, self.database_errors_fail, self.ran)
+        if isinstance(failure, DATABASE_ERRORS) and not self.database_errors_fail:
+            # Rolled back to its savepoint, the transaction intact: a deadlock victim, a
+            # lock timeout. Once more at once, before it counts as the handler's failure.
+            failure = run_in_savepoint(self.savepoints, unit, False, self.ran)
+        if failure is None:
+            self._succeeded(unit)
             return
-        try:
-            failure = run_in_savepoint(handling.inbox, unit, self.database_errors_fail, self.ran)
-        except Duplicate:
-            if len(unit.items) == 1:
-                self._duplicate(unit.items[0])
-                return
-            failure = None  # one of the list is a duplicate: each on its own finds which
-        else:
-            if failure is None:
-                self._succeeded(unit)
-                return
-            if len(unit.items) == 1:
-                self._failed(unit.items[0], failure)
-                return
+        if len(unit.items) == 1:
+            self._failed(unit.items[0], failure)
+            return
         logger.info(
-            "batch handler of %s failed on %d events%s; handling them one at a time",
+            "batch handler of %s failed on %d events (%s); handling them one at a time",
             unit.items[0].event.event_type,
             len(unit.items),
-            f" ({failure})" if failure is not None else "",
+            failure,
         )
         for item in unit.items:
             if item.partition not in self.blocked:
                 self._execute(Unit(unit.registration, unit.alias, [item], {item.partition}))
 
-    def _succeeded(self, unit: Unit, insert_inbox: bool = False) -> None:
+    def _succeeded(self, unit: Unit) -> None:
         for item in unit.items:
             self.results[item.index] = Result(Outcome.HANDLED)
             if item.row is not None:
                 self.consumed.setdefault(unit.alias, []).append(item.row.pk)
-            elif insert_inbox:
+            else:
                 self.inboxed.append(item)
-
-    def _duplicate(self, item: Item) -> None:
-        self.results[item.index] = Result(Outcome.DUPLICATE)
 
     def _failed(self, item: Item, failure: Exception) -> None:
         if item.row is not None:

@@ -79,8 +79,10 @@ class Consuming:
     def consume(self, deliveries: list[Delivery]) -> None:
         """Handle a poll's records, chunk by chunk, until done, stopped or at the limit."""
         waiting = deliveries
+        handling = self.retrying.handling
+        handling.capped_chunk = None  # learnt again each poll: the handlers may differ
         while waiting and not self.shutdown.requested and not self.limit_reached():
-            size = self.batch_size
+            size = min(self.batch_size, handling.capped_chunk or self.batch_size)
             if self.max_messages is not None:
                 size = min(size, self.max_messages - self.stats.records)
             chunk, waiting = waiting[:size], waiting[size:]

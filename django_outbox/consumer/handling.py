@@ -11,14 +11,15 @@ calls a user's handler. For a chunk, in one transaction per database:
   whose handler succeeded become ``consumed`` in one ``UPDATE``, with the chunk;
 - any other event goes through the inbox (``inbox.py``): its entry is inserted
   in the same transaction as the handler's writes;
-- handlers run without savepoints, batch handlers on their lists; if one raises,
-  the chunk is rolled back and walked again with a savepoint per handler, so that
-  the failing event is rolled back alone (``chunk.py``);
+- each handler runs once, batch handlers on their lists, each in a savepoint issued
+  before its first query only; one that raises is rolled back alone (``chunk.py``,
+  ``savepoints.py``);
 - failed local rows are counted after the commit, in one short transaction.
 
 Only the handler's writes to *that same database* are once-only: a handler that
 also writes elsewhere (another database, an HTTP call) must make those effects
-idempotent itself; it may also run twice when a chunk is walked again.
+idempotent itself; it runs again if the chunk's transaction is lost (a crash, a
+lost connection, a failed commit).
 Database errors (``OperationalError``/``InterfaceError``) propagate to the
 caller, which retries the same record (or chunk).
 """
@@ -34,13 +35,14 @@ from django.db import connections, transaction
 
 from django_outbox.conf import outbox_settings
 from django_outbox.consumer import records, rejects
-from django_outbox.consumer.chunk import ChunkPass, Fallback, Unit
+from django_outbox.consumer.chunk import ChunkPass
 from django_outbox.consumer.database import DATABASE_ERRORS
 from django_outbox.consumer.inbox import Duplicate, Inbox, inbox_key
 from django_outbox.consumer.local import LocalFailure, LocalRows, LockedRow, describe_failure, holds
 from django_outbox.consumer.outcomes import Outcome, Result
 from django_outbox.consumer.records import Delivery, Rejected
-from django_outbox.consumer.running import HandlerBroke, run_handler
+from django_outbox.consumer.running import HandlerBroke
+from django_outbox.consumer.savepoints import LazySavepoints
 from django_outbox.envelope import Event
 from django_outbox.models.inbox import RejectedRecord, RejectionReason
 from django_outbox.registry import HandlerRegistry, registry
@@ -63,6 +65,9 @@ class Handling:
         self.inbox_database = inbox_database or outbox_settings.database
         self.rows = LocalRows(self.group)
         self.inbox = Inbox(self.group, self.inbox_database)
+        #: Records in the last chunk that ended at its savepoint cap: a size for the
+        #: next chunks, so that they do not lock and parse records they leave behind.
+        self.capped_chunk: int | None = None
 
     # ------------------------------------------------------------------ entry points
 
@@ -78,9 +83,8 @@ class Handling:
         """
         ran: list[Event] = []
         try:
-            # On its own is after a failure, most often: a savepoint from the start.
             result = self.handle_batch(
-                [delivery], database_errors_fail=database_errors_fail, ran=ran, savepoints=True
+                [delivery], database_errors_fail=database_errors_fail, ran=ran
             )[0]
         except Exception as exc:
             if not ran or (isinstance(exc, DATABASE_ERRORS) and not database_errors_fail):
@@ -97,7 +101,6 @@ class Handling:
         stop: Callable[[], bool] = lambda: False,
         database_errors_fail: bool = False,
         ran: list[Event] | None = None,
-        savepoints: bool = False,
     ) -> list[Result | None]:
         """Handle a chunk of records, once each, in one transaction per database.
 
@@ -106,12 +109,13 @@ class Handling:
         (the caller retries that event in place, then hands the rest in again, so a
         partition keeps its order), or after ``stop()`` turned true.
 
-        The handlers run without savepoints first; if one raises, the chunk is
-        rolled back and handled again with a savepoint per handler (``chunk.py``);
-        ``savepoints`` skips the first pass.
-        A handler's database error propagates and rolls the whole chunk back; so does
-        anything that breaks the chunk's transaction (``HandlerBroke``). The caller
-        retries the chunk, or handles its records one by one with ``handle``.
+        Each handler runs once, in a lazy savepoint (``chunk.py``): one that raises
+        is rolled back alone. What a savepoint cannot undo rolls the whole chunk
+        back: a database error that lost the transaction propagates, so does anything
+        else that broke it (``HandlerBroke``) or a failed commit. The caller retries
+        the chunk, or handles its records one by one with ``handle``. Records left
+        for later are also those after the point where the chunk holds too many
+        savepoints (PostgreSQL's subtransaction cache, ``OUTBOX_CONSUMER_SUBTRANSACTIONS``).
         """
         parsed = [records.parse(delivery) for delivery in deliveries]
         references = self.rows.references(deliveries, parsed)
@@ -121,18 +125,21 @@ class Handling:
                 to_lock[reference[0]].add(reference[1])
         try:
             done = self._pass(
-                deliveries, parsed, references, to_lock, savepoints, stop, database_errors_fail, ran
+                deliveries, parsed, references, to_lock, stop, database_errors_fail, ran
             )
-        except Fallback as fallback:
-            logger.debug(
-                "a handler failed (%s); the chunk %s..%s is handled again, a savepoint each",
-                fallback.__cause__,
-                deliveries[0],
-                deliveries[-1],
+        except Duplicate as duplicate:
+            # Another consumer of the group handled one of the inbox events meanwhile
+            # (a rebalance overlap): the chunk is rolled back and walked again, where
+            # that event is a duplicate. The one case besides a lost transaction in
+            # which the chunk's handlers run again.
+            logger.info(
+                "%s; the chunk %s..%s is handled again", duplicate, deliveries[0], deliveries[-1]
             )
             done = self._pass(
-                deliveries, parsed, references, to_lock, True, stop, database_errors_fail, ran
+                deliveries, parsed, references, to_lock, stop, database_errors_fail, ran
             )
+        if done.capped_at is not None:
+            self.capped_chunk = max(done.capped_at, 1)
         # Committed. A crash before the failures are counted only makes the failed
         # records come again (their offsets are not committed yet).
         for alias, items in done.failures.items():
@@ -150,16 +157,17 @@ class Handling:
         parsed: list[Event | Rejected],
         references: list[tuple[str, int] | None],
         to_lock: dict[str, set[int]],
-        careful: bool,
         stop: Callable[[], bool],
         database_errors_fail: bool = False,
         ran: list[Event] | None = None,
     ) -> ChunkPass:
-        """One pass over the chunk, committed (or rolled back by ``Fallback``)."""
-        done = ChunkPass(self, deliveries, careful, database_errors_fail, ran)
+        """One pass over the chunk, committed (or rolled back by an exception)."""
+        aliases = sorted({self.inbox_database, *to_lock})
+        savepoints = LazySavepoints(aliases)
+        done = ChunkPass(self, deliveries, savepoints, database_errors_fail, ran)
         with ExitStack() as transactions:
             # Always in the same order, so two consumers cannot wait on each other.
-            for alias in sorted({self.inbox_database, *to_lock}):
+            for alias in aliases:
                 transactions.enter_context(transaction.atomic(using=alias))
             locked = {alias: self.rows.lock(alias, pks) for alias, pks in to_lock.items()}
             named = [
@@ -179,12 +187,10 @@ class Handling:
                     if row is None and isinstance(event, Event)
                 ]
             )
-            done.walk(parsed, named, owned, handled, stop)
+            with savepoints.installed():
+                done.walk(parsed, named, owned, handled, stop)
             if done.inboxed:
-                try:
-                    self.inbox.insert_many((item.delivery, item.event) for item in done.inboxed)
-                except Duplicate as exc:
-                    raise Fallback() from exc  # handled meanwhile by another consumer
+                self.inbox.insert_many((item.delivery, item.event) for item in done.inboxed)
             for alias, pks in done.consumed.items():
                 self.rows.mark_consumed(alias, pks)
         return done
@@ -229,13 +235,6 @@ class Handling:
         return aliases
 
     # ------------------------------------------------------------------ outcomes
-
-    def run_fast(self, unit: Unit, ran: list[Event] | None) -> Exception | None:
-        """Run a unit's handler in the chunk's transaction itself; what it raised, or None."""
-        events = unit.events
-        if ran is not None:
-            ran.extend(events)
-        return run_handler(unit.registration, events, unit.alias)
 
     def _failed_alone(self, delivery: Delivery, event: Event, failure: Exception) -> Result:
         """A handler whose failure lost the whole transaction (``handle`` only)."""

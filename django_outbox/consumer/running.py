@@ -1,5 +1,5 @@
-"""The one place that calls a user's handler (``run_handler``), and a handler run in a
-savepoint of its chunk's transaction (``run_in_savepoint``).
+"""The one place that calls a user's handler (``run_handler``), and a handler run once
+in a lazy savepoint of its chunk's transaction (``run_in_savepoint``).
 
 A handler's ``transaction.on_commit()`` callbacks are isolated: one that raises at
 commit does not cancel the callbacks of the other events of the chunk.
@@ -16,7 +16,7 @@ from django.db.transaction import TransactionManagementError
 
 from django_outbox import compat, signals
 from django_outbox.consumer.database import DATABASE_ERRORS
-from django_outbox.consumer.inbox import Duplicate, Inbox
+from django_outbox.consumer.savepoints import LazySavepoints, RollbackFailed
 from django_outbox.envelope import Event
 from django_outbox.ops import metrics, tracing
 from django_outbox.registry import Registration
@@ -61,12 +61,8 @@ def run_handler(registration: Registration, events: list[Event], alias: str) -> 
             connection, hooks_before, lambda func: _isolate_on_commit(func, events, alias)
         )
     if transaction.get_rollback(using=alias):
-        # It caught a database error without a savepoint: nothing it wrote can commit.
-        return TransactionManagementError(
-            f"the handler of {events[0].event_type!r} swallowed a database error and left "
-            "the transaction unusable; let the error propagate, or wrap the failing query in "
-            "transaction.atomic()"
-        )
+        # It caught a database error without a savepoint of its own.
+        return _swallowed(events[0].event_type, alias)
     return None
 
 
@@ -106,37 +102,51 @@ def _isolate_on_commit(
 
 
 def run_in_savepoint(
-    inbox_rows: Inbox, unit: Unit, database_errors_fail: bool, ran: list[Event] | None
+    savepoints: LazySavepoints, unit: Unit, database_errors_fail: bool, ran: list[Event] | None
 ) -> Exception | None:
-    """Run a unit's handler in a savepoint of the chunk's transaction; what it raised.
+    """Run a unit's handler once, in a lazy savepoint of the chunk's transaction.
 
-    Inbox events get their entries in the same savepoint (``Duplicate`` when one is
-    there already). A failure rolls back the handler's writes only. Raises instead
-    when the failure is a database error (unless ``database_errors_fail``), or
-    ``HandlerBroke`` when the savepoint could not be rolled back: the chunk's
-    transaction is lost.
+    What it raised, or None. A failure rolls back the handler's writes and drops its
+    ``on_commit`` callbacks, nothing else (``savepoints.py``). When the savepoint
+    cannot be rolled back (the connection is lost, MariaDB rolled the transaction
+    back for a deadlock, PostgreSQL's transaction broke without a savepoint), the
+    chunk's transaction is lost: a database error propagates (unless
+    ``database_errors_fail``), anything else as ``HandlerBroke``. So does a database
+    error of a handler that made no query here (is the database away?).
     """
-    alias, events = unit.alias, unit.events
-    inbox = [(item.delivery, item.event) for item in unit.items if item.row is None]
-    failure: Exception | None = None
+    events = unit.events
+    if ran is not None:
+        ran.extend(events)
+    savepoints.arm()
     try:
-        with transaction.atomic(using=alias):
-            if inbox:
-                inbox_rows.insert_many(inbox)
-            if ran is not None:
-                ran.extend(events)
-            failure = run_handler(unit.registration, events, alias)
-            if failure is not None:
-                raise failure
-    except Duplicate:
-        raise
-    except Exception as exc:
+        failure = run_handler(unit.registration, events, unit.alias)
         if failure is None:
-            failure = exc  # the handler broke the transaction; the release failed
+            broken = savepoints.broken()
+            if broken is not None:
+                failure = _swallowed(events[0].event_type, broken)
+    finally:
+        savepoints.disarm()
     if failure is None:
+        savepoints.keep()
         return None
-    if isinstance(failure, DATABASE_ERRORS) and not database_errors_fail:
-        raise failure
-    if transaction.get_rollback(using=alias):
+    database_error = isinstance(failure, DATABASE_ERRORS) and not database_errors_fail
+    # A savepoint rolled back proves the database answers; without one, a database
+    # error may mean it does not: the caller's retries find out (the chunk again).
+    answered = bool(savepoints.issued)
+    try:
+        savepoints.rollback()
+    except RollbackFailed:
+        if database_error:
+            raise failure from None
         raise HandlerBroke(failure) from failure
+    if database_error and not answered:
+        raise failure
     return failure
+
+
+def _swallowed(event_type: str, alias: str) -> TransactionManagementError:
+    return TransactionManagementError(
+        f"the handler of {event_type!r} swallowed a database error and left the "
+        f"transaction on {alias!r} unusable; let the error propagate, or wrap the failing "
+        "query in transaction.atomic()"
+    )
