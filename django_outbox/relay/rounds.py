@@ -2,8 +2,9 @@
 sent before it, hand its write-back over.
 
 At most two batches are with Kafka at once (the one sent this round, and the one
-before, settled meanwhile), one more is claimed ahead. A round ends with nothing in
-flight when nothing was claimed, Kafka looked unreachable, or a stop was requested.
+before, settled meanwhile), one more is claimed ahead while batches come full. A
+round ends with nothing in flight when it took every row due (no batch was full),
+nothing was claimed, Kafka looked unreachable, or a stop was requested.
 Here too: how long an idle relay sleeps, and when a burst is done.
 """
 
@@ -56,6 +57,9 @@ class Rounds:
         self.failed = 0
         #: Rows whose outcome the last ``run_once`` settled.
         self.settled_last_turn = 0
+        #: The last ``run_once`` took every row due of each database (no batch was full)
+        #: and settled what it sent.
+        self.caught_up = False
 
     def run_once(self) -> int:
         """Claim and send one batch from each database, settling the batch sent before.
@@ -69,11 +73,13 @@ class Rounds:
         self.settled_last_turn = 0
         if self.coordination.due():
             self.coordination.tick()
+        self.caught_up = False
         if not self.outages.kafka_usable():
             self.quiesce()
             self.write_backs.collect(wait=True)
             return 0
         handled = 0
+        caught_up = True
         for alias in self.databases:
             if self.shutdown.requested or not self.outages.database_usable(alias):
                 continue
@@ -89,13 +95,21 @@ class Rounds:
                 continue
             self.outages.database_ok(alias)
             handled += len(batch)
-            if batch.rows and not self.shutdown.requested and not self.outages.kafka_failures:
+            # A batch smaller than batch_size took every row due: one claimed ahead now
+            # would most likely be empty (a statement for nothing, on the database
+            # thread that the next commit's claim waits behind).
+            full = len(batch.rows) >= self.claims.batch_size
+            caught_up = caught_up and not full
+            if full and not self.shutdown.requested and not self.outages.kafka_failures:
                 self.claims.claim_ahead(alias)
             sent = self._send(batch) if batch.rows else None
             # The previous batch's acks arrived meanwhile, or arrive now.
             self.settle_in_flight(flush=sent is None)
             self.in_flight = sent
-        if not handled or self.shutdown.requested or not self.outages.kafka_usable():
+        self.caught_up = caught_up
+        if not handled or caught_up or self.shutdown.requested or not self.outages.kafka_usable():
+            # Nothing more was due: what was sent goes out now (flush, no linger_ms) and
+            # is recorded before the relay waits for the next commit.
             self.settle_in_flight()
             self.write_backs.collect(wait=True)
         return handled
@@ -128,6 +142,20 @@ class Rounds:
         self.quiesce()
         self.write_backs.record_unrecorded()
         self.write_backs.collect(wait=True)
+
+    def look_again(self, wakeup: Wakeup) -> bool:
+        """After a round that claimed or settled rows: claim again at once, or wait.
+
+        Once a round took every row due and settled it, a commit since then wakes the
+        relay (its notification sets ``wakeup``), so looking again would be one more
+        claim, empty most of the time, per commit. The relay looks again when a batch
+        was full (more rows wait), where no notification comes (MySQL/MariaDB, SQLite,
+        a listener down, a burst), and in strict order (an outcome settled may have
+        opened a key held behind it).
+        """
+        if not self.caught_up or outbox_settings.strict_order:
+            return True
+        return bool(set(self.databases) - wakeup.listening)
 
     def idle_wait(self, wakeup: Wakeup | None) -> float:
         """Seconds an idle relay sleeps, unless a commit wakes it first."""
