@@ -22,11 +22,13 @@ returned. Per stage, p50/p90/p99/max, and the stages of the slowest events. The
 wrapper patches the workers' functions from outside (the library is not changed).
 
 ``--relay-option`` / ``--consumer-option`` set ``OUTBOX_KAFKA_PRODUCER`` /
-``OUTBOX_KAFKA_CONSUMER`` entries of the workers (values parsed as Python
-literals), to compare settings in one run. ``--json PATH`` writes the figures
-(bench/results.py): the p50/p90/p99 of commit -> handler against the p50/p90/p99
-of a bare produce -> poll round trip through the same broker at the same rate (the
-baseline, measured in the same run); lower is better. Asserts nothing about speed.
+``OUTBOX_KAFKA_CONSUMER`` entries of the workers, ``--setting`` any Django setting of
+both (``OUTBOX_RELAY_BUCKETS=False``); values are parsed as Python literals.
+``--json PATH`` writes the figures (bench/results.py): the p50/p90/p99 of commit ->
+handler against those of a bare produce -> poll round trip through the same broker
+at the same rate (the baseline, measured in the same run); lower is better. The
+CPU time of each worker per event is printed too (steadier than wall time on a
+busy machine). Asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true", help="time each stage of each event")
     parser.add_argument("--relay-option", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--consumer-option", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=VALUE", help="of both workers"
+    )
     parser.add_argument("--json", help="write the figures to this file (bench/results.py)")
     parser.add_argument(
         "--child", choices=["outbox_relay", "outbox_consume"], help=argparse.SUPPRESS
@@ -138,11 +143,12 @@ def latency(args: argparse.Namespace, settings: Any, bootstrap: str, url: str) -
         "LATENCY_TRACE_DIR": str(trace_dir),
         "LATENCY_PRODUCER": json.dumps(options(args.relay_option)),
         "LATENCY_CONSUMER": json.dumps(options(args.consumer_option)),
+        "LATENCY_SETTINGS": json.dumps(options(args.setting)),
     }
     workers = [
         subprocess.Popen(
             [sys.executable, __file__, "--child", command]
-            if args.trace or args.relay_option or args.consumer_option
+            if args.trace or args.relay_option or args.consumer_option or args.setting
             else [sys.executable, str(ROOT / "testproject" / "manage.py"), command, "-v", "0"],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -393,6 +399,8 @@ def child(command: str) -> None:
         **getattr(settings, "OUTBOX_KAFKA_CONSUMER", {}),
         **json.loads(os.environ["LATENCY_CONSUMER"]),
     }
+    for name, value in json.loads(os.environ["LATENCY_SETTINGS"]).items():
+        setattr(settings, name, value)
     out = open(Path(os.environ["LATENCY_TRACE_DIR"]) / f"{command}.jsonl", "a")  # noqa: SIM115
 
     def note(stage: str, ids: list[int]) -> None:

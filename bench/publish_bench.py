@@ -152,7 +152,12 @@ def latency(args, settings, bootstrap: str, url: str) -> None:
 
     latency_bench.latency(
         argparse.Namespace(
-            events=args.latency, gap=args.gap, trace=False, relay_option=[], consumer_option=[]
+            events=args.latency,
+            gap=args.gap,
+            trace=False,
+            relay_option=[],
+            consumer_option=[],
+            setting=[],
         ),
         settings,
         bootstrap,
