@@ -15,6 +15,7 @@ since the parent launched it, when each phase ended:
 - both: ``interpreter``, the bench's own first line (Python started, its ``site``
   imported); ``import django``; ``django.setup()`` (settings, apps, handler
   autodiscovery); ``command imported`` (the worker's modules, Kafka client included);
+  ``system checks`` (run as ``manage.py`` runs them);
 - relay: its buckets ticked (``OUTBOX_RELAY_BUCKETS``), the producer built
   (bootstrap: connection, API versions), the first claim, the first send (the
   topic's metadata, the batch queued), the first ack, the first batch written
@@ -80,12 +81,16 @@ def child(command: str) -> None:
     name = "outbox_relay" if command == "relay" else "outbox_consume"
     load_command_class("django_outbox", name)
     mark("command imported")
+    from django.core import checks
+
+    # as ``manage.py`` runs the command: its system checks first (call_command skips them)
+    after(checks, "run_checks", lambda _: mark("system checks"))
     if command == "relay":
         relay_marks(mark)
-        call_command(name, "--burst", verbosity=0)
+        call_command(name, "--burst", verbosity=0, skip_checks=False)
     else:
         consumer_marks(mark)
-        call_command(name, "--burst", "--group", os.environ["STARTUP_GROUP"])
+        call_command(name, "--burst", "--group", os.environ["STARTUP_GROUP"], skip_checks=False)
     mark("end")
     print(json.dumps(marks))
 
