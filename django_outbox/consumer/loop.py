@@ -287,10 +287,8 @@ class Consumer:
             self.offsets.commit(self.polling.client)
             raise
         self.dead_letters.flush()  # outcomes committed, offsets not yet
-        # Offsets are committed once a commit_interval, when a poll comes back empty,
-        # and after a poll that may be a burst's (or max_messages') last (``Offsets.due``):
-        # a commit is a round trip to the coordinator, longer than a chunk of no-op
-        # handlers, and the next record would wait for it.
+        # Not after every poll (``Offsets.due``): a commit is a round trip to the
+        # coordinator the next record would wait for; but after a burst's last poll.
         last = self.consuming.limit_reached() or (self.burst and not backlog)
         if self.offsets.due(idle=not deliveries or last):
             self.offsets.commit(self.polling.client)
