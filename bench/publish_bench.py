@@ -13,11 +13,11 @@ SQLite when unset; a throw-away test database is created and dropped)::
    same run): ``publish_event()`` with the relay wake-up off, and on (the default:
    ``NOTIFY`` on PostgreSQL, an ``on_commit`` callback everywhere). Min, median and
    max over ``--repeat`` rounds, interleaved so that machine noise hits all alike.
-2. *Latency* (``--latency N``): the real ``outbox_relay`` and ``outbox_consume``
-   commands run as subprocesses (default settings, the demo's chat handler); N
-   events are published one per transaction, ``--gap`` seconds apart; commit ->
-   handler is ``consumed_at - created_at`` of each row (both written by the
-   database clock's client, at millisecond precision). Prints p50, p90, p99, max.
+2. *Latency* (``--latency N``): bench/latency_bench.py's commit -> handler: the
+   real ``outbox_relay`` and ``outbox_consume`` commands run as subprocesses
+   (default settings, the demo's chat handler); N events are published one per
+   transaction, ``--gap`` seconds apart; ``consumed_at - created_at`` of each row.
+   Prints p50, p90, p99, max (``latency_bench.py --trace`` says where the time goes).
 
 Prints figures; asserts nothing about speed. ``--json PATH`` writes the two cost
 figures (bench/results.py; per round, against the bare ``INSERT`` of the same round;
@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -58,23 +56,17 @@ def main() -> None:
     import django
 
     django.setup()
+    import seeding
     from django.conf import settings
     from django.db import connection, transaction
-    from django.test.utils import setup_databases, teardown_databases
+    from django.test.utils import teardown_databases
 
     from django_outbox import kafka, publish_event
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage
     from tests.relay_support import database_url
 
-    test = settings.DATABASES["default"].setdefault("TEST", {})
-    if "sqlite" not in settings.DATABASES["default"]["ENGINE"]:
-        test["NAME"] = f"bench_publish_{settings.DATABASES['default']['NAME']}"
-    else:
-        Path(settings.SQLITE_TEST_DIR).mkdir(parents=True, exist_ok=True)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
-    old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    old_config, bootstrap = seeding.throwaway_database("bench_publish")
     try:
         topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
         with kafka.build_admin() as admin:
@@ -155,95 +147,22 @@ def write_json(path: str, vendor: str, measured: dict[str, list[float]]) -> None
 
 
 def latency(args, settings, bootstrap: str, url: str) -> None:
-    from django.db import transaction
-    from django.utils import timezone
+    """Commit -> handler (bench/latency_bench.py, which also traces each stage)."""
+    import latency_bench
 
-    from django_outbox import kafka, publish_event
-    from django_outbox.models import OutboxMessage
-    from testproject.chat.models import Conversation
-    from testproject.chat.services import MESSAGE_CREATED
-
-    OutboxMessage.objects.all().delete()
-    topic = f"bench-latency-{uuid.uuid4().hex[:8]}"
-    with kafka.build_admin() as admin:
-        admin.create_topics([kafka.NewTopic(topic, 3, 1)])
-        admin.wait_for_topics([topic], timeout_ms=30000)
-    settings.OUTBOX_TOPICS = {MESSAGE_CREATED: topic}
-    settings.OUTBOX_WAKE_RELAY = True
-    conversation = Conversation.objects.create(title="bench")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "DATABASE_URL": url,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CHAT_TOPIC": topic,
-        "OUTBOX_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'testproject'}",
-    }
-    manage = [sys.executable, str(ROOT / "testproject" / "manage.py")]
-    workers = [
-        subprocess.Popen(
-            [*manage, command, "-v", "0"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for command in ("outbox_relay", "outbox_consume")
-    ]
-    try:
-        # Warm-up: both workers connected, the consumer has its partitions.
-        def one(text: str) -> None:
-            with transaction.atomic():
-                publish_event(
-                    MESSAGE_CREATED,
-                    {
-                        "conversation_id": conversation.pk,
-                        "author": "bench",
-                        "text": text,
-                        "sent_at": timezone.now().isoformat(),
-                    },
-                    key=f"conversation-{conversation.pk}",
-                )
-
-        one("warm-up")
-        deadline = time.monotonic() + 120
-        while not OutboxMessage.objects.consumed().exists():
-            if time.monotonic() > deadline:
-                raise SystemExit("no event was consumed within 120 s; is the broker up?")
-            time.sleep(0.2)
-        OutboxMessage.objects.all().delete()
-        for index in range(args.latency):
-            one(f"message {index}")
-            time.sleep(args.gap)
-        deadline = time.monotonic() + 120
-        while OutboxMessage.objects.consumed().count() < args.latency:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        pairs = OutboxMessage.objects.consumed().values_list("created_at", "consumed_at")
-        millis = sorted((done - made).total_seconds() * 1000 for made, done in pairs)
-        if not millis:
-            print("latency: nothing consumed")
-            return
-
-        def pct(p: float) -> float:
-            return millis[min(int(len(millis) * p), len(millis) - 1)]
-
-        print(
-            f"commit -> handler, {len(millis)} of {args.latency} events, one every "
-            f"{args.gap * 1000:g} ms, relay and consumer running: p50 {pct(0.5):.0f} ms, "
-            f"p90 {pct(0.9):.0f} ms, p99 {pct(0.99):.0f} ms, max {millis[-1]:.0f} ms"
-        )
-    finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+    latency_bench.latency(
+        argparse.Namespace(
+            events=args.latency,
+            gap=args.gap,
+            trace=False,
+            relay_option=[],
+            consumer_option=[],
+            setting=[],
+        ),
+        settings,
+        bootstrap,
+        url,
+    )
 
 
 if __name__ == "__main__":

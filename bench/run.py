@@ -5,7 +5,7 @@ Usage (PostgreSQL and MariaDB from ``scripts/databases start``, a broker from
 ``scripts/kafka-local start``; a database that does not answer is skipped)::
 
     python bench/run.py [--quick] [--databases sqlite,postgresql,mysql]
-        [--only relay,consumer,publish,claim,status] [--out DIR] [--no-docs]
+        [--only relay,consumer,publish,latency,claim,status] [--out DIR] [--no-docs]
 
 Each bench script runs as a subprocess with ``DATABASE_URL`` set (SQLite: a file in
 a temporary directory; PostgreSQL and MariaDB: the server of ``--postgresql-url`` /
@@ -81,6 +81,8 @@ BENCHES = {
     "publish": Bench(
         "publish_bench.py", True, quick=["--transactions", "200", "--repeat", "3", "--latency", "0"]
     ),
+    # commit -> handler at 50 events/s against a bare produce -> poll at the same rate
+    "latency": Bench("latency_bench.py", True, quick=["--events", "100"]),
     "claim": Bench("claim_1m.py", False, quick=["--rows", "100000", "--runs", "5"]),
     "status": Bench("status_1m.py", False, quick=["--rows", "100000", "--runs", "7"]),
 }

@@ -278,3 +278,20 @@ def takeover_database(on_sqlite: str) -> Iterator[str]:
     finally:
         connection.close()
         teardown_databases(old_config, verbosity=0)
+
+
+def throwaway_database(prefix: str) -> tuple[Any, str]:
+    """A test database for a bench that runs the workers: ``<prefix>_<name>`` on
+    PostgreSQL or MariaDB, a file under ``SQLITE_TEST_DIR`` on SQLite, the broker of
+    ``KAFKA_BOOTSTRAP_SERVERS``. Returns (what ``teardown_databases`` takes, bootstrap)."""
+    from django.conf import settings
+    from django.test.utils import setup_databases
+
+    config = settings.DATABASES["default"]
+    if "sqlite" not in config["ENGINE"]:
+        config.setdefault("TEST", {})["NAME"] = f"{prefix}_{config['NAME']}"
+    else:
+        Path(settings.SQLITE_TEST_DIR).mkdir(parents=True, exist_ok=True)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
+    return setup_databases(verbosity=0, interactive=False, aliases={"default"}), bootstrap

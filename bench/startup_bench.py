@@ -12,13 +12,21 @@ created if need be and migrated; SQLite file testproject/db.sqlite3 when unset):
 operator would start it, the consumer in a new group. The child prints, in seconds
 since the parent launched it, when each phase ended:
 
-- relay: ``import django``, ``django.setup()``, the producer built, the first claim,
-  the first batch written back (its records acknowledged), the end;
-- consumer: ``import django``, ``django.setup()``, the client built, the first
-  poll returned, the first poll that returned records (group joined, partitions
-  assigned, positions fetched), the first chunk handled, the end.
+- both: ``interpreter``, the bench's own first line (Python started, its ``site``
+  imported); ``import django``; ``django.setup()`` (settings, apps, handler
+  autodiscovery); ``command imported`` (the worker's modules, Kafka client included);
+  ``system checks`` (run as ``manage.py`` runs them);
+- relay: its buckets ticked (``OUTBOX_RELAY_BUCKETS``), the producer built
+  (bootstrap: connection, API versions), the first claim, the first send (the
+  topic's metadata, the batch queued), the first ack, the first batch written
+  back, the end;
+- consumer: the client built, the group coordinator found, JoinGroup and SyncGroup
+  answered, partitions assigned, the first poll returned, the first poll that
+  returned records (positions fetched, first fetch), the first chunk handled, the
+  end.
 
 Medians over the repetitions are printed; nothing is asserted about speed.
+``STARTUP_PROFILE=1`` also prints a cProfile of the consumer's first chunk.
 """
 
 from __future__ import annotations
@@ -62,19 +70,27 @@ def child(command: str) -> None:
     def mark(name: str) -> None:
         marks.setdefault(name, time.time() - launched)
 
+    mark("interpreter")
     import django
 
     mark("import django")
     django.setup()
     mark("django.setup()")
-    from django.core.management import call_command
+    from django.core.management import call_command, load_command_class
 
+    name = "outbox_relay" if command == "relay" else "outbox_consume"
+    load_command_class("django_outbox", name)
+    mark("command imported")
+    from django.core import checks
+
+    # as ``manage.py`` runs the command: its system checks first (call_command skips them)
+    after(checks, "run_checks", lambda _: mark("system checks"))
     if command == "relay":
         relay_marks(mark)
-        call_command("outbox_relay", "--burst", verbosity=0)
+        call_command(name, "--burst", verbosity=0, skip_checks=False)
     else:
         consumer_marks(mark)
-        call_command("outbox_consume", "--burst", "--group", os.environ["STARTUP_GROUP"])
+        call_command(name, "--burst", "--group", os.environ["STARTUP_GROUP"], skip_checks=False)
     mark("end")
     print(json.dumps(marks))
 
@@ -93,14 +109,24 @@ def after(owner: Any, name: str, on_return: Any) -> None:
 
 def relay_marks(mark: Any) -> None:
     from django_outbox import kafka
-    from django_outbox.relay import loop
+    from django_outbox.relay import claims, coordination, write_back
 
+    def sent(sending: Any) -> None:
+        mark("first send")
+        for _, future in sending.futures[:1]:
+            if hasattr(future, "add_callback"):
+                future.add_callback(lambda _: mark("first ack"))
+
+    after(coordination.Coordination, "tick", lambda _: mark("buckets ticked"))
     after(kafka, "build_relay_producer", lambda _: mark("producer built"))
-    after(loop.Relay, "_take", lambda claim: claim.rows and mark("first claim"))
-    after(loop, "write_back", lambda _: mark("first write-back"))
+    after(claims, "claim", lambda claim: claim.rows and mark("first claim"))
+    after(kafka, "send_batch", sent)
+    after(write_back, "write_back", lambda _: mark("first write-back"))
 
 
 def consumer_marks(mark: Any) -> None:
+    from kafka.coordinator.base import BaseCoordinator
+
     from django_outbox import kafka
     from django_outbox.consumer.handling import Handling
 
@@ -115,7 +141,29 @@ def consumer_marks(mark: Any) -> None:
         after(client, "poll", polled)
 
     after(kafka, "build_group_consumer", built)
+    after(BaseCoordinator, "_handle_find_coordinator_response", lambda _: mark("coordinator"))
+    after(BaseCoordinator, "_process_join_group_response", lambda _: mark("JoinGroup"))
+    after(BaseCoordinator, "_process_sync_group_response", lambda _: mark("SyncGroup"))
+    after(kafka.CommitOnRevoke, "on_partitions_assigned", lambda _: mark("assigned"))
     after(Handling, "handle_batch", lambda _: mark("first chunk handled"))
+    if os.environ.get("STARTUP_PROFILE"):
+        import cProfile
+        import pstats
+
+        original = Handling.handle_batch
+        calls = [0]
+
+        def profiled(*args: Any, **kwargs: Any) -> Any:
+            calls[0] += 1
+            if calls[0] > 1:
+                return original(*args, **kwargs)
+            profile = cProfile.Profile()
+            try:
+                return profile.runcall(original, *args, **kwargs)
+            finally:
+                pstats.Stats(profile, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+
+        Handling.handle_batch = profiled
 
 
 # ---------------------------------------------------------------------- the parent
@@ -191,6 +239,8 @@ def run_child(command: str, env: dict[str, str]) -> dict[str, float]:
     )
     if done.returncode:
         raise SystemExit(f"{command} failed:\n{done.stdout}\n{done.stderr}")
+    if os.environ.get("STARTUP_PROFILE"):
+        print(done.stderr, file=sys.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

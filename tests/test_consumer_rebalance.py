@@ -86,3 +86,35 @@ def test_offsets_not_yet_committed_are_committed_when_partitions_are_revoked(
     assert "before giving them up" in caplog.text
     conversation.refresh_from_db()
     assert conversation.message_count == 3 * PER_PARTITION
+
+
+def test_offsets_are_committed_once_a_poll_comes_back_empty_not_after_each_record(
+    kafka_bootstrap, kafka_topic
+):
+    # A trickle of records, one per poll, does not wait for a commit after each.
+    conversation = Conversation.objects.create(title="trickle")
+    rows = [publish_event(COUNTER, {"conversation_id": conversation.pk}) for _ in range(3)]
+    send_rows(kafka_bootstrap, kafka_topic, rows, partition=0)
+    group = unique_group()
+    with registered(COUNTER, count_handler), override_settings(OUTBOX_CONSUMER_GROUP=group):
+        consumer = Consumer(
+            [kafka_topic],
+            group=group,
+            consumer_options=dict(FAST_GROUP),
+            poll_timeout=0.2,
+            commit_interval=3600,
+        )
+        try:
+            wait_for(
+                lambda: consumer._turn() or consumer.stats.records == 3, 60, "the records handled"
+            )
+            assert committed_offsets(kafka_topic, group)[0] is None
+            assert consumer.offsets.uncommitted
+
+            consumer._turn()  # nothing more comes: the poll is empty, the offsets go
+            assert committed_offsets(kafka_topic, group)[0] == 3
+            assert not consumer.offsets.uncommitted
+        finally:
+            consumer._close()
+    conversation.refresh_from_db()
+    assert conversation.message_count == 3

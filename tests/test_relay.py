@@ -15,6 +15,7 @@ from django_outbox import publish_event
 from django_outbox.envelope import HEADER_EVENT_TYPE, HEADER_OUTBOX_DB, HEADER_OUTBOX_ID
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.relay.loop import Relay
+from django_outbox.relay.rounds import Rounds
 from tests.kafka_fixtures import delete_topic, read_topic, unique_topic_name
 
 from .relay_support import (
@@ -384,6 +385,76 @@ def test_stopping_records_the_batch_in_flight_and_leaves_the_rest_due(
     assert OutboxMessage.objects.due().count() == 5
     assert not OutboxMessage.objects.in_flight().exists()
     assert relay.delivered == 5
+
+
+# --------------------------------------------------------------------------- a trickle
+# One commit at a time: a batch that took every due row is settled and recorded in the
+# round that sent it, nothing is claimed ahead of it, and where commits notify the
+# relay it waits for the next one instead of claiming again at once.
+
+
+def test_a_batch_that_took_every_due_row_is_recorded_in_the_round_that_sent_it(
+    relay_settings, producer_client, kafka_bootstrap
+):
+    topic = relay_settings.OUTBOX_DEFAULT_TOPIC
+    rows = make_rows(3, topic)
+    relay = Relay(batch_size=5)
+    try:
+        assert relay.run_once() == 3
+        # acked and written back before run_once returned: nothing left with Kafka,
+        # nothing claimed ahead (it would have been empty)
+        assert OutboxMessage.objects.published().count() == 3
+        assert relay.delivered == 3
+        assert not relay.claims.ahead
+        assert relay.rounds.in_flight is None
+        assert relay.rounds.caught_up
+    finally:
+        relay.stop()
+        relay.run()
+    records = read_topic(kafka_bootstrap, topic, 3)
+    sent = sorted(int(dict(record.headers)[HEADER_OUTBOX_ID]) for record in records)
+    assert sent == sorted(row.pk for row in rows)
+
+
+def test_a_full_batch_still_claims_the_next_one_ahead(relay_settings, producer_client):
+    make_rows(8, relay_settings.OUTBOX_DEFAULT_TOPIC)
+    relay = Relay(batch_size=5)
+    try:
+        assert relay.run_once() == 5
+        assert not relay.rounds.caught_up
+        assert relay.rounds.in_flight is not None
+        assert list(relay.claims.ahead) == ["default"]
+    finally:
+        relay.stop()
+        relay.run()
+    assert OutboxMessage.objects.published().count() == 5
+    assert OutboxMessage.objects.due().count() == 3
+
+
+class _Listening:
+    """What ``Rounds.look_again`` reads of a ``Wakeup``: the aliases notifications come from."""
+
+    def __init__(self, *aliases: str) -> None:
+        self.listening = set(aliases)
+
+
+@pytest.mark.parametrize(
+    "caught_up, listening, strict_order, again",
+    [
+        (True, ("default",), False, False),  # a commit since then wakes the relay
+        (False, ("default",), False, True),  # a batch was full: more rows wait
+        (True, (), False, True),  # no notification comes: look
+        (True, ("default",), True, True),  # an outcome may have opened a held key
+    ],
+)
+def test_the_relay_looks_again_at_once_only_when_no_commit_would_wake_it(
+    settings, caught_up, listening, strict_order, again
+):
+    settings.OUTBOX_STRICT_ORDER = strict_order
+    rounds = Rounds.__new__(Rounds)  # (the decision reads two attributes only)
+    rounds.databases = ["default"]
+    rounds.caught_up = caught_up
+    assert rounds.look_again(_Listening(*listening)) is again
 
 
 # --------------------------------------------------------------------------- record headers

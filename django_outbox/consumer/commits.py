@@ -1,8 +1,8 @@
 """Offset commits: only for records whose outcome is recorded, partition by partition.
 
 The position of each partition moves past a record once its outcome is recorded
-(``advance``); the offsets to commit gather until the loop commits them, after each
-poll (while a backlog is read, once per ``commit_interval``). A commit that fails
+(``advance``); the offsets to commit gather until the loop commits them, once per
+``commit_interval`` and after a poll that came back empty. A commit that fails
 keeps its offsets for the next one; one the broker refuses is handed to the loop,
 which pauses (``refused``). After an error mid-poll, what has no recorded outcome is
 read again (``rewind``).
@@ -58,9 +58,17 @@ class Offsets:
             self.positions.pop(tp, None)
         return {tp: self.uncommitted.pop(tp) for tp in partitions if tp in self.uncommitted}
 
-    def due(self, backlog: bool) -> bool:
-        """After a poll: commit now, unless a backlog is read and it is not yet time."""
-        return not backlog or time.monotonic() - self.last_commit >= self.commit_interval
+    def due(self, *, idle: bool) -> bool:
+        """After a poll: commit now if it came back empty or ``commit_interval`` has passed.
+
+        Not after every poll that brought records: a commit is a round trip to the
+        group coordinator (several ms), and at a trickle of records (one per poll)
+        the records that arrive meanwhile wait for it. Uncommitted offsets are also
+        committed before partitions are revoked and when the consumer stops; a crash
+        in between only makes Kafka deliver the records again, which once-only
+        handling drops.
+        """
+        return idle or time.monotonic() - self.last_commit >= self.commit_interval
 
     def take_refused(self) -> BaseException | None:
         refused, self.refused = self.refused, None

@@ -6,7 +6,7 @@
 in chunks of ``batch_size``: one transaction per database and chunk, a savepoint
 per handler (see ``handling.py`` for the once-only rules). Offsets are committed
 only for records whose outcome is recorded, in order, partition by partition,
-after each poll (while a backlog is read, once per ``commit_interval``).
+once per ``commit_interval`` and after a poll that came back empty.
 
 - Handler failures never block a partition: an outbox row goes back to the relay
   with a backoff (``dead`` after ``max_retry``); an inbox event is retried here a
@@ -278,10 +278,7 @@ class Consumer:
         deliveries = self._poll()
         if deliveries is None:
             return False
-        # A full poll: a backlog, more records wait. Its offsets are committed once a
-        # commit_interval (a commit is a round trip to the coordinator, more than a
-        # chunk of no-op handlers); a crash in between only makes more records come
-        # again, which once-only handling drops.
+        # A full poll: a backlog, more records wait.
         backlog = len(deliveries) >= self.polling.poll_size
         try:
             self.consuming.consume(deliveries)
@@ -290,7 +287,10 @@ class Consumer:
             self.offsets.commit(self.polling.client)
             raise
         self.dead_letters.flush()  # outcomes committed, offsets not yet
-        if self.offsets.due(backlog):
+        # Not after every poll (``Offsets.due``): a commit is a round trip to the
+        # coordinator the next record would wait for; but after a burst's last poll.
+        last = self.consuming.limit_reached() or (self.burst and not backlog)
+        if self.offsets.due(idle=not deliveries or last):
             self.offsets.commit(self.polling.client)
         self.progress.maybe_log(self.polling.client)
         refused = self.offsets.take_refused()

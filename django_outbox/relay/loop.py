@@ -206,8 +206,7 @@ class Relay:
                 handled = 0
                 self.shutdown.wait(1.0)
             self.progress.report(self.delivered)
-            if handled or self.settled_last_turn:
-                # Settling may have opened keys held in strict order: look again.
+            if (handled or self.settled_last_turn) and self.rounds.look_again(wakeup):
                 continue
             if self.burst and self.rounds.burst_done():
                 break

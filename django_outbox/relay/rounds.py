@@ -2,10 +2,11 @@
 sent before it, hand its write-back over.
 
 At most two batches are with Kafka at once (the one sent this round, and the one
-before, settled meanwhile), one more is claimed ahead; no key is in both batches
-with Kafka, and a key that failed gives its later rows back (``keyorder``). A round
-ends with nothing in flight when nothing was claimed, Kafka looked unreachable, or a
-stop was requested. Here too: how long an idle relay sleeps, and when a burst is done.
+before, settled meanwhile), one more is claimed ahead while batches come full; no key
+is in both batches with Kafka, and a key that failed gives its later rows back
+(``keyorder``). A round ends with nothing in flight when it took every row due (no
+batch was full), nothing was claimed, Kafka looked unreachable, or a stop was
+requested. Here too: how long an idle relay sleeps, and when a burst is done.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Rounds:
         self.failed = 0
         #: Rows whose outcome the last ``run_once`` settled.
         self.settled_last_turn = 0
+        #: The last ``run_once`` took every row due of each database (no batch was full)
+        #: and settled what it sent.
+        self.caught_up = False
 
     def run_once(self) -> int:
         """Claim and send one batch from each database, settling the batch sent before.
@@ -79,11 +83,13 @@ class Rounds:
         self.settled_last_turn = 0
         if self.coordination.due():
             self.coordination.tick()
+        self.caught_up = False
         if not self.outages.kafka_usable():
             self.quiesce()
             self.write_backs.collect(wait=True)
             return 0
         handled = 0
+        caught_up = True
         for alias in self.databases:
             if self.shutdown.requested or not self.outages.database_usable(alias):
                 continue
@@ -98,10 +104,15 @@ class Rounds:
                 continue
             self.outages.database_ok(alias)
             handled += len(batch)
+            # A batch smaller than batch_size took every row due: one claimed ahead now
+            # would most likely be empty (a statement for nothing, on the database
+            # thread that the next commit's claim waits behind).
+            full = len(batch.rows) >= self.claims.batch_size
             # Claimed (ahead) before the latest failures were written back.
             batch = self._give_back_failed_keys(batch)
             self.failed_keys = {key for key in self.failed_keys if key[0] != alias}
-            if batch.rows and not self.shutdown.requested and not self.outages.kafka_failures:
+            caught_up = caught_up and not full
+            if full and not self.shutdown.requested and not self.outages.kafka_failures:
                 self.claims.claim_ahead(alias)
             batch, held = keyorder.split(batch, keyorder.keys_in(self.in_flight))
             sent = [self._send(batch)] if batch.rows else []
@@ -113,7 +124,10 @@ class Rounds:
             elif held.rows:  # their keys' earlier rows are acknowledged now
                 sent.append(self._send(held))
             self.in_flight = sent
-        if not handled or self.shutdown.requested or not self.outages.kafka_usable():
+        self.caught_up = caught_up
+        if not handled or caught_up or self.shutdown.requested or not self.outages.kafka_usable():
+            # Nothing more was due: what was sent goes out now (flush, no linger_ms) and
+            # is recorded before the relay waits for the next commit.
             self.settle_in_flight()
             self.write_backs.collect(wait=True)
         return handled
@@ -177,6 +191,20 @@ class Rounds:
         self.write_backs.record_unrecorded(stopping=True)
         self.write_backs.collect(wait=True)
         self.write_backs.abandon()
+
+    def look_again(self, wakeup: Wakeup) -> bool:
+        """After a round that claimed or settled rows: claim again at once, or wait.
+
+        Once a round took every row due and settled it, a commit since then wakes the
+        relay (its notification sets ``wakeup``), so looking again would be one more
+        claim, empty most of the time, per commit. The relay looks again when a batch
+        was full (more rows wait), where no notification comes (MySQL/MariaDB, SQLite,
+        a listener down, a burst), and in strict order (an outcome settled may have
+        opened a key held behind it).
+        """
+        if not self.caught_up or outbox_settings.strict_order:
+            return True
+        return bool(set(self.databases) - wakeup.listening)
 
     def idle_wait(self, wakeup: Wakeup | None) -> float:
         """Seconds an idle relay sleeps, unless a commit wakes it first."""
