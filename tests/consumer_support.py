@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 from kafka.structs import TopicPartition
 
 from django_outbox import Event
-from django_outbox.consumer import Consumer
+from django_outbox.consumer import Consumer, Delivery
 from django_outbox.kafka import build_consumer, record_headers
 from django_outbox.models import OutboxMessage
 from django_outbox.registry import registry
@@ -167,3 +167,15 @@ def handling_settings(settings: Any) -> None:
     settings.OUTBOX_CONSUMER_GROUP = "g"
     settings.OUTBOX_RETRY_BACKOFF_BASE = 0.05
     settings.OUTBOX_RETRY_BACKOFF_MAX = 0.2
+
+
+def local(row: OutboxMessage, offset: int, partition: int = 0, alias: str = "default") -> Delivery:
+    """The delivery of outbox ``row`` of ``alias`` as the relay sends it, from topic ``t``."""
+    return Delivery(
+        "t",
+        partition,
+        offset,
+        row.message_key.encode(),
+        row.payload.encode(),
+        tuple(record_headers(row, alias)),
+    )

@@ -9,7 +9,6 @@ from django.db import OperationalError
 
 from django_outbox import publish_event
 from django_outbox.consumer import Delivery, Handling
-from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry
 from testproject.chat.models import Conversation
@@ -21,6 +20,7 @@ from .consumer_support import (
     count_handler,
     foreign_record,
     handling_settings,
+    local,
     registered,
     send_rows,
     unique_group,
@@ -37,17 +37,6 @@ def no_fast_path(settings):
 @pytest.fixture
 def conversation():
     return Conversation.objects.create(title="batch tests")
-
-
-def local(row: OutboxMessage, offset: int, partition: int = 0) -> Delivery:
-    return Delivery(
-        "t",
-        partition,
-        offset,
-        row.message_key.encode(),
-        row.payload.encode(),
-        tuple(record_headers(row, "default")),
-    )
 
 
 def foreign(data: dict, offset: int, partition: int = 0) -> Delivery:

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from django_outbox import publish_event
 from django_outbox.consumer import Delivery, Handling
 from django_outbox.consumer.records import parse
-from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from testproject.chat.models import ChatHistory, Conversation
@@ -24,6 +23,7 @@ from .consumer_support import (
     consume,
     foreign_record,
     handling_settings,
+    local,
     registered,
     send_raw,
     send_rows,
@@ -44,17 +44,6 @@ def outbox_config(settings):
 @pytest.fixture
 def conversation():
     return Conversation.objects.create(title="batch handler tests")
-
-
-def local(row: OutboxMessage, offset: int, partition: int = 0, alias: str = "default") -> Delivery:
-    return Delivery(
-        "t",
-        partition,
-        offset,
-        row.message_key.encode(),
-        row.payload.encode(),
-        tuple(record_headers(row, alias)),
-    )
 
 
 def foreign(event_type: str, data: dict, offset: int, partition: int = 0) -> Delivery:

@@ -15,11 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_outbox import compat, publish_event, signals
-from django_outbox.consumer import Delivery, Handling
-from django_outbox.kafka import record_headers
+from django_outbox.consumer import Handling
 from django_outbox.models import OutboxMessage
 
-from .consumer_support import COUNTER, handling_settings, registered
+from .consumer_support import COUNTER, handling_settings, local, registered
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,17 +27,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def outbox_config(settings):
     handling_settings(settings)
     settings.OUTBOX_TOPICS = {}
-
-
-def local(row: OutboxMessage, offset: int) -> Delivery:
-    return Delivery(
-        "t",
-        0,
-        offset,
-        row.message_key.encode(),
-        row.payload.encode(),
-        tuple(record_headers(row, "default")),
-    )
 
 
 class Mailer:

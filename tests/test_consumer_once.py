@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from django_outbox import Event, publish_event
 from django_outbox.consumer import Delivery, Handling
 from django_outbox.consumer import savepoints as lazy
-from django_outbox.kafka import record_headers
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry
 from testproject.chat.models import ChatHistory, Conversation
@@ -29,6 +28,7 @@ from .consumer_support import (
     consume,
     foreign_record,
     handling_settings,
+    local,
     registered,
     send_rows,
     unique_group,
@@ -50,17 +50,6 @@ def outbox_config(settings):
 @pytest.fixture
 def conversation():
     return Conversation.objects.create(title="once tests")
-
-
-def local(row: OutboxMessage, offset: int, partition: int = 0) -> Delivery:
-    return Delivery(
-        "t",
-        partition,
-        offset,
-        row.message_key.encode(),
-        row.payload.encode(),
-        tuple(record_headers(row, "default")),
-    )
 
 
 def foreign(event_type: str, data: dict, offset: int, partition: int = 0) -> Delivery:

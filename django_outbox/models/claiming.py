@@ -323,7 +323,7 @@ def record_published(
     """Mark rows Kafka acknowledged ``published``; return how many changed.
 
     ``sent``: per id, the topic and Kafka's (partition, offset), kept in
-    ``Publication`` in the same transaction (see ``mark_published``).
+    ``Publication``, written after the fenced update (see ``mark_published``).
     """
     return claim.rows_manager().mark_published(claim.fence, ids, now or timezone.now(), sent=sent)
 

@@ -1,8 +1,9 @@
 """The write-back: what Kafka answered for a claimed batch, recorded on its rows.
 
 Acknowledged rows become ``published``, with the partition and offset Kafka gave
-(``Publication``, in the same transaction); the others are retried with backoff, released
-with no attempt spent (nothing known, broker unreachable) or ``dead`` (a definite,
+(``Publication``, in a statement of its own after the fenced update); the others are
+retried with backoff, released with no attempt spent (fate unknown: no answer, the
+cluster's own trouble; due again at once, ``keyorder``) or ``dead`` (a definite,
 final answer), each through the fenced transitions of ``django_outbox.models``. A
 database that fails is retried on a fresh connection; the caller keeps the outcome
 and writes it once the database answers again, while the claim's lease lasts.
