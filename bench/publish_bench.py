@@ -60,22 +60,14 @@ def main() -> None:
     django.setup()
     from django.conf import settings
     from django.db import connection, transaction
-    from django.test.utils import setup_databases, teardown_databases
 
+    from bench.seeding import bench_database
     from django_outbox import kafka, publish_event
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage
     from tests.relay_support import database_url
 
-    test = settings.DATABASES["default"].setdefault("TEST", {})
-    if "sqlite" not in settings.DATABASES["default"]["ENGINE"]:
-        test["NAME"] = f"bench_publish_{settings.DATABASES['default']['NAME']}"
-    else:
-        Path(settings.SQLITE_TEST_DIR).mkdir(parents=True, exist_ok=True)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
-    old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
-    try:
+    with bench_database(prefix="bench_publish") as bootstrap:
         topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
         with kafka.build_admin() as admin:
             admin.create_topics([kafka.NewTopic(topic, 3, 1)])
@@ -130,8 +122,6 @@ def main() -> None:
 
         if args.latency:
             latency(args, settings, bootstrap, database_url("default"))
-    finally:
-        teardown_databases(old_config, verbosity=0)
 
 
 def write_json(path: str, vendor: str, measured: dict[str, list[float]]) -> None:
