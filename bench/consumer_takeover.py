@@ -136,11 +136,13 @@ def main() -> None:
     django.setup()
     from django.db import connection
 
-    from bench.seeding import takeover_database
+    from bench.seeding import bench_database
     from tests.scale_support import create_effect_table
 
     summary = []
-    with takeover_database("run it on PostgreSQL or MariaDB (DATABASE_URL=...)") as bootstrap:
+    with bench_database(
+        on_sqlite="run it on PostgreSQL or MariaDB (DATABASE_URL=...)"
+    ) as bootstrap:
         create_effect_table()
         for session_ms in (int(v) for v in args.session_timeouts.split(",")):
             figures = measure(bootstrap, session_ms, args.heartbeat_ms, args.repeat)

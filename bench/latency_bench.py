@@ -80,22 +80,18 @@ def main() -> None:
     import django
 
     django.setup()
-    import seeding
     from django.conf import settings
     from django.db import connection
-    from django.test.utils import teardown_databases
 
+    from bench.seeding import bench_database
     from tests.relay_support import database_url
 
-    old_config, bootstrap = seeding.throwaway_database("bench_latency")
-    try:
+    with bench_database(prefix="bench_latency") as bootstrap:
         print(f"database: {connection.vendor}")
         measured = latency(args, settings, bootstrap, database_url("default"))
         if args.json and measured:
             baseline = raw_round_trip(args, bootstrap)
             write_json(args.json, connection.vendor, args.gap, measured, baseline)
-    finally:
-        teardown_databases(old_config, verbosity=0)
 
 
 def options(pairs: list[str]) -> dict[str, Any]:

@@ -56,18 +56,16 @@ def main() -> None:
     import django
 
     django.setup()
-    import seeding
     from django.conf import settings
     from django.db import connection, transaction
-    from django.test.utils import teardown_databases
 
+    from bench.seeding import bench_database
     from django_outbox import kafka, publish_event
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage
     from tests.relay_support import database_url
 
-    old_config, bootstrap = seeding.throwaway_database("bench_publish")
-    try:
+    with bench_database(prefix="bench_publish") as bootstrap:
         topic = f"bench-publish-{uuid.uuid4().hex[:8]}"
         with kafka.build_admin() as admin:
             admin.create_topics([kafka.NewTopic(topic, 3, 1)])
@@ -122,8 +120,6 @@ def main() -> None:
 
         if args.latency:
             latency(args, settings, bootstrap, database_url("default"))
-    finally:
-        teardown_databases(old_config, verbosity=0)
 
 
 def write_json(path: str, vendor: str, measured: dict[str, list[float]]) -> None:

@@ -27,13 +27,12 @@ database floor" (and the confluent relay's, with ``--client confluent``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from floor import relay_floor  # noqa: E402
-from seeding import analyze  # noqa: E402
+from seeding import analyze, bench_database  # noqa: E402
 
 FIGURE = "relay vs raw kafka-python producer"
 BASELINE = "raw kafka-python producer"
@@ -90,7 +89,6 @@ def main() -> None:
     django.setup()
     from django.conf import settings
     from django.db import connection, transaction
-    from django.test.utils import setup_databases, teardown_databases
 
     from django_outbox import kafka, publish_event
     from django_outbox.conf import outbox_settings
@@ -98,24 +96,12 @@ def main() -> None:
     from django_outbox.models import OutboxMessage, Status
     from django_outbox.relay.loop import Relay
 
-    settings.OUTBOX_WAKE_RELAY = False
     batch_size = args.batch_size or outbox_settings.batch_size
-    # Its own test database, apart from the test suite's.
-    config = settings.DATABASES["default"]
-    test = config.setdefault("TEST", {})
-    if "sqlite" in config["ENGINE"]:
-        # A file in WAL mode, as a relay would use it (not the test suite's location).
-        test["NAME"] = str(Path(tempfile.mkdtemp(prefix="outbox-bench-"), "bench.sqlite3"))
-        config["OPTIONS"] = {
-            **config.get("OPTIONS", {}),
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
-        }
-    else:
-        test["NAME"] = f"bench_{config['NAME']}"
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
-    old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    # Its own test database (bench/seeding.py); the bench's topics deleted before it.
+    cleanup = contextlib.ExitStack()
+    cleanup.enter_context(bench_database())
     topics: list[str] = []
+    cleanup.callback(delete_topics, topics)
     try:
         vendor = connection.vendor
         print(
@@ -429,12 +415,15 @@ def main() -> None:
             f"({count} transactions each, relay wake-up off; bench/publish_bench.py has more)"
         )
     finally:
-        teardown_databases(old_config, verbosity=0)
-        if "sqlite" in config["ENGINE"]:
-            shutil.rmtree(Path(test["NAME"]).parent, ignore_errors=True)
-        if topics:
-            with kafka.build_admin() as admin:
-                admin.delete_topics(topics)
+        cleanup.close()
+
+
+def delete_topics(topics: list[str]) -> None:
+    from django_outbox import kafka
+
+    if topics:
+        with kafka.build_admin() as admin:
+            admin.delete_topics(topics)
 
 
 def sizes(text: str) -> list[int]:
@@ -512,10 +501,18 @@ def time_phases() -> dict[str, list[float]]:
     The main thread's steps, then the database thread's (which overlap with them).
     """
     from django_outbox import kafka
-    from django_outbox.relay import loop as relay
+    from django_outbox.models import publications
+    from django_outbox.relay import claims, rounds
     from django_outbox.relay import write_back as delivery
 
-    names = ("wait for claim", "build+send", "wait for acks", "db: claim", "db: write-back")
+    names = (
+        "wait for claim",
+        "build+send",
+        "wait for acks",
+        "db: claim",
+        "db: write-back",
+        "db: of it Publication",
+    )
     totals = {name: [0.0, 0.0] for name in names}
 
     def timed(name: str, function):
@@ -529,11 +526,12 @@ def time_phases() -> dict[str, list[float]]:
 
         return wrapper
 
-    relay.Relay._claim = timed("wait for claim", relay.Relay._claim)
-    relay.Relay._send = timed("build+send", relay.Relay._send)
+    claims.Claims.next = timed("wait for claim", claims.Claims.next)
+    rounds.Rounds._send = timed("build+send", rounds.Rounds._send)
     kafka.await_acks = timed("wait for acks", kafka.await_acks)
-    relay.claim = timed("db: claim", relay.claim)
-    relay.write_back = timed("db: write-back", delivery.write_back)
+    claims.claim = timed("db: claim", claims.claim)
+    delivery.write_back = timed("db: write-back", delivery.write_back)
+    publications.record = timed("db: of it Publication", publications.record)
     return totals
 
 

@@ -200,12 +200,12 @@ def main() -> None:
     django.setup()
     from django.db import connection
 
-    from bench.seeding import takeover_database
+    from bench.seeding import bench_database
     from django_outbox.conf import outbox_settings
     from django_outbox.relay.buckets import TICK
 
-    with takeover_database(
-        "relay buckets need PostgreSQL or MariaDB: set DATABASE_URL"
+    with bench_database(
+        on_sqlite="relay buckets need PostgreSQL or MariaDB: set DATABASE_URL"
     ) as bootstrap:
         print(
             f"{connection.vendor}: 2 relays, OUTBOX_LEASE_SECONDS={args.lease:g}, "

@@ -68,23 +68,15 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.conf import settings
     from django.db import connection, transaction
-    from django.test.utils import setup_databases, teardown_databases
 
+    from bench.seeding import bench_database
     from django_outbox import kafka
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage, Status
     from tests.kafka_fixtures import order_inversions, read_topic
     from tests.relay_support import database_url
 
-    config = settings.DATABASES["default"]
-    if "sqlite" in config["ENGINE"]:
-        sys.exit("relay buckets need PostgreSQL or MariaDB: set DATABASE_URL")
-    config.setdefault("TEST", {})["NAME"] = f"bench_{config['NAME']}"
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
-    old_config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
     counts = [int(n) for n in args.relays.split(",")]
     pad = "x" * max(args.size - 200, 0)
 
@@ -180,7 +172,9 @@ def main() -> None:
         inversions = order_inversions(records)
         return args.rows / seconds, inversions, len(records)
 
-    try:
+    with bench_database(
+        on_sqlite="relay buckets need PostgreSQL or MariaDB: set DATABASE_URL"
+    ) as bootstrap:
         print(
             f"database: {connection.vendor}; {args.rows} rows x {args.size} bytes, "
             f"{args.keys} keys, {args.partitions} partitions, {os.cpu_count()} cores"
@@ -206,8 +200,6 @@ def main() -> None:
                 f"{n} relay(s): {rate:,.0f} rows/s (median) = {rate / raw:.2f}x raw, "
                 f"{rate / one:.2f}x {counts[0]} relay(s); same-key inversions {inversions}"
             )
-    finally:
-        teardown_databases(old_config, verbosity=0)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,19 +258,31 @@ def seed(
 
 
 @contextlib.contextmanager
-def takeover_database(on_sqlite: str) -> Iterator[str]:
-    """For the takeover benches (several worker processes on one database): a
-    ``bench_<name>`` test database on PostgreSQL or MariaDB (``SystemExit(on_sqlite)`` on
-    SQLite), the broker of ``KAFKA_BOOTSTRAP_SERVERS``, relay wake-ups off (the workers
-    find rows by polling). Yields the bootstrap address; drops the database after."""
+def bench_database(*, prefix: str = "bench", on_sqlite: str | None = None) -> Iterator[str]:
+    """A throw-away test database for a bench that writes (relay, relays, publish,
+    takeovers), apart from the test suite's, dropped after.
+
+    PostgreSQL or MariaDB: ``<prefix>_<name>`` on the server of ``DATABASE_URL``.
+    SQLite: a file in a temporary directory of its own (WAL, as testproject/settings.py
+    sets it), removed after; ``SystemExit(on_sqlite)`` instead when ``on_sqlite`` is
+    given (several worker processes need a server). The broker is
+    ``KAFKA_BOOTSTRAP_SERVERS``; relay wake-ups are off (the workers find rows by
+    polling; a bench that times them turns them on itself). Yields the bootstrap address.
+    """
     from django.conf import settings
     from django.db import connection
     from django.test.utils import setup_databases, teardown_databases
 
     config = settings.DATABASES["default"]
+    test = config.setdefault("TEST", {})
+    scratch: Path | None = None
     if "sqlite" in config["ENGINE"]:
-        raise SystemExit(on_sqlite)
-    config.setdefault("TEST", {})["NAME"] = f"bench_{config['NAME']}"
+        if on_sqlite is not None:
+            raise SystemExit(on_sqlite)
+        scratch = Path(tempfile.mkdtemp(prefix="outbox-bench-"))
+        test["NAME"] = str(scratch / "bench.sqlite3")
+    else:
+        test["NAME"] = f"{prefix}_{config['NAME']}"
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
     settings.OUTBOX_WAKE_RELAY = False
@@ -278,20 +292,5 @@ def takeover_database(on_sqlite: str) -> Iterator[str]:
     finally:
         connection.close()
         teardown_databases(old_config, verbosity=0)
-
-
-def throwaway_database(prefix: str) -> tuple[Any, str]:
-    """A test database for a bench that runs the workers: ``<prefix>_<name>`` on
-    PostgreSQL or MariaDB, a file under ``SQLITE_TEST_DIR`` on SQLite, the broker of
-    ``KAFKA_BOOTSTRAP_SERVERS``. Returns (what ``teardown_databases`` takes, bootstrap)."""
-    from django.conf import settings
-    from django.test.utils import setup_databases
-
-    config = settings.DATABASES["default"]
-    if "sqlite" not in config["ENGINE"]:
-        config.setdefault("TEST", {})["NAME"] = f"{prefix}_{config['NAME']}"
-    else:
-        Path(settings.SQLITE_TEST_DIR).mkdir(parents=True, exist_ok=True)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
-    settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = bootstrap
-    return setup_databases(verbosity=0, interactive=False, aliases={"default"}), bootstrap
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
