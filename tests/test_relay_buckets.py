@@ -15,6 +15,7 @@ import time
 import pytest
 from django.db import connection
 from django.db.models import F
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from django_outbox.models import OutboxMessage, Status, buckets
 from django_outbox.models.buckets import BUCKETS, RelayBucket, RelayMember, bucket_of
 from django_outbox.models.claiming import Owner, claim
-from django_outbox.relay.buckets import Coordinator, fair_share
+from django_outbox.relay.buckets import SWEEP, Coordinator, fair_share
 from django_outbox.relay.loop import Relay
 from tests.kafka_fixtures import order_inversions, read_topic
 
@@ -35,6 +36,10 @@ def shared_vendor(vendor):
     if not buckets.supported(vendor):
         pytest.skip("SQLite runs one relay: no buckets (W090 warns when a second one starts)")
     return vendor
+
+
+#: What a transaction adds around a tick's statements (a test runs in one already).
+FRAMING = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE SAVEPOINT")
 
 
 def coordinator(name: str, lease: float = 10.0) -> Coordinator:
@@ -152,8 +157,52 @@ def test_a_renewal_is_fenced_on_the_generation(shared_vendor):
     a.tick()
     # the bucket changed hands behind a's back (and came back under the same name)
     RelayBucket.objects.filter(bucket=0).update(generation=F("generation") + 5)
-    a.tick()
+    lease_before = RelayBucket.objects.get(bucket=0).lease_until
+    a.tick(timezone.now() + datetime.timedelta(seconds=1))
     assert 0 not in a.holding.buckets
+    # nor is its lease extended: it runs out, and the bucket's rows go to its next owner
+    assert RelayBucket.objects.get(bucket=0).lease_until == lease_before
+    assert RelayBucket.objects.get(bucket=1).lease_until > lease_before
+
+
+@pytest.mark.django_db
+def test_a_steady_tick_costs_the_same_few_statements_for_one_bucket_or_all(shared_vendor):
+    def statements(call) -> list[str]:
+        with CaptureQueriesContext(connection) as captured:
+            call()
+        sqls = [query["sql"] for query in captured.captured_queries]
+        return [sql for sql in sqls if not sql.startswith(FRAMING)]
+
+    a = coordinator("a")
+    a.tick()
+    assert a.holding.count == BUCKETS
+    every = statements(a.tick)
+    # heartbeat, count of members, one UPDATE of the leases and one read back
+    assert len(every) == 4 and a.holding.count == BUCKETS
+    assert not any(" OR " in sql for sql in every)
+    a.give_back(BUCKETS - 1)
+    assert len(statements(lambda: a._renew(timezone.now()))) == 2
+    assert a.holding.count == 1
+
+
+@pytest.mark.django_db
+def test_members_gone_for_an_hour_are_forgotten_once_a_sweep_is_due(shared_vendor):
+    now = timezone.now()
+    long_ago = now - datetime.timedelta(hours=2)
+    RelayMember.objects.create(
+        name="gone", started_at=long_ago, heartbeat_at=long_ago, alive_until=long_ago
+    )
+    a = coordinator("a")
+    a.tick(now)
+    assert not RelayMember.objects.filter(name="gone").exists()
+    RelayMember.objects.create(
+        name="gone too", started_at=long_ago, heartbeat_at=long_ago, alive_until=long_ago
+    )
+    a.tick(now + datetime.timedelta(seconds=1))  # the next sweep is a minute away
+    assert RelayMember.objects.filter(name="gone too").exists()
+    a.tick(now + datetime.timedelta(seconds=SWEEP))
+    assert not RelayMember.objects.filter(name="gone too").exists()
+    assert a.holding.members == 1
 
 
 # ------------------------------------------------------------------ the claim's fence

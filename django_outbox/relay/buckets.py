@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import connections, models, transaction
 from django.db.models import Q
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two looks at the buckets (renew, count members, take or give back).
 TICK = 1.0
+
+#: Seconds between two sweeps of members gone for an hour (a sweep is a read, and a
+#: delete when it finds some): once a minute is enough for a table of a few rows.
+SWEEP = 60.0
 
 
 def new_name() -> str:
@@ -62,6 +67,10 @@ class Coordinator:
         self.lease = datetime.timedelta(seconds=lease_seconds)
         self.holding = Holding()
         self.enabled = supported(connections[alias].vendor)
+        #: The bucket rows exist (made once, by the first tick that finds them missing).
+        self._ensured = False
+        #: ``now`` of the last sweep of gone members (None: not yet).
+        self._swept_at: datetime.datetime | None = None
 
     # ---------------------------------------------------------------- one tick
 
@@ -78,10 +87,12 @@ class Coordinator:
     def _tick_once(self, now: datetime.datetime, greedy: bool) -> int:
         # the tick is one transaction: if it rolls back, so does what it told the holding
         before = Holding(dict(self.holding.buckets), self.holding.until, self.holding.members)
+        ensured, swept_at = self._ensured, self._swept_at
         try:
             return self._tick_in_transaction(now, greedy)
         except Exception:
             self.holding = before
+            self._ensured, self._swept_at = ensured, swept_at
             raise
 
     def _tick_in_transaction(self, now: datetime.datetime, greedy: bool) -> int:
@@ -114,7 +125,9 @@ class Coordinator:
                     .update(owner=None, lease_until=None, generation=models.F("generation") + 1)
                 )
                 self.holding.buckets.pop(bucket, None)
-        self._reset_until()
+        # the earliest lease of what is left is no earlier than the one kept: still a safe cap
+        if not self.holding.buckets:
+            self.holding.until = None
         if released:
             logger.info(
                 "outbox relay %s: gave back %d bucket(s) on %r", self.name, released, self.alias
@@ -155,9 +168,15 @@ class Coordinator:
             )
 
     def _live_members(self, now: datetime.datetime) -> int:
+        if self._swept_at is None or (now - self._swept_at).total_seconds() >= SWEEP:
+            self._sweep(now)
+        return self._members().filter(alive_until__gt=now).count()
+
+    def _sweep(self, now: datetime.datetime) -> None:
         # Members gone for an hour are forgotten: found by a plain read, deleted by name,
         # so no tick locks a range of the table (a ranged DELETE beside other relays'
         # heartbeats deadlocked on MariaDB).
+        self._swept_at = now
         gone = list(
             self._members()
             .filter(alive_until__lt=now - datetime.timedelta(hours=1))
@@ -165,30 +184,38 @@ class Coordinator:
         )
         if gone:
             self._members().filter(name__in=gone).delete()
-        return self._members().filter(alive_until__gt=now).count()
 
     def _ensure_buckets(self) -> None:
+        if self._ensured:
+            return
         if self._buckets().count() < BUCKETS:
             self._buckets().bulk_create(
                 [RelayBucket(bucket=n) for n in range(BUCKETS)], ignore_conflicts=True
             )
+        self._ensured = True
 
     def _renew(self, now: datetime.datetime) -> None:
-        """Extend the leases of the buckets held, fenced on (owner, generation)."""
+        """Extend the leases of the buckets held: two statements whatever the count.
+
+        Fenced on (owner, generation) and the lease not yet run out: a bucket that
+        changed hands, even back to this name, is neither extended nor counted.
+        """
         held = self.holding.buckets
         if not held:
-            self._reset_until()
+            self.holding.until = None
             return
-        mine = Q()
-        for bucket, generation in held.items():
-            mine |= Q(bucket=bucket, generation=generation)
-        ours = self._buckets().filter(mine, owner=self.name, lease_until__gt=now)
-        ours.update(lease_until=now + self.lease)
+        self._extend(now, held)
         # what the table still says is ours (a bucket lost while this relay stalled is gone)
-        self.holding.buckets = dict(
-            self._buckets()
-            .filter(mine, owner=self.name, lease_until__gt=now)
-            .values_list("bucket", "generation")
+        rows = self._buckets().filter(owner=self.name, lease_until__gt=now, bucket__in=list(held))
+        leases = {}
+        for bucket, generation, lease_until in rows.values_list(
+            "bucket", "generation", "lease_until"
+        ):
+            if held.get(bucket) == generation:
+                leases[bucket] = (generation, lease_until)
+        self.holding.buckets = {bucket: generation for bucket, (generation, _) in leases.items()}
+        self.holding.until = min(
+            (lease for _, lease in leases.values() if lease is not None), default=None
         )
         lost = set(held) - set(self.holding.buckets)
         if lost:
@@ -200,7 +227,32 @@ class Coordinator:
                 self.alias,
                 sorted(lost),
             )
-        self._reset_until()
+
+    def _extend(self, now: datetime.datetime, held: dict[int, int]) -> None:
+        # One UPDATE over (bucket, generation) row values (PostgreSQL and MariaDB, the
+        # databases with buckets), not an OR of one condition per bucket.
+        connection = connections[self.alias]
+        ops = connection.ops
+        meta = RelayBucket._meta
+        table = ops.quote_name(meta.db_table)
+        column = {field.name: ops.quote_name(str(field.column)) for field in meta.concrete_fields}
+        lease, owner, bucket, generation = (
+            column[name] for name in ("lease_until", "owner", "bucket", "generation")
+        )
+        pairs = ", ".join(["(%s, %s)"] * len(held))
+        sql = (
+            f"UPDATE {table} SET {lease} = %s WHERE {owner} = %s AND {lease} > %s "
+            f"AND ({bucket}, {generation}) IN ({pairs})"
+        )
+        params: list[Any] = [
+            ops.adapt_datetimefield_value(now + self.lease),
+            self.name,
+            ops.adapt_datetimefield_value(now),
+        ]
+        for pair in held.items():
+            params.extend(pair)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
 
     def _take(self, now: datetime.datetime, wanted: int) -> None:
         free = Q(owner__isnull=True) | Q(lease_until__isnull=True) | Q(lease_until__lte=now)
@@ -225,7 +277,8 @@ class Coordinator:
                 .filter(bucket__in=taken, owner=self.name)
                 .values_list("bucket", "generation")
             )
-            self._reset_until()
+            # what was taken leases until now + lease, no earlier than what was renewed
+            self.holding.until = min(self.holding.until or now + self.lease, now + self.lease)
             logger.info(
                 "outbox relay %s: took %d bucket(s) on %r (%d held, %d relay(s))",
                 self.name,
@@ -234,14 +287,3 @@ class Coordinator:
                 self.holding.count,
                 self.holding.members,
             )
-
-    def _reset_until(self) -> None:
-        if not self.holding.buckets:
-            self.holding.until = None
-            return
-        leases = (
-            self._buckets()
-            .filter(bucket__in=list(self.holding.buckets), owner=self.name)
-            .values_list("lease_until", flat=True)
-        )
-        self.holding.until = min((lease for lease in leases if lease is not None), default=None)
