@@ -9,7 +9,10 @@ are annotations only and do not count.
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 from collections import defaultdict
 
 import pytest
@@ -359,3 +362,24 @@ def test_each_side_is_one_package_or_a_core_module():
         by_side[side_of(module)].append(module)
     unknown = {side for side in by_side if not any(side in sides for sides in LAYERS)}
     assert not unknown, f"modules outside any side: {sorted(unknown)}"
+
+
+def test_a_web_process_does_not_load_the_kafka_client():
+    """``django.setup()`` of the demo project (admin, journey page, consumer.inbox) imports
+    no Kafka client: only the workers, the replay and the checks that reach Kafka do."""
+    script = (
+        "import sys, django; django.setup(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kafka', 'confluent_kafka')"
+        " or m in ('django_outbox.kafka', 'django_outbox.consumer.loop')))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PACKAGE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

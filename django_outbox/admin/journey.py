@@ -40,12 +40,12 @@ from django.utils.translation import gettext as _
 
 from django_outbox.conf import outbox_settings
 from django_outbox.consumer.inbox import replay_inbox_key
-from django_outbox.history.replay import table_source_name
 from django_outbox.history.selection import Selection
 from django_outbox.models import OutboxMessage, ReplayRun, Status
 from django_outbox.models.attempts import FailedAttempt, Source
 from django_outbox.models.inbox import InboxEntry, RejectedRecord
 from django_outbox.models.publications import Publication
+from django_outbox.models.replay_runs import table_source_name
 from django_outbox.ops import tracing
 
 #: Rows a source reads at most (its newest).

@@ -72,11 +72,6 @@ class Replayable:
 Source = Callable[[int | None, int], Iterator[list[Replayable]]]
 
 
-def table_source_name(alias: str) -> str:
-    """What a run of the rows of ``alias`` records as its ``source``."""
-    return f"table:{alias}"
-
-
 def table_source(selection: Selection, alias: str) -> Source:
     """The rows of ``alias`` that ``selection`` picks, by id."""
 

@@ -86,3 +86,8 @@ class ReplayRun(models.Model):
 
     def _save(self, *fields: str) -> None:
         self.save(update_fields=[*fields, "updated_at"])
+
+
+def table_source_name(alias: str) -> str:
+    """What a run of the rows of ``alias`` records as its ``source``."""
+    return f"table:{alias}"

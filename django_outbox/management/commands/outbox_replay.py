@@ -24,6 +24,7 @@ from django_outbox.history.archive import ArchiveError, read_archive
 from django_outbox.history.selection import DEFAULT_STATUSES, REPLAYABLE_STATUSES, Selection
 from django_outbox.management.worker import command_logging, positive_float, positive_int
 from django_outbox.models import ReplayRun, RunState
+from django_outbox.models.replay_runs import table_source_name
 from django_outbox.shutdown import Shutdown
 
 #: Rows shown by ``--dry-run``.
@@ -125,7 +126,7 @@ class Command(BaseCommand):
                 "say who handles the replay: --group G (only that consumer group) or "
                 "--all-groups (every consumer group of the topics handles the events again)"
             )
-        source_name = replay.table_source_name(alias)
+        source_name = table_source_name(alias)
         if options["from_archive"] is not None:
             source_name = f"archive:{options['from_archive']}"
         source, matched, sample = self._source(source_name, selection)
