@@ -29,6 +29,23 @@ from tests.kafka_fixtures import read_topic, topic_record_count
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+def fresh_python(script: str, settings_module: str = "tests.settings") -> str:
+    """Run ``script`` in a fresh interpreter at the repository's root with
+    ``DJANGO_SETTINGS_MODULE`` set; return its output (fails on a non-zero exit)."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings_module}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 #: Producer options that make a broken broker cost a test seconds, not minutes.
 FAST_FAIL_PRODUCER = {
     "bootstrap_timeout_ms": 1500,

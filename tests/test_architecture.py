@@ -9,13 +9,12 @@ are annotations only and do not count.
 from __future__ import annotations
 
 import ast
-import os
 import pathlib
-import subprocess
-import sys
 from collections import defaultdict
 
 import pytest
+
+from tests.relay_support import fresh_python
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "django_outbox"
 
@@ -372,14 +371,4 @@ def test_a_web_process_does_not_load_the_kafka_client():
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kafka', 'confluent_kafka')"
         " or m in ('django_outbox.kafka', 'django_outbox.consumer.loop')))"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings"}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PACKAGE.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert fresh_python(script, "testproject.settings") == "[]"

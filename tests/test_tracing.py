@@ -6,9 +6,6 @@ the in-process consumer handles; the in-memory exporter shows how the spans hang
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -29,7 +26,7 @@ from django_outbox.relay.send import build_record
 from tests.kafka_fixtures import read_topic
 
 from .consumer_support import consume, registered, unique_group
-from .relay_support import IGNORE_LEAKED_SOCKETS, REPO_ROOT
+from .relay_support import IGNORE_LEAKED_SOCKETS, fresh_python
 from .tracing_support import by_name, installed_provider, parent_of
 
 EVENT = "test.traced"
@@ -253,17 +250,7 @@ assert tracing.handling(print, [event]) is tracing._NULL
 tracing.record_sends(None, None, 0.0)
 print("ok")
 """
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert fresh_python(script) == "ok"
 
 
 # --------------------------------------------------------------------------- bad input
