@@ -218,6 +218,8 @@ def test_a_corrupt_archive_line_stops_before_anything_is_sent(
 
 
 def test_an_unknown_group_needs_force(history):
+    out = replay_command("--group", "no-such-group", "--dry-run")
+    assert "consumer group 'no-such-group' not checked (--dry-run" in out
     with pytest.raises(CommandError, match="no consumer group 'no-such-group' is known"):
         replay_command("--group", "no-such-group")
     assert ReplayRun.objects.count() == 0

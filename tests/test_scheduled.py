@@ -54,18 +54,35 @@ def test_deliver_at_on_a_whole_second_is_moved_off_it():
 
 
 @pytest.mark.parametrize(
-    "when",
+    ("when", "said"),
     [
-        {"deliver_at": datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)},
-        {"delay": datetime.timedelta(seconds=-30)},
-        {"delay": datetime.timedelta(0)},
+        (
+            {"deliver_at": datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)},
+            "deliver_at 2001-01-01T00:00:00+00:00 is not in the future",
+        ),
+        ({"delay": datetime.timedelta(seconds=-30)}, "delay -1 day, 23:59:30 is not in the"),
+        ({"delay": datetime.timedelta(0)}, None),
     ],
     ids=["past", "negative-delay", "zero-delay"],
 )
-def test_a_time_not_in_the_future_is_now(when):
-    row = publish_event(TYPE, {}, **when)
+def test_a_time_not_in_the_future_is_now_and_says_so(when, said, caplog):
+    with caplog.at_level("INFO", logger="django_outbox.publish.write"):
+        row = publish_event(TYPE, {}, **when)
     assert OutboxMessage.objects.get(pk=row.pk).next_retry_at is None
     assert OutboxMessage.objects.due().count() == 1
+    messages = [r.getMessage() for r in caplog.records if r.name == "django_outbox.publish.write"]
+    if said is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and said in messages[0], messages
+        assert f"publish_event({TYPE!r})" in messages[0] and "due at once" in messages[0]
+
+
+def test_a_future_time_says_nothing(caplog):
+    with caplog.at_level("INFO", logger="django_outbox.publish.write"):
+        publish_event(TYPE, {}, delay=datetime.timedelta(hours=1))
+        publish_event(TYPE, {})
+    assert not [r for r in caplog.records if r.name == "django_outbox.publish.write"]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ from django_outbox.exceptions import ImproperlyConfiguredOutbox, InvalidEvent
 from django_outbox.models import OutboxMessage, scheduled_time
 from django_outbox.ops import tracing
 from django_outbox.topics import topic_problem
+
+logger = logging.getLogger(__name__)
 
 EVENT_TYPE_MAX = 64
 KEY_MAX = 128
@@ -47,7 +50,8 @@ def publish_event(
 
     ``deliver_at`` (an aware datetime) or ``delay`` (a ``timedelta``), not both,
     schedules the event: the row waits ``pending`` until then and no relay sends it
-    earlier (docs/scheduling.rst). A time that is not in the future means now.
+    earlier (docs/scheduling.rst). A time that is not in the future means now
+    (logged at INFO, but for ``delay`` zero).
     """
     alias = _served_alias(using)
     _check_event_type(event_type)
@@ -60,6 +64,8 @@ def publish_event(
         raise InvalidEvent(f"version must be a positive integer, not {version!r}")
     now = timezone.now()
     not_before = _not_before(now, deliver_at, delay)
+    if not_before is None:
+        _say_if_past(event_type, now, deliver_at, delay)
 
     event = Event(
         event_type=event_type,
@@ -202,6 +208,29 @@ def _not_before(
     elif timezone.is_aware(deliver_at):
         deliver_at = timezone.make_naive(deliver_at)
     return scheduled_time(now, deliver_at)
+
+
+def _say_if_past(
+    event_type: str,
+    now: datetime.datetime,
+    deliver_at: datetime.datetime | None,
+    delay: datetime.timedelta | None,
+) -> None:
+    """Log a time asked for that had passed already (the event is due at once); no
+    time asked, or ``delay`` zero, says nothing."""
+    if deliver_at is not None:
+        asked = f"deliver_at {deliver_at.isoformat()}"
+    elif delay is not None and delay < datetime.timedelta(0):
+        asked = f"delay {delay}"
+    else:
+        return
+    logger.info(
+        "publish_event(%r): %s is not in the future (now %s): the event is due at once",
+        event_type,
+        asked,
+        now.isoformat(),
+        extra={"event_type": event_type},
+    )
 
 
 def _wake_relay_at_commit(alias: str) -> None:

@@ -140,6 +140,11 @@ class Command(BaseCommand):
             self.stdout.write(f"{shown}; nothing sent (--dry-run). First {len(sample)}:")
             for row in sample:
                 self.stdout.write(f"  #{row.pk} {row.event_type} key={row.key!r} topic={row.topic}")
+            if options["group"]:
+                self.stdout.write(
+                    f"consumer group {options['group']!r} not checked (--dry-run asks "
+                    "nothing of Kafka); the run itself refuses a group the cluster does not know"
+                )
             return None
         group = options["group"] or ""
         if group and not options["force"]:
