@@ -271,7 +271,8 @@ def test_a_relay_claims_only_the_keys_of_its_buckets_and_every_keyless_row(share
 
 
 @pytest.mark.django_db
-def test_a_stalled_relay_that_lost_its_buckets_claims_none_of_their_rows(shared_vendor):
+@pytest.mark.parametrize("whole", [False, True], ids=["by-bucket", "whole"])
+def test_a_stalled_relay_that_lost_its_buckets_claims_none_of_their_rows(shared_vendor, whole):
     keyed_rows(10)
     a = coordinator("a", lease=5)
     now = timezone.now()
@@ -281,9 +282,42 @@ def test_a_stalled_relay_that_lost_its_buckets_claims_none_of_their_rows(shared_
     b = coordinator("b", lease=5)
     b.tick(now + datetime.timedelta(seconds=6))
     stale = claim(
-        "default", 100, 30, owner=Owner("a", cap), now=now + datetime.timedelta(seconds=6)
+        "default",
+        100,
+        30,
+        owner=Owner("a", cap, whole=whole),
+        now=now + datetime.timedelta(seconds=6),
     )
     assert stale.rows == []
+
+
+@pytest.mark.django_db
+def test_a_relay_alone_claims_every_row_and_no_keyed_one_once_it_lost_a_bucket(shared_vendor):
+    """The claim of a relay that held every bucket at its last tick counts the buckets
+    once per statement instead of hashing each row; if one changed hands since, it
+    takes the keyless rows only until its next tick says which."""
+    rows = keyed_rows(30)
+    (keyless,) = make_rows(1, "t", keys=[""])
+    a = coordinator("a")
+    now = timezone.now()
+    a.tick(now)
+    owner = Owner("a", a.lease_cap(now), whole=a.holding.count == BUCKETS)
+    assert owner.whole
+    with CaptureQueriesContext(connection) as captured:
+        batch = claim("default", 10, 30, owner=owner, now=now)
+    assert len(batch) == 10
+    assert not any("md5" in query["sql"].lower() for query in captured.captured_queries)
+    OutboxMessage.objects.filter(pk__in=[row.id for row in batch.rows]).delete()
+    lost = bucket_of("t", rows[-1].message_key)
+    RelayBucket.objects.filter(bucket=lost).update(owner="b", generation=F("generation") + 1)
+    later = claim("default", 100, 30, owner=owner, now=now)
+    assert [row.id for row in later.rows] == [keyless.pk]
+    a.tick(now + datetime.timedelta(seconds=1))
+    assert a.holding.count == BUCKETS - 1
+    owner = Owner("a", a.lease_cap(now), whole=a.holding.count == BUCKETS)
+    rest = claim("default", 100, 30, owner=owner, now=now + datetime.timedelta(seconds=1))
+    expected = {row.pk for row in rows[10:] if bucket_of("t", row.message_key) != lost}
+    assert {row.id for row in rest.rows} == expected
 
 
 @pytest.mark.django_db

@@ -128,6 +128,20 @@ def owned_rows_sql(connection: Any, table: str, topic: str, key: str) -> str:
     )
 
 
+def owns_every_bucket_sql(connection: Any, table: str, key: str) -> str:
+    """``owned_rows_sql`` for a relay that held every bucket at its last tick: the same
+    parameters, the same answer while it still holds them all, and no keyed row at all
+    once it does not (its next tick finds out which it lost). The count is one subquery
+    that does not depend on the row, so the database runs it once per statement instead
+    of hashing each candidate row."""
+    quote = connection.ops.quote_name
+    buckets = quote(RelayBucket._meta.db_table)
+    return (
+        f"({table}.{quote(key)} = '' OR (SELECT COUNT(*) FROM {buckets} "
+        f"WHERE {quote('owner')} = %s AND {quote('lease_until')} > %s) = {BUCKETS})"
+    )
+
+
 def assignment(alias: str, now: datetime.datetime | None = None) -> list[dict[str, Any]]:
     """The relays of ``alias`` and the buckets each owns (``outbox_status``, the admin)."""
     now = now or timezone.now()

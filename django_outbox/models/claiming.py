@@ -88,6 +88,9 @@ class Owner:
     name: str
     #: The earliest lease among its buckets (None: it owns none; keyless rows only).
     lease_cap: datetime.datetime | None
+    #: It held every bucket at its last tick (a relay alone on its database): the claim
+    #: then checks that it still does once per statement, not a hash per row.
+    whole: bool = False
 
     def scope(self, rows: OutboxMessageQuerySet, now: datetime.datetime) -> OutboxMessageQuerySet:
         """``rows`` without the keyed rows of buckets this relay does not own now."""
@@ -95,7 +98,10 @@ class Owner:
         meta = OutboxMessage._meta
         table = connection.ops.quote_name(meta.db_table)
         topic, key = (str(meta.get_field(name).column) for name in ("topic", "message_key"))  # type: ignore[union-attr]
-        condition = buckets.owned_rows_sql(connection, table, topic, key)
+        if self.whole:
+            condition = buckets.owns_every_bucket_sql(connection, table, key)
+        else:
+            condition = buckets.owned_rows_sql(connection, table, topic, key)
         now_value = meta.get_field("next_retry_at").get_db_prep_value(now, connection)
         return rows.extra(where=[condition], params=[self.name, now_value])  # type: ignore[return-value]
 

@@ -62,7 +62,8 @@ class Coordination:
         coordinator = self.coordinators.get(alias)
         if coordinator is None or not coordinator.enabled:
             return None
-        return Owner(self.name, coordinator.lease_cap(timezone.now()))
+        whole = coordinator.holding.count == buckets.BUCKETS
+        return Owner(self.name, coordinator.lease_cap(timezone.now()), whole=whole)
 
     def tick(self) -> None:
         """Renew this relay's buckets, take its share, give back what is over it.

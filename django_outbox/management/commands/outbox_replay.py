@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import getpass
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from django_outbox.conf import outbox_settings
 from django_outbox.exceptions import describe
 from django_outbox.history import replay
 from django_outbox.history.archive import ArchiveError, read_archive
+from django_outbox.history.progress import progress_line
 from django_outbox.history.selection import DEFAULT_STATUSES, REPLAYABLE_STATUSES, Selection
 from django_outbox.management.worker import command_logging, positive_float, positive_int
 from django_outbox.models import ReplayRun, RunState
@@ -216,6 +218,8 @@ class Command(BaseCommand):
         if run.state != RunState.RUNNING:
             run.resume()
         shutdown = Shutdown()
+        #: when this process began sending, and what the run had sent before (a resume)
+        self._started = (time.monotonic(), run.sent)
         replayer = replay.Replayer(
             run,
             source,
@@ -235,7 +239,11 @@ class Command(BaseCommand):
         self.stdout.write(f"replay run {run.pk} done: {run.sent} record(s) sent again")
 
     def _progress(self, run: ReplayRun) -> None:
-        self.stdout.write(f"replay run {run.pk}: {run.sent}/{run.matched} sent")
+        started, sent_before = self._started
+        line = progress_line(
+            run.pk, run.sent, run.matched, run.sent - sent_before, time.monotonic() - started
+        )
+        self.stdout.write(line)
 
 
 def _os_user() -> str:
