@@ -186,6 +186,21 @@ def test_a_steady_tick_costs_the_same_few_statements_for_one_bucket_or_all(share
 
 
 @pytest.mark.django_db
+def test_taking_and_giving_back_every_bucket_is_one_update_each(shared_vendor):
+    a = coordinator("a")
+    with CaptureQueriesContext(connection) as captured:
+        a.tick()
+    updates = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")]
+    assert a.holding.count == BUCKETS
+    assert len([sql for sql in updates if "relay_bucket" in sql]) == 1
+    with CaptureQueriesContext(connection) as captured:
+        assert a.give_back() == BUCKETS
+    assert len([q for q in captured.captured_queries if q["sql"].startswith("UPDATE")]) == 1
+    assert a.holding.count == 0 and a.holding.until is None
+    assert not RelayBucket.objects.filter(owner="a").exists()
+
+
+@pytest.mark.django_db
 def test_members_gone_for_an_hour_are_forgotten_once_a_sweep_is_due(shared_vendor):
     now = timezone.now()
     long_ago = now - datetime.timedelta(hours=2)

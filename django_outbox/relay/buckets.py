@@ -116,15 +116,12 @@ class Coordinator:
         chosen = held if count is None else held[len(held) - count :]
         if not chosen:
             return 0
-        released = 0
-        with transaction.atomic(using=self.alias):
-            for bucket in chosen:
-                released += (
-                    self._buckets()
-                    .filter(bucket=bucket, owner=self.name, generation=self.holding.buckets[bucket])
-                    .update(owner=None, lease_until=None, generation=models.F("generation") + 1)
-                )
-                self.holding.buckets.pop(bucket, None)
+        pairs = {bucket: self.holding.buckets[bucket] for bucket in chosen}
+        released = self._update_held(
+            pairs, "{owner} = NULL, {lease} = NULL, {generation} = {generation} + 1", []
+        )
+        for bucket in chosen:
+            self.holding.buckets.pop(bucket, None)
         # the earliest lease of what is left is no earlier than the one kept: still a safe cap
         if not self.holding.buckets:
             self.holding.until = None
@@ -204,7 +201,7 @@ class Coordinator:
         if not held:
             self.holding.until = None
             return
-        self._extend(now, held)
+        self._update_held(held, "{lease} = %s", [self._at(now + self.lease)], lease_after=now)
         # what the table still says is ours (a bucket lost while this relay stalled is gone)
         rows = self._buckets().filter(owner=self.name, lease_until__gt=now, bucket__in=list(held))
         leases = {}
@@ -228,55 +225,70 @@ class Coordinator:
                 sorted(lost),
             )
 
-    def _extend(self, now: datetime.datetime, held: dict[int, int]) -> None:
-        # One UPDATE over (bucket, generation) row values (PostgreSQL and MariaDB, the
-        # databases with buckets), not an OR of one condition per bucket.
+    def _at(self, moment: datetime.datetime) -> Any:
+        return connections[self.alias].ops.adapt_datetimefield_value(moment)
+
+    def _update_held(
+        self,
+        held: dict[int, int],
+        assignments: str,
+        params: list[Any],
+        *,
+        lease_after: datetime.datetime | None = None,
+    ) -> int:
+        """One ``UPDATE`` of the buckets among ``held`` (bucket -> generation) that this
+        relay still owns under that generation (and, given ``lease_after``, with a lease
+        running past it); returns how many rows it changed.
+
+        The condition is on ``(bucket, generation)`` row values (PostgreSQL and MariaDB,
+        the databases with buckets), not an OR of one condition per bucket.
+        """
+        if not held:
+            return 0
         connection = connections[self.alias]
         ops = connection.ops
         meta = RelayBucket._meta
-        table = ops.quote_name(meta.db_table)
         column = {field.name: ops.quote_name(str(field.column)) for field in meta.concrete_fields}
-        lease, owner, bucket, generation = (
-            column[name] for name in ("lease_until", "owner", "bucket", "generation")
-        )
+        where = [f"{column['owner']} = %s"]
+        condition_params: list[Any] = [self.name]
+        if lease_after is not None:
+            where.append(f"{column['lease_until']} > %s")
+            condition_params.append(self._at(lease_after))
         pairs = ", ".join(["(%s, %s)"] * len(held))
-        sql = (
-            f"UPDATE {table} SET {lease} = %s WHERE {owner} = %s AND {lease} > %s "
-            f"AND ({bucket}, {generation}) IN ({pairs})"
-        )
-        params: list[Any] = [
-            ops.adapt_datetimefield_value(now + self.lease),
-            self.name,
-            ops.adapt_datetimefield_value(now),
-        ]
+        where.append(f"({column['bucket']}, {column['generation']}) IN ({pairs})")
         for pair in held.items():
-            params.extend(pair)
+            condition_params.extend(pair)
+        sql = (
+            f"UPDATE {ops.quote_name(meta.db_table)} SET "
+            + assignments.format(
+                owner=column["owner"], lease=column["lease_until"], generation=column["generation"]
+            )
+            + " WHERE "
+            + " AND ".join(where)
+        )
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(sql, params + condition_params)
+            return int(cursor.rowcount)
 
     def _take(self, now: datetime.datetime, wanted: int) -> None:
         free = Q(owner__isnull=True) | Q(lease_until__isnull=True) | Q(lease_until__lte=now)
         candidates = list(
             self._buckets().filter(free).order_by("bucket").values_list("bucket", flat=True)
         )
-        taken: list[int] = []
-        for bucket in candidates[:wanted]:
-            if (
-                self._buckets()
-                .filter(free, bucket=bucket)
-                .update(
-                    owner=self.name,
-                    lease_until=now + self.lease,
-                    generation=models.F("generation") + 1,
-                )
-            ):
-                taken.append(bucket)
+        chosen = candidates[:wanted]
+        if not chosen:
+            return
+        # one conditional UPDATE: a bucket another relay took meanwhile is not free any more
+        self._buckets().filter(free, bucket__in=chosen).update(
+            owner=self.name, lease_until=now + self.lease, generation=models.F("generation") + 1
+        )
+        taken = dict(
+            self._buckets()
+            .filter(bucket__in=chosen, owner=self.name)
+            .values_list("bucket", "generation")
+        )
         if taken:
-            self.holding.buckets.update(
-                self._buckets()
-                .filter(bucket__in=taken, owner=self.name)
-                .values_list("bucket", "generation")
-            )
+            self.holding.buckets.update(taken)
             # what was taken leases until now + lease, no earlier than what was renewed
             self.holding.until = min(self.holding.until or now + self.lease, now + self.lease)
             logger.info(
