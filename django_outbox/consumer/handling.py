@@ -189,6 +189,7 @@ class Handling:
             )
             with savepoints.installed():
                 done.walk(parsed, named, owned, handled, stop)
+                done.close_group()
             if done.inboxed:
                 self.inbox.insert_many((item.delivery, item.event) for item in done.inboxed)
             for alias, pks in done.consumed.items():
