@@ -57,6 +57,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 os.environ.setdefault("DJANGO_DEBUG", "False")  # DEBUG keeps every query in memory
 
 from floor import consumer_floor  # noqa: E402
+from options import options  # noqa: E402
 
 EVENT_TYPE = "bench.message"
 PLAIN_CHUNK = 200  # the plain loop's events per transaction
@@ -99,6 +100,14 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["no-op", "insert", "batch"], action="append", help="figures to measure"
     )
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=VALUE", help="a Django setting"
+    )
+    parser.add_argument(
+        "--rerun-safe",
+        action="store_true",
+        help="register the handlers with rerun_safe=True (no savepoint of their own)",
+    )
     args = parser.parse_args()
 
     import django
@@ -106,6 +115,9 @@ def main() -> None:
     django.setup()
     logging.getLogger("django_outbox").setLevel(logging.WARNING)
     from django.conf import settings
+
+    for name, value in options(args.setting).items():
+        setattr(settings, name, value)
     from django.core.management import call_command
     from django.db import connection, transaction
     from django.test.utils import override_settings
@@ -145,6 +157,8 @@ def main() -> None:
     print(
         f"database {vendor} ({settings.DATABASES['default']['NAME']}), broker {bootstrap}, "
         f"topic {topic} (3 partitions), {args.events} events, consumer --batch-size {batch_size}"
+        + "".join(f", {pair}" for pair in args.setting)
+        + (", handlers rerun_safe=True" if args.rerun_safe else "")
     )
 
     # ---------------------------------------------------------------- the records
@@ -194,12 +208,14 @@ def main() -> None:
     def bulk(batch: list[Event]) -> None:
         ChatHistory.objects.bulk_create([history(event) for event in batch])
 
+    marked = {"rerun_safe": True} if args.rerun_safe else {}
+
     def handlers(kind: str) -> HandlerRegistry:
         chosen = HandlerRegistry()
         if kind == "batch":
-            chosen.register(EVENT_TYPE, bulk, batch=True)
+            chosen.register(EVENT_TYPE, bulk, batch=True, **marked)
         else:
-            chosen.register(EVENT_TYPE, noop if kind == "no-op" else insert)
+            chosen.register(EVENT_TYPE, noop if kind == "no-op" else insert, **marked)
         return chosen
 
     # ---------------------------------------------------------------- the runs

@@ -34,7 +34,6 @@ busy machine). Asserts nothing about speed.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import functools
 import json
@@ -51,6 +50,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+from options import options  # noqa: E402
 
 #: The stages of one event, in order, as the trace names them; the relay's write-back
 #: ("written") runs beside the consumer's stages, after "ack".
@@ -92,17 +93,6 @@ def main() -> None:
         if args.json and measured:
             baseline = raw_round_trip(args, bootstrap)
             write_json(args.json, connection.vendor, args.gap, measured, baseline)
-
-
-def options(pairs: list[str]) -> dict[str, Any]:
-    parsed = {}
-    for pair in pairs:
-        name, _, value = pair.partition("=")
-        try:
-            parsed[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed[name] = value
-    return parsed
 
 
 # ---------------------------------------------------------------------- the parent

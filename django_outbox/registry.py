@@ -10,6 +10,14 @@ outbox rows, whose status stays the business of ``OUTBOX_CONSUMER_GROUP``.
 A handler takes one ``Event``; a *batch* handler (``batch=True``) takes a list of
 them: the events of its type in one chunk of records, handled in one transaction
 (see docs/consumer.rst, "Batch handlers").
+
+A *rerun-safe* handler (``rerun_safe=True``) declares that running it again on the
+same event does no harm beyond its database writes, which are rolled back: it sends
+no e-mail, calls no API, or does so idempotently. The consumer then takes no
+savepoint of its own for it; when it or another rerun-safe handler next to it in a
+chunk fails, those handlers' writes are rolled back together and they run again
+(docs/consumer.rst, "Rerun-safe handlers"). The default is ``False``: each handler
+once per delivery unless the process dies.
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ def _kind(batch: bool) -> str:
 
 @dataclass(frozen=True)
 class Registration:
-    """The handler of one event type, and whether it takes a list of events."""
+    """The handler of one event type, whether it takes a list of events, and whether
+    it may run again when a neighbour in its chunk fails (``rerun_safe``)."""
 
     func: Callable[..., Any]
     batch: bool = False
+    rerun_safe: bool = False
 
     @property
     def name(self) -> str:
@@ -77,6 +87,12 @@ class Registration:
         return None
 
 
+def _check_flags(batch: object, rerun_safe: object) -> None:
+    for name, value in (("batch", batch), ("rerun_safe", rerun_safe)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, not {value!r}")
+
+
 def _check_callable(event_type: str, func: Any, batch: bool) -> None:
     """A clear error now for a handler the consumer could not call later."""
     takes = "a list of events" if batch else "one event"
@@ -107,12 +123,19 @@ class HandlerRegistry:
         # back the registrations of a module whose import failed.
         self._registry: dict[str, Registration] = {}
 
-    def register(self, event_type: str, func: Callable[..., Any], *, batch: bool = False) -> None:
-        """Make ``func`` the handler of ``event_type``; ``batch``: it takes a list of events."""
-        if not isinstance(batch, bool):
-            raise TypeError(f"batch must be True or False, not {batch!r}")
+    def register(
+        self,
+        event_type: str,
+        func: Callable[..., Any],
+        *,
+        batch: bool = False,
+        rerun_safe: bool = False,
+    ) -> None:
+        """Make ``func`` the handler of ``event_type``; ``batch``: it takes a list of
+        events; ``rerun_safe``: it may run again when a neighbour fails (no savepoint)."""
+        _check_flags(batch, rerun_safe)
         _check_callable(event_type, func, batch)
-        new = Registration(func, batch)
+        new = Registration(func, batch, rerun_safe)
         existing = self._registry.get(event_type)
         # Re-importing the same module (autoreload, a test) registers the same function again.
         if existing is not None and existing.name != new.name:
@@ -159,7 +182,11 @@ registry = HandlerRegistry()
 
 
 def handler(
-    event_type: str, *, batch: bool = False, registry: HandlerRegistry = registry
+    event_type: str,
+    *,
+    batch: bool = False,
+    rerun_safe: bool = False,
+    registry: HandlerRegistry = registry,
 ) -> Callable[[H], H]:
     """Register the decorated function as the handler of ``event_type``::
 
@@ -170,14 +197,17 @@ def handler(
     @handler("chat.message.created", batch=True)
     def save_histories(events):  # the events of one chunk, in one transaction
         ChatHistory.objects.bulk_create([...])
+
+    @handler("chat.message.created", rerun_safe=True)
+    def count_message(event):  # database writes only: it may run again after a
+        ...                    # neighbour's failure, its writes rolled back
     """
     if not isinstance(event_type, str) or not event_type or len(event_type) > 64:
         raise ValueError("event_type must be a non-empty string of at most 64 characters")
-    if not isinstance(batch, bool):
-        raise TypeError(f"batch must be True or False, not {batch!r}")
+    _check_flags(batch, rerun_safe)
 
     def decorator(func: H) -> H:
-        registry.register(event_type, func, batch=batch)
+        registry.register(event_type, func, batch=batch, rerun_safe=rerun_safe)
         return func
 
     return decorator

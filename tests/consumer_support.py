@@ -47,8 +47,10 @@ def broken_handler(event: Event) -> None:
 
 
 @contextmanager
-def registered(event_type: str, func: Any, *, batch: bool = False) -> Iterator[None]:
-    registry.register(event_type, func, batch=batch)
+def registered(
+    event_type: str, func: Any, *, batch: bool = False, rerun_safe: bool = False
+) -> Iterator[None]:
+    registry.register(event_type, func, batch=batch, rerun_safe=rerun_safe)
     try:
         yield
     finally:

@@ -11,27 +11,35 @@ import re
 import uuid
 
 import pytest
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
-from django.utils.dateparse import parse_datetime
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from django_outbox import Event, publish_event
-from django_outbox.consumer import Delivery, Handling
+from django_outbox.consumer import Handling
 from django_outbox.consumer import savepoints as lazy
 from django_outbox.models import OutboxMessage, Status
 from django_outbox.models.inbox import InboxEntry
-from testproject.chat.models import ChatHistory, Conversation
+from testproject.chat.models import Conversation
 
 from .consumer_support import (
     consume,
-    foreign_record,
     handling_settings,
     local,
     registered,
     send_rows,
     unique_group,
+)
+from .once_support import (
+    Outside,
+    data,
+    foreign,
+    histories,
+    history,
+    outcomes,
+    planned,
+    plans,
+    record_savepoints,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -50,55 +58,6 @@ def outbox_config(settings):
 @pytest.fixture
 def conversation():
     return Conversation.objects.create(title="once tests")
-
-
-def foreign(event_type: str, data: dict, offset: int, partition: int = 0) -> Delivery:
-    key, value, headers = foreign_record(event_type, data)
-    return Delivery("t", partition, offset, key, value, tuple(headers))
-
-
-def outcomes(results) -> list[str | None]:
-    return [None if r is None else r.outcome.value for r in results]
-
-
-def data(conversation, n: int, *, fail: bool = False) -> dict:
-    return {"conversation_id": conversation.pk, "n": n, "fail": fail}
-
-
-def history(event: Event) -> ChatHistory:
-    return ChatHistory(
-        event_id=event.event_id,
-        conversation_id=event.data["conversation_id"],
-        author="once",
-        text=f"message {event.data['n']}",
-        sent_at=parse_datetime("2026-12-01T00:00:00Z"),
-    )
-
-
-def histories() -> set[uuid.UUID]:
-    return set(ChatHistory.objects.values_list("event_id", flat=True))
-
-
-class Outside:
-    """Handlers with an effect outside the database (``sent``) and one inside."""
-
-    def __init__(self) -> None:
-        self.sent: list[uuid.UUID] = []
-        self.committed: list[uuid.UUID] = []
-
-    def plain(self, event: Event) -> None:
-        self.sent.append(event.event_id)  # the e-mail: gone once sent
-        history(event).save()
-        transaction.on_commit(lambda: self.committed.append(event.event_id))
-        if event.data["fail"]:
-            raise RuntimeError(f"refused {event.data['n']}")
-
-    def batch(self, events: list[Event]) -> None:
-        self.sent.extend(event.event_id for event in events)
-        ChatHistory.objects.bulk_create(history(event) for event in events)
-        transaction.on_commit(lambda: self.committed.extend(event.event_id for event in events))
-        if any(event.data["fail"] for event in events):
-            raise RuntimeError("refused the list")
 
 
 def test_a_handler_runs_once_when_a_neighbour_in_its_chunk_fails(conversation):
@@ -168,15 +127,7 @@ def test_a_failing_list_is_handled_one_event_at_a_time_each_once_more(conversati
 @pytest.fixture
 def chunk_savepoints(monkeypatch) -> list[lazy.LazySavepoints]:
     """The ``LazySavepoints`` of each chunk handled."""
-    made: list[lazy.LazySavepoints] = []
-    real = lazy.LazySavepoints.__init__
-
-    def init(self, aliases):
-        real(self, aliases)
-        made.append(self)
-
-    monkeypatch.setattr(lazy.LazySavepoints, "__init__", init)
-    return made
+    return record_savepoints(monkeypatch)
 
 
 def test_a_handler_without_a_query_costs_no_savepoint(conversation, chunk_savepoints):
@@ -266,34 +217,12 @@ def test_a_postgresql_chunk_ends_at_its_subtransaction_cap(conversation, setting
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(
-    plan=st.lists(
-        st.tuples(
-            st.booleans(),  # fails
-            st.sampled_from(["local", "inbox"]),
-            st.sampled_from([PLAIN, BATCH]),
-            st.integers(0, 2),  # partition
-        ),
-        min_size=1,
-        max_size=14,
-    )
-)
+@given(plan=plans([PLAIN, BATCH]))
 def test_effects_are_exactly_the_passing_handlers_each_once(conversation, plan):
     """Random chunks: a per-event handler runs once per record it gets to (a failing
     batch list's events once more, alone); exactly the passing ones' writes and
     callbacks commit."""
-    deliveries, offsets, types = [], [0, 0, 0], {}
-    for fails, kind, event_type, partition in plan:
-        payload = data(conversation, len(deliveries), fail=fails)
-        if kind == "local":
-            row = publish_event(event_type, payload, max_retry=5)
-            delivery, event_id = local(row, offsets[partition], partition), row.event.event_id
-        else:
-            delivery = foreign(event_type, payload, offsets[partition], partition)
-            event_id = uuid.UUID(delivery.header("event_id"))
-        types[event_id] = (event_type, fails)
-        offsets[partition] += 1
-        deliveries.append(delivery)
+    deliveries, types = planned(conversation, plan)
     before = histories()
     outside = Outside()
     with registered(PLAIN, outside.plain), registered(BATCH, outside.batch, batch=True):

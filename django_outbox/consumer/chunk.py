@@ -15,9 +15,19 @@ own savepoint): those events reach the handler twice, once in the list. A
 partition keeps its order: the list is handed over before the handler of any later
 record of one of its partitions runs.
 
+A rerun-safe handler (``@handler(..., rerun_safe=True)``) takes no savepoint of its
+own: consecutive rerun-safe units of the chunk form a *group* that shares one lazy
+savepoint, armed before the first of them. When one of the group fails, the group's
+writes and ``on_commit`` callbacks are rolled back together, the units before it run
+again one at a time, each in its own savepoint (they run twice), and the failing one
+is settled as any failure. The handlers outside the group are not touched: a safe
+handler still runs once. A group ends before any other unit and before any
+bookkeeping write of the walk (a rejected record, an unknown type); its successes
+count when it ends.
+
 On PostgreSQL a chunk ends early once its transaction holds
 ``OUTBOX_CONSUMER_SUBTRANSACTIONS`` savepoints; the records after that wait for the
-next chunk.
+next chunk (a group's savepoint is one).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from django_outbox.consumer.inbox import inbox_key
 from django_outbox.consumer.local import LocalFailure, LockedRow
 from django_outbox.consumer.outcomes import Outcome, Result
 from django_outbox.consumer.records import Delivery, Rejected, replay_mark
-from django_outbox.consumer.running import run_in_savepoint
+from django_outbox.consumer.running import run_in_group, run_in_savepoint, undo
 from django_outbox.consumer.savepoints import LazySavepoints
 from django_outbox.envelope import Event
 from django_outbox.exceptions import UnknownEventType
@@ -98,6 +108,8 @@ class ChunkPass:
     pending: dict[tuple[str, str], Unit] = field(default_factory=dict)  # batches to hand over
     #: Records walked when the chunk ended at its savepoint cap (PostgreSQL), or None.
     capped_at: int | None = None
+    #: Rerun-safe units run under the savepoint they share, successes not counted yet.
+    group: list[Unit] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.deliveries)
@@ -130,11 +142,13 @@ class ChunkPass:
                 )
                 continue
             if isinstance(event, Rejected):
+                self.close_group()  # the rejection's writes are not the group's
                 self.results[index] = handling.rejected(delivery, event, named[index])
                 continue
             try:
                 registration = handling.handlers.registration(event.event_type)
             except UnknownEventType as exc:
+                self.close_group()
                 self.results[index] = handling.unknown_type(delivery, event, row, str(exc))
                 continue
             if row is not None:
@@ -181,11 +195,62 @@ class ChunkPass:
         self._execute(self.pending.pop(key))
 
     def _execute(self, unit: Unit) -> None:
+        if unit.registration.rerun_safe:
+            self._run_grouped(unit)
+            return
+        self.close_group()
+        self._settle(unit, self._run_alone(unit))
+
+    def _run_alone(self, unit: Unit) -> Exception | None:
+        """Run the unit in its own savepoint; what it raised, or None."""
         failure = run_in_savepoint(self.savepoints, unit, self.database_errors_fail, self.ran)
         if isinstance(failure, DATABASE_ERRORS) and not self.database_errors_fail:
             # Rolled back to its savepoint, the transaction intact: a deadlock victim, a
             # lock timeout. Once more at once, before it counts as the handler's failure.
             failure = run_in_savepoint(self.savepoints, unit, False, self.ran)
+        return failure
+
+    def _run_grouped(self, unit: Unit) -> None:
+        """Run a rerun-safe unit under its group's savepoint (armed if it is the first)."""
+        if not self.group:
+            self.savepoints.arm()
+        failure = run_in_group(self.savepoints, unit, self.ran)
+        if failure is None:
+            self.group.append(unit)
+            return
+        earlier, self.group = self.group, []
+        undo(self.savepoints, failure, self.database_errors_fail)
+        logger.debug(
+            "a rerun-safe handler of %s failed (%s); %d units before it run again, "
+            "a savepoint each",
+            unit.items[0].event.event_type,
+            failure,
+            len(earlier),
+        )
+        for done in earlier:
+            self._rerun(done, None)
+        self._rerun(unit, failure)
+
+    def _rerun(self, unit: Unit, failure: Exception | None) -> None:
+        """A unit of a group rolled back: run alone again (its ``failure`` if known)."""
+        items = [item for item in unit.items if item.partition not in self.blocked]
+        if not items:
+            return  # left for later, behind a failed inbox event of its partition
+        unit = Unit(unit.registration, unit.alias, items, {item.partition for item in items})
+        if failure is None or isinstance(failure, DATABASE_ERRORS):
+            failure = self._run_alone(unit)
+        self._settle(unit, failure)
+
+    def close_group(self) -> None:
+        """End the group of rerun-safe units: their successes count."""
+        if self.group:
+            self.savepoints.keep()
+            for unit in self.group:
+                self._succeeded(unit)
+            self.group = []
+        self.savepoints.disarm()
+
+    def _settle(self, unit: Unit, failure: Exception | None) -> None:
         if failure is None:
             self._succeeded(unit)
             return
@@ -200,7 +265,8 @@ class ChunkPass:
         )
         for item in unit.items:
             if item.partition not in self.blocked:
-                self._execute(Unit(unit.registration, unit.alias, [item], {item.partition}))
+                one = Unit(unit.registration, unit.alias, [item], {item.partition})
+                self._settle(one, self._run_alone(one))
 
     def _succeeded(self, unit: Unit) -> None:
         for item in unit.items:

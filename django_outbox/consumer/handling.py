@@ -13,7 +13,8 @@ calls a user's handler. For a chunk, in one transaction per database:
   in the same transaction as the handler's writes;
 - each handler runs once, batch handlers on their lists, each in a savepoint issued
   before its first query only; one that raises is rolled back alone (``chunk.py``,
-  ``savepoints.py``);
+  ``savepoints.py``). Rerun-safe handlers (an opt-in) share one savepoint per group
+  and may run again when one of their group fails;
 - failed local rows are counted after the commit, in one short transaction.
 
 Only the handler's writes to *that same database* are once-only: a handler that
@@ -189,6 +190,7 @@ class Handling:
             )
             with savepoints.installed():
                 done.walk(parsed, named, owned, handled, stop)
+                done.close_group()
             if done.inboxed:
                 self.inbox.insert_many((item.delivery, item.event) for item in done.inboxed)
             for alias, pks in done.consumed.items():

@@ -1,5 +1,7 @@
-"""The one place that calls a user's handler (``run_handler``), and a handler run once
-in a lazy savepoint of its chunk's transaction (``run_in_savepoint``).
+"""The one place that calls a user's handler (``run_handler``), a handler run once in a
+lazy savepoint of its chunk's transaction (``run_in_savepoint``), or under a savepoint
+that a group of rerun-safe handlers shares (``run_in_group``), and the undoing of a
+failed run (``undo``).
 
 A handler's ``transaction.on_commit()`` callbacks are isolated: one that raises at
 commit does not cancel the callbacks of the other events of the chunk.
@@ -107,28 +109,48 @@ def run_in_savepoint(
     """Run a unit's handler once, in a lazy savepoint of the chunk's transaction.
 
     What it raised, or None. A failure rolls back the handler's writes and drops its
-    ``on_commit`` callbacks, nothing else (``savepoints.py``). When the savepoint
-    cannot be rolled back (the connection is lost, MariaDB rolled the transaction
-    back for a deadlock, PostgreSQL's transaction broke without a savepoint), the
-    chunk's transaction is lost: a database error propagates (unless
-    ``database_errors_fail``), anything else as ``HandlerBroke``. So does a database
-    error of a handler that made no query here (is the database away?).
+    ``on_commit`` callbacks, nothing else (``savepoints.py``, ``undo``).
     """
-    events = unit.events
-    if ran is not None:
-        ran.extend(events)
     savepoints.arm()
     try:
-        failure = run_handler(unit.registration, events, unit.alias)
-        if failure is None:
-            broken = savepoints.broken()
-            if broken is not None:
-                failure = _swallowed(events[0].event_type, broken)
+        failure = run_in_group(savepoints, unit, ran)
     finally:
         savepoints.disarm()
     if failure is None:
         savepoints.keep()
         return None
+    return undo(savepoints, failure, database_errors_fail)
+
+
+def run_in_group(
+    savepoints: LazySavepoints, unit: Unit, ran: list[Event] | None
+) -> Exception | None:
+    """Run a unit's handler under the savepoints armed already, without undoing anything.
+
+    What it raised (or how it broke the transaction), or None. A rerun-safe handler
+    runs so under the savepoint its group shares (``chunk.py``); ``run_in_savepoint``
+    arms one for a single handler first.
+    """
+    events = unit.events
+    if ran is not None:
+        ran.extend(events)
+    failure = run_handler(unit.registration, events, unit.alias)
+    if failure is None:
+        broken = savepoints.broken()
+        if broken is not None:
+            failure = _swallowed(events[0].event_type, broken)
+    return failure
+
+
+def undo(savepoints: LazySavepoints, failure: Exception, database_errors_fail: bool) -> Exception:
+    """Roll back what ran since ``savepoints.arm()`` after ``failure``; ``failure``.
+
+    When the savepoint cannot be rolled back (the connection is lost, MariaDB rolled
+    the transaction back for a deadlock, PostgreSQL's transaction broke without a
+    savepoint), the chunk's transaction is lost: a database error propagates (unless
+    ``database_errors_fail``), anything else as ``HandlerBroke``. So does a database
+    error of a handler that made no query here (is the database away?).
+    """
     database_error = isinstance(failure, DATABASE_ERRORS) and not database_errors_fail
     # A savepoint rolled back proves the database answers; without one, a database
     # error may mean it does not: the caller's retries find out (the chunk again).
