@@ -11,6 +11,9 @@ import pytest
 from django.db import connection, transaction
 from django.db.models.functions import TruncSecond
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from django_outbox.models import OutboxMessage, Status, lease_expiry
 from django_outbox.models.claiming import (
@@ -156,6 +159,32 @@ def test_burst_cutoff_leaves_rows_that_became_due_later():
     )
     later = start + datetime.timedelta(seconds=5)
     assert [r.id for r in claim("default", 10, 30, due_by=start, now=later).rows] == [rows[1].pk]
+
+
+#: Creation times as any writer may store them: any offset, microseconds, or none.
+created_times = st.none() | st.datetimes(
+    min_value=datetime.datetime(1971, 1, 2),
+    max_value=datetime.datetime(2200, 1, 1),
+    timezones=st.integers(-14 * 60, 14 * 60).map(
+        lambda minutes: datetime.timezone(datetime.timedelta(minutes=minutes))
+    ),
+)
+
+
+@examples(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(created=created_times)
+def test_a_claimed_rows_creation_time_is_the_stored_one(created):
+    # PostgreSQL reads it as a UTC timestamp (the C loader) and makes it aware again
+    OutboxMessage.objects.all().delete()
+    (row,) = make_rows(1, "t")
+    OutboxMessage.objects.filter(pk=row.pk).update(created_at=created)
+    stored = OutboxMessage.objects.values_list("created_at", flat=True).get(pk=row.pk)
+    (claimed,) = claim("default", 10, 30).rows
+    assert claimed.created_at == stored
+    if created is not None:
+        assert claimed.created_at.utcoffset() == datetime.timedelta(0)
 
 
 def test_claim_filters_limits_and_fences_alike_on_every_database(vendor, django_assert_num_queries):

@@ -17,11 +17,12 @@ import datetime
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
 
+from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connections, transaction
 from django.utils import timezone
@@ -301,7 +302,7 @@ def _lease_returning(
         f"WITH claimed AS (UPDATE {quote(meta.db_table)} SET {column('next_retry_at')} = %s, "
         f"{column('updated_at')} = %s WHERE {column('id')} = ANY(ARRAY("
         f"{select} {connection.ops.for_update_sql(skip_locked=True)})) "
-        f"RETURNING {', '.join(map(column, COLUMNS))}), "
+        f"RETURNING {_returning(column)}), "
         f"fenced AS ({fencing.hold_from(connection, 'claimed', column('id'))}) "
         f"SELECT * FROM claimed"
     )
@@ -316,7 +317,25 @@ def _lease_returning(
         with connection.cursor() as cursor:
             cursor.execute(sql, (*values, *params, *hold))
             rows = cursor.fetchall()
+    if settings.USE_TZ:
+        rows = [(*row[:-1], _utc(row[-1])) for row in rows]
     return sorted(map(ClaimedRow._make, rows), key=itemgetter(0))
+
+
+def _returning(column: Callable[[str], str]) -> str:
+    """The claim's ``RETURNING`` list: ``COLUMNS``, ``created_at`` (the last) as UTC.
+
+    A UTC ``timestamp`` is read by psycopg's C loader; a ``timestamptz`` by Django's,
+    in pure Python (half the claim's CPU). ``_utc`` makes it aware again.
+    """
+    returning = [column(name) for name in COLUMNS]
+    if settings.USE_TZ:
+        returning[-1] = f"{returning[-1]} AT TIME ZONE 'UTC'"
+    return ", ".join(returning)
+
+
+def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    return None if value is None else value.replace(tzinfo=datetime.timezone.utc)
 
 
 def record_published(
