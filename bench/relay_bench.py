@@ -11,7 +11,12 @@ SQLite in memory when unset; a throw-away test database is created and dropped):
 
 Each repetition times the raw producer, then the relay, on the same records (the
 order alternates between repetitions, so that a slow spell of a shared machine
-hits both alike). Prints each figure, then median and spread, and the CPU time
+hits both alike). The figures are steady state, as issue 19 defines them: the
+relay from its first write-back to its last, the raw producers from their first
+record to their flush, after one warm-up record on the same producer (its
+connection, metadata and producer id). The whole runs, from building the relay or
+the producer, are printed and written too ("whole run"); ``bench/startup_bench.py``
+says where a worker's start-up goes. Prints each figure, then median and spread, and the CPU time
 each spent per 1,000 rows (the relay's includes its database thread; neither
 includes the database server's or the broker's); asserts nothing about speed.
 ``--sweep`` repeats the pair at each relay batch size (the series of the chart);
@@ -36,7 +41,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
@@ -54,6 +59,9 @@ CONFLUENT_VS_KAFKA_PYTHON = "relay (confluent) vs raw kafka-python producer"
 FLOOR_FIGURE = "relay vs its database floor"
 CONFLUENT_FLOOR_FIGURE = "relay (confluent) vs its database floor"
 FLOOR_BASELINE = "claim + fenced write-back, no Kafka"
+#: The same runs from the command's start (building the producer, the first batch's wait).
+WHOLE_FIGURE = "relay vs raw kafka-python producer, whole run (start-up included)"
+CONFLUENT_WHOLE_FIGURE = "relay (confluent) vs raw confluent-kafka, whole run (start-up included)"
 
 
 def main() -> None:
@@ -90,7 +98,7 @@ def main() -> None:
     from django.conf import settings
     from django.db import connection, transaction
 
-    from django_outbox import kafka, publish_event
+    from django_outbox import kafka, publish_event, signals
     from django_outbox.conf import outbox_settings
     from django_outbox.envelope import Event
     from django_outbox.models import OutboxMessage, Status
@@ -153,7 +161,7 @@ def main() -> None:
             ]
 
         # --- raw producer: same broker, records, headers and producer configuration.
-        def raw_run() -> tuple[float, float]:
+        def raw_run() -> Rate:
             raw_topic = topic()
             records = raw_records(raw_topic)
             warm_up = kafka.build_producer()
@@ -161,17 +169,20 @@ def main() -> None:
             warm_up.close()
             started, cpu = time.perf_counter(), time.process_time()
             producer = kafka.build_producer()
+            # its start (connection, metadata, producer id) before the steady part
+            producer.send(raw_topic, value=b"warm-up", key=b"w").get(30)
+            ready = time.perf_counter()
             futures = [
                 producer.send(r.topic, value=r.value, key=r.key, headers=r.headers) for r in records
             ]
             producer.flush()
             assert all(f.succeeded() for f in futures)
-            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            ended, cpu = time.perf_counter(), time.process_time() - cpu
             producer.close()
-            return args.rows / seconds, cpu
+            return Rate(args.rows / (ended - started), args.rows / (ended - ready), cpu)
 
         # --- the relay: pending -> Kafka -> published.
-        def relay_run(size: int, profile: bool = False) -> tuple[float, float]:
+        def relay_run(size: int, profile: bool = False) -> Rate:
             relay_topic = topic()
             OutboxMessage.objects.all().delete()
             rows(relay_topic, 1)[0].save()
@@ -181,16 +192,22 @@ def main() -> None:
             analyze(connection)
             # Like the raw run, the timing includes building the producer.
             relay = Relay(burst=True, batch_size=size, progress_interval=3600)
+            written = WriteBacks()
+            signals.event_published.connect(written.receive, dispatch_uid="relay-bench")
             started, cpu = time.perf_counter(), time.process_time()
-            if profile:
-                with profiled():
+            try:
+                if profile:
+                    with profiled():
+                        relay.run()
+                else:
                     relay.run()
-            else:
-                relay.run()
-            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            finally:
+                signals.event_published.disconnect(dispatch_uid="relay-bench")
+            ended, cpu = time.perf_counter(), time.process_time() - cpu
             published = OutboxMessage.objects.published().count()
             assert published >= args.rows, published
-            return args.rows / seconds, cpu
+            whole = args.rows / (ended - started)
+            return Rate(whole, written.steady_rate() or whole, cpu)
 
         # --- the database floor: the relay's claims and write-backs alone, no Kafka.
         def floor_run(size: int) -> float:
@@ -217,6 +234,9 @@ def main() -> None:
 
             started, cpu = time.perf_counter(), time.process_time()
             producer = kafka.raw_confluent_producer()
+            producer.produce(raw_topic, b"warm-up", b"w")  # its start before the steady part
+            producer.flush(30)
+            ready = time.perf_counter()
             produce, poll = producer.produce, producer.poll
             for index, r in enumerate(records):
                 while True:
@@ -229,13 +249,13 @@ def main() -> None:
                     poll(0)
             left = producer.flush(60)
             assert not left and not failed, (left, failed[:3])
-            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-            return args.rows / seconds, cpu
+            ended, cpu = time.perf_counter(), time.process_time() - cpu
+            return Rate(args.rows / (ended - started), args.rows / (ended - ready), cpu)
 
         #: With --phases: the confluent relay's share of the steps' times.
         confluent_phases: dict[str, list[float]] = {}
 
-        def relay_confluent_run(size: int) -> tuple[float, float]:
+        def relay_confluent_run(size: int) -> Rate:
             settings.OUTBOX_KAFKA_CLIENT = "confluent"
             before = {name: list(times) for name, times in phases.items()}
             try:
@@ -249,20 +269,28 @@ def main() -> None:
 
         confluent_rates: list[float] = []
         raw_confluent_rates: list[float] = []
+        #: The same runs, start-up included (``Rate.whole``).
+        whole: dict[str, list[float]] = {
+            key: [] for key in ("relay", "raw", "confluent", "raw_confluent")
+        }
 
         def confluent_pair(repetition: int, raw_rate: float) -> None:
             if repetition % 2:
-                rate, _ = relay_confluent_run(batch_size)
-                raw, _ = raw_confluent_run()
+                rate = relay_confluent_run(batch_size)
+                raw = raw_confluent_run()
             else:
-                raw, _ = raw_confluent_run()
-                rate, _ = relay_confluent_run(batch_size)
-            confluent_rates.append(rate)
-            raw_confluent_rates.append(raw)
+                raw = raw_confluent_run()
+                rate = relay_confluent_run(batch_size)
+            confluent_rates.append(rate.steady)
+            raw_confluent_rates.append(raw.steady)
+            whole["confluent"].append(rate.whole)
+            whole["raw_confluent"].append(raw.whole)
             print(
-                f"  run {repetition + 1} (confluent): raw confluent-kafka {raw:,.0f} records/s, "
-                f"relay (confluent) {rate:,.0f} rows/s, {rate / raw:.2f}x; "
-                f"vs raw kafka-python {rate / raw_rate:.2f}x"
+                f"  run {repetition + 1} (confluent): raw confluent-kafka {raw.steady:,.0f} "
+                f"records/s, relay (confluent) {rate.steady:,.0f} rows/s, "
+                f"{rate.steady / raw.steady:.2f}x; vs raw kafka-python "
+                f"{rate.steady / raw_rate:.2f}x; whole runs {raw.whole:,.0f} and "
+                f"{rate.whole:,.0f}, {rate.whole / raw.whole:.2f}x"
             )
 
         def pairs(
@@ -271,27 +299,30 @@ def main() -> None:
             raw_rates, relay_rates, raw_cpu, relay_cpu = [], [], [], []
             for repetition in range(args.repeat):
                 if repetition % 2:
-                    relay_rate, relay_seconds = relay_run(size)
-                    raw_rate, raw_seconds = raw_run()
+                    relay = relay_run(size)
+                    raw = raw_run()
                 else:
-                    raw_rate, raw_seconds = raw_run()
-                    relay_rate, relay_seconds = relay_run(size)
+                    raw = raw_run()
+                    relay = relay_run(size)
                 if not label:  # the figures' batch size: its floor too
                     floor_rates.append(floor_run(size))
+                    whole["relay"].append(relay.whole)
+                    whole["raw"].append(raw.whole)
                     print(
                         f"  run {repetition + 1}: database floor {floor_rates[-1]:,.0f} rows/s; "
-                        f"relay = {relay_rate / floor_rates[-1]:.2f} of the database floor"
+                        f"relay = {relay.steady / floor_rates[-1]:.2f} of the database floor"
                     )
                 if confluent:
-                    confluent_pair(repetition, raw_rate)
-                raw_rates.append(raw_rate)
-                relay_rates.append(relay_rate)
-                raw_cpu.append(raw_seconds * 1e6 / args.rows)
-                relay_cpu.append(relay_seconds * 1e6 / args.rows)
+                    confluent_pair(repetition, raw.steady)
+                raw_rates.append(raw.steady)
+                relay_rates.append(relay.steady)
+                raw_cpu.append(raw.cpu * 1e6 / args.rows)
+                relay_cpu.append(relay.cpu * 1e6 / args.rows)
                 print(
-                    f"  {label}run {repetition + 1}: raw {raw_rate:,.0f} records/s, relay "
-                    f"{relay_rate:,.0f} rows/s, {relay_rate / raw_rate:.2f}x; CPU ms per "
-                    f"1,000 rows: raw {raw_cpu[-1]:.0f}, relay {relay_cpu[-1]:.0f}"
+                    f"  {label}run {repetition + 1}: raw {raw.steady:,.0f} records/s, relay "
+                    f"{relay.steady:,.0f} rows/s, {relay.steady / raw.steady:.2f}x; whole runs "
+                    f"{raw.whole:,.0f} and {relay.whole:,.0f}, {relay.whole / raw.whole:.2f}x; "
+                    f"CPU ms per 1,000 rows: raw {raw_cpu[-1]:.0f}, relay {relay_cpu[-1]:.0f}"
                 )
             ratios = [relay / raw for relay, raw in zip(relay_rates, raw_rates, strict=True)]
             print(f"{label}raw kafka-python producer: {spread(raw_rates)} records/s")
@@ -315,6 +346,13 @@ def main() -> None:
             print(f"relay (confluent) / raw confluent-kafka: {spread(against, '.2f')}")
             against = [a / b for a, b in zip(confluent_rates, raw_rates, strict=True)]
             print(f"relay (confluent) / raw kafka-python: {spread(against, '.2f')}")
+        against = [a / b for a, b in zip(whole["relay"], whole["raw"], strict=True)]
+        print(f"whole runs (start-up included): relay / raw producer {spread(against, '.2f')}")
+        if confluent_rates:
+            against = [
+                a / b for a, b in zip(whole["confluent"], whole["raw_confluent"], strict=True)
+            ]
+            print(f"whole runs: relay (confluent) / raw confluent-kafka {spread(against, '.2f')}")
         series: list[dict[str, Any]] = []
         if args.sweep:
             raw_points, relay_points = [], []
@@ -378,6 +416,21 @@ def main() -> None:
                     )
                     if name == CONFLUENT_FLOOR_FIGURE:
                         figures[-1]["target"] = 0.8  # issue 19
+            for name, key, baseline_name, baseline_key in (
+                (WHOLE_FIGURE, "relay", BASELINE, "raw"),
+                (CONFLUENT_WHOLE_FIGURE, "confluent", CONFLUENT_BASELINE, "raw_confluent"),
+            ):
+                if whole[key]:
+                    figures.append(
+                        {
+                            **figure,
+                            "name": name,
+                            "baseline_name": baseline_name,
+                            "values": [round(value, 1) for value in whole[key]],
+                            "baseline_values": [round(value, 1) for value in whole[baseline_key]],
+                            "target": None,  # start-up has its own bench and target
+                        }
+                    )
             write_json(args.json, "relay", vendor, figures, series)
         if args.profile:
             relay_run(batch_size, profile=True)
@@ -431,6 +484,38 @@ def sizes(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("a comma-separated list of positive batch sizes")
     return values
+
+
+class Rate(NamedTuple):
+    """One timed run: rows (or records) per second over the whole run, start-up
+    included, and in its steady state; and the CPU seconds it took."""
+
+    whole: float
+    steady: float
+    cpu: float
+
+
+class WriteBacks:
+    """When each of a relay's write-backs recorded its rows (``event_published``).
+
+    The steady state is from the first write-back to the last (issue 19): the rows
+    written after the first, over the time between the two. The first batch's wait
+    (building the producer, the first metadata and producer id) is start-up, which
+    ``bench/startup_bench.py`` measures apart.
+    """
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, int]] = []
+
+    def receive(self, sender: object, rows: list[Any], **kwargs: Any) -> None:
+        self.marks.append((time.perf_counter(), len(rows)))
+
+    def steady_rate(self) -> float | None:
+        if len(self.marks) < 2:
+            return None
+        (first, _), (last, _) = self.marks[0], self.marks[-1]
+        later = sum(count for _, count in self.marks[1:])
+        return later / (last - first) if last > first else None
 
 
 def spread(values: list[float], spec: str = ",.0f") -> str:

@@ -210,3 +210,57 @@ def test_records_past_the_deadline_are_not_sent(confluent_settings):
         assert kafka.await_acks(producer, sending) == sending.outcomes
     finally:
         kafka.close_producer(producer)
+
+
+class _CountingLookups:
+    """The librdkafka producer, with its ``list_topics`` calls written down."""
+
+    def __init__(self, producer):
+        self._producer = producer
+        self.lookups: list[tuple[str, float]] = []
+
+    def list_topics(self, topic=None, timeout=-1):
+        self.lookups.append((topic, timeout))
+        return self._producer.list_topics(topic, timeout=timeout)
+
+    def __getattr__(self, name):
+        return getattr(self._producer, name)
+
+
+@pytest.mark.kafka
+@pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS)
+def test_the_producer_asks_for_a_topics_partitions_once_before_its_first_record(
+    confluent_settings, kafka_bootstrap
+):
+    """Without it, librdkafka held a new topic's first records about half a second."""
+    first = confluent_settings.OUTBOX_DEFAULT_TOPIC
+    second = f"{first}-other"
+    producer = kafka.build_relay_producer()
+    counting = producer._producer = _CountingLookups(producer._producer)
+    try:
+        records = [kafka.OutboxRecord(t, b"k", b"v", []) for t in (first, second, first)]
+        for batch in (records, records[:1]):
+            sending = kafka.send_batch(producer, batch, 10)
+            assert kafka.await_acks(producer, sending) == [None] * len(batch)
+        assert sorted(topic for topic, _ in counting.lookups) == sorted([first, second])
+        assert all(0 < wait <= 2.0 for _, wait in counting.lookups)
+    finally:
+        kafka.close_producer(producer)
+
+
+@pytest.mark.filterwarnings(IGNORE_LEAKED_SOCKETS)
+def test_a_topic_lookup_against_a_dead_broker_waits_no_longer_than_the_batch_may(
+    confluent_settings,
+):
+    confluent_settings.OUTBOX_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{closed_port()}"
+    producer = kafka.build_relay_producer()
+    counting = producer._producer = _CountingLookups(producer._producer)
+    try:
+        records = [kafka.OutboxRecord("t", b"k", b"v", []) for _ in range(2)]
+        sending = kafka.send_batch(producer, records, 0.3)
+        outcomes = kafka.await_acks(producer, sending)
+        assert [topic for topic, _ in counting.lookups] == ["t"]
+        assert 0 < counting.lookups[0][1] <= 0.3
+        assert all(outcome is not None for outcome in outcomes)  # no ack assumed
+    finally:
+        kafka.close_producer(producer, timeout=0)

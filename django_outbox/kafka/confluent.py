@@ -20,10 +20,14 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, libversion
 from confluent_kafka import Producer as _Producer
 
+logger = logging.getLogger(__name__)
+
 #: Records produced between two ``poll(0)``: serves delivery reports while producing.
 POLL_EVERY = 256
 #: Seconds of one wait while the producer's queue is full (``BufferError``).
 QUEUE_FULL_WAIT = 0.05
+#: At most this many seconds to learn a topic's partitions before its first record.
+METADATA_WAIT = 2.0
 
 
 class Reports:
@@ -57,8 +61,10 @@ class Producer:
         config = dict(config)
         config.setdefault("error_cb", self._on_error)
         # librdkafka's log lines go to Python logging (served by poll), not to stderr.
-        config.setdefault("logger", logging.getLogger(__name__))
+        config.setdefault("logger", logger)
         self._producer = _Producer(config)
+        #: Topics whose partitions this producer asked for before their first record.
+        self._looked_up: set[str] = set()
 
     def _error(self, error: KafkaError) -> BaseException:
         return self._translate(
@@ -75,6 +81,7 @@ class Producer:
         self, records: Sequence[Any], outcomes: list[Any], futures: list[Any], deadline: float
     ) -> None:
         """``produce`` each record; failures of one record go to ``outcomes`` alone."""
+        self._look_up({record.topic for record in records}, deadline)
         reports = Reports(len(records))
         produce, poll = self._producer.produce, self._producer.poll
         error_of = self._error
@@ -127,6 +134,25 @@ class Producer:
                     reports.pending += 1
                     futures.append((index, reports))
                 break
+
+    def _look_up(self, topics: set[str], deadline: float) -> None:
+        """Ask for the partitions of topics this producer has not sent to yet.
+
+        Records handed to librdkafka for a topic it has no metadata for yet wait
+        about half a second on its idempotent producer before the first is sent
+        (measured: 10,000 records took 0.5 s against 0.05 s); a metadata request
+        beforehand takes a few milliseconds. Asked once per topic and producer: a
+        failure (no broker, no rights) is left to the records' own outcomes.
+        """
+        for topic in sorted(topics - self._looked_up):
+            self._looked_up.add(topic)
+            wait = min(METADATA_WAIT, deadline - time.monotonic())
+            if wait <= 0:
+                return
+            try:
+                self._producer.list_topics(topic, timeout=wait)
+            except Exception as exc:  # KafkaException: the records will say more
+                logger.debug("outbox: no metadata for topic %r yet: %s", topic, exc)
 
     def await_into(
         self,
