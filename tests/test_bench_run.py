@@ -212,7 +212,15 @@ def test_a_limit_survives_the_json_file_and_old_files_have_none(tmp_path: Path) 
     figure = results.Figure("startup", "s", False, "bare", [0.6], [0.3], limit=0.5)
     results.write(tmp_path / "sqlite-startup.json", "startup", "sqlite", [figure])
     (tmp_path / "mysql-status.json").write_text(json.dumps(STATUS))  # written before limits
-    rows = {row.bench: row for row in run.rows_of(run.from_json(tmp_path))}
+    (tmp_path / "sqlite-relay.json").write_text(json.dumps({**RELAY, "database": "sqlite"}))
+    outcomes = run.from_json(tmp_path)
+    # Per database, in the order of BENCHES (not of the file names).
+    assert [(o.database, o.bench) for o in outcomes] == [
+        ("sqlite", "relay"),
+        ("sqlite", "startup"),
+        ("mysql", "status"),
+    ]
+    rows = {row.bench: row for row in run.rows_of(outcomes)}
     assert rows["startup"].limit == 0.5 and rows["startup"].met is False
     assert rows["status"].limit is None and run.cells(rows["status"])[5] == "<= 1.5x"
 
