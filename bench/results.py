@@ -5,13 +5,17 @@ One object per script run::
     {"bench": "status", "database": "postgresql",
      "figures": [{"name": ..., "unit": "ms", "higher_is_better": false,
                   "baseline_name": ..., "values": [...], "baseline_values": [...],
-                  "target": 1.5}],
+                  "target": 1.5, "limit": null}],
      "series": [{"name": "relay", "x": "batch size", "y": "rows/s", "points": [[500, 6000.0]]}]}
 
 ``values`` and ``baseline_values`` hold one number per repetition, measured in the same
 run; the ratio of repetition ``i`` is ``values[i] / baseline_values[i]``. With
 ``higher_is_better`` the target is a lower bound of the ratio, without it an upper
-bound. ``series`` (optional) are the points of a chart.
+bound. ``limit`` (optional) is an absolute bound of the median value, in the
+figure's unit, for a goal that is not a ratio (a p99 latency in ms, a start-up in
+seconds): a lower bound with ``higher_is_better``, else an upper bound. A figure
+may have both; it meets its goals when it meets each one it has. ``series``
+(optional) are the points of a chart.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Figure:
     values: list[float]
     baseline_values: list[float]
     target: float | None = None
+    limit: float | None = None
 
     def ratios(self) -> list[float]:
         return [

@@ -179,3 +179,134 @@ def test_a_figure_against_the_database_floor_says_its_share_in_the_note() -> Non
     assert run.cells(row)[-1] == "relay = 0.55 of the database floor"
     other = run.Row("postgresql", "relay", "relay vs raw kafka-python producer", ratios=[0.5])
     assert run.cells(other)[-1] == ""
+
+
+def test_an_absolute_limit_is_judged_on_the_median_value_not_the_ratio() -> None:
+    figure = results.Figure(
+        "commit -> handler p99 at 50 events/s",
+        "ms",
+        False,
+        "bare produce -> poll p99",
+        [40.0, 70.0, 45.0],
+        [5.0, 5.0, 5.0],
+        limit=50.0,
+    )
+    (row,) = run.rows_of([run.Outcome("postgresql", "latency", [figure])])
+    assert (row.value, row.ratio, row.limit) == (45.0, 9.0, 50.0)
+    cells = run.cells(row)
+    assert cells[4:7] == ("8.00 / 9.00 / 14.00x", "<= 50 ms", "yes")  # 45 ms <= 50 ms
+    row.ratios, row.value = [1.0], 51.0
+    assert run.cells(row)[5:7] == ("<= 50 ms", "no")
+    # A ratio target and a limit: met when both are.
+    row.target, row.value = 2.0, 45.0
+    assert run.cells(row)[5:7] == ("<= 2x; <= 50 ms", "yes")
+    row.ratios = [2.5]
+    assert run.cells(row)[5:7] == ("<= 2x; <= 50 ms", "no")
+    # Higher is better: a limit is a lower bound.
+    faster = run.Row("sqlite", "x", "rate", "rows/s", 900.0, higher_is_better=True, limit=1000.0)
+    assert run.cells(faster)[5:7] == (">= 1,000 rows/s", "no")
+    assert run.Row("sqlite", "x", "no goal", value=1.0).met is None
+
+
+def test_a_limit_survives_the_json_file_and_old_files_have_none(tmp_path: Path) -> None:
+    figure = results.Figure("startup", "s", False, "bare", [0.6], [0.3], limit=0.5)
+    results.write(tmp_path / "sqlite-startup.json", "startup", "sqlite", [figure])
+    (tmp_path / "mysql-status.json").write_text(json.dumps(STATUS))  # written before limits
+    (tmp_path / "sqlite-relay.json").write_text(json.dumps({**RELAY, "database": "sqlite"}))
+    outcomes = run.from_json(tmp_path)
+    # Per database, in the order of BENCHES (not of the file names).
+    assert [(o.database, o.bench) for o in outcomes] == [
+        ("sqlite", "relay"),
+        ("sqlite", "startup"),
+        ("mysql", "status"),
+    ]
+    rows = {row.bench: row for row in run.rows_of(outcomes)}
+    assert rows["startup"].limit == 0.5 and rows["startup"].met is False
+    assert rows["status"].limit is None and run.cells(rows["status"])[5] == "<= 1.5x"
+
+
+def test_the_latency_bench_writes_p50_p90_p99_and_max_with_the_p99_limit(tmp_path: Path) -> None:
+    latency = load("latency_bench")
+    measured = [float(n) for n in range(1, 101)]  # 1 .. 100 ms
+    baseline = [n / 10 for n in range(1, 101)]
+    latency.write_json(str(tmp_path / "latency.json"), "postgresql", 0.02, measured, baseline)
+    _, _, figures, _ = results.read(tmp_path / "latency.json")
+    assert [(f.name, f.values, f.baseline_values, f.limit) for f in figures] == [
+        ("commit -> handler p50 at 50 events/s", [51.0], [5.1], None),
+        ("commit -> handler p90 at 50 events/s", [91.0], [9.1], None),
+        ("commit -> handler p99 at 50 events/s", [100.0], [10.0], 50.0),
+        ("commit -> handler max at 50 events/s", [100.0], [10.0], None),
+    ]
+    rows = run.rows_of([run.Outcome("postgresql", "latency", figures)])
+    assert [run.cells(row)[5:7] for row in rows] == [
+        ("-", "-"),
+        ("-", "-"),
+        ("<= 50 ms", "no"),
+        ("-", "-"),
+    ]
+
+
+def test_the_startup_bench_writes_seconds_against_bare_clients_with_the_limit(
+    tmp_path: Path,
+) -> None:
+    startup = load("startup_bench")
+    timings = {
+        "relay": [
+            {"django.setup()": 0.25, "first claim": 0.4, "first write-back": 0.55},
+            {"django.setup()": 0.3, "first claim": 0.6},  # no write-back: left out
+        ],
+        "consume": [{"first chunk handled": 0.65}, {"first chunk handled": 0.45}],
+        "raw-consume": [{"first records": 0.35}, {"first records": 0.3}],
+        "raw-produce": [{"first ack": 0.25}, {"first ack": 0.2}],
+    }
+    startup.write_json(tmp_path / "startup.json", "sqlite", timings)
+    _, _, figures, _ = results.read(tmp_path / "startup.json")
+    found = {f.name: (f.values, f.baseline_values, f.limit) for f in figures}
+    assert found == {
+        "consume --burst: first record handled": ([0.65, 0.45], [0.35, 0.3], 0.5),
+        "relay --burst: first claim": ([0.4, 0.6], [0.25, 0.3], 0.5),
+        "relay --burst: first write-back": ([0.55], [0.25], None),
+    }
+    rows = {row.figure: row for row in run.rows_of([run.Outcome("sqlite", "startup", figures)])}
+    consume = run.cells(rows["consume --burst: first record handled"])
+    assert consume[2:7] == ("0.55 s", "0.325 s", "1.50 / 1.68 / 1.86x", "<= 0.5 s", "no")
+    assert run.cells(rows["relay --burst: first write-back"])[5:7] == ("-", "-")
+    (chart,) = run.charts([run.Outcome("sqlite", "startup", figures)], tmp_path)
+    assert chart.name == "bench-ratios.png" and chart.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_relay_bench_gets_client_confluent_when_it_is_importable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quick, full = run.BENCHES["relay"].quick, run.BENCHES["relay"].full
+    monkeypatch.setattr(run, "confluent_missing", lambda: "")
+    assert run.bench_args("relay", True, {}) == [*quick, "--client", "confluent"]
+    assert run.bench_args("relay", False, {}) == [*full, "--client", "confluent"]
+    assert run.bench_args("consumer", True, {}) == run.BENCHES["consumer"].quick
+    monkeypatch.setattr(run, "confluent_missing", lambda: "confluent-kafka is not installed")
+    assert run.bench_args("relay", False, {}) == full
+    assert (
+        "--client confluent left out: confluent-kafka is not installed" in capsys.readouterr().out
+    )
+    # The operator's own options are taken as they are.
+    assert run.bench_args("relay", False, {"relay": ["--rows", "10"]}) == ["--rows", "10"]
+    assert run.bench_args("startup", True, {}) == ["--events", "200", "--repeat", "2"]
+
+
+def test_the_table_shows_the_confluent_and_floor_figures_of_the_relay_bench() -> None:
+    relay_bench = load("relay_bench")
+    names = [
+        relay_bench.FIGURE,
+        relay_bench.FLOOR_FIGURE,
+        relay_bench.CONFLUENT_FIGURE,
+        relay_bench.CONFLUENT_VS_KAFKA_PYTHON,
+        relay_bench.CONFLUENT_FLOOR_FIGURE,
+    ]
+    figures = [
+        results.Figure(name, "rows/s", True, "b", [5000.0], [10000.0], target=0.8) for name in names
+    ]
+    text = run.text_table(run.rows_of([run.Outcome("postgresql", "relay", figures)]))
+    for name in names:
+        assert name in text
+    assert "relay (confluent) = 0.50 of the database floor" in text
+    assert "relay = 0.50 of the database floor" in text
