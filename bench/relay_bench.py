@@ -59,6 +59,7 @@ CONFLUENT_VS_KAFKA_PYTHON = "relay (confluent) vs raw kafka-python producer"
 FLOOR_FIGURE = "relay vs its database floor"
 CONFLUENT_FLOOR_FIGURE = "relay (confluent) vs its database floor"
 FLOOR_BASELINE = "claim + fenced write-back, no Kafka"
+CONFLUENT_TARGETS = {CONFLUENT_FIGURE: 0.3, CONFLUENT_FLOOR_FIGURE: 0.8}
 #: The same runs from the command's start (building the producer, the first batch's wait).
 WHOLE_FIGURE = "relay vs raw kafka-python producer, whole run (start-up included)"
 CONFLUENT_WHOLE_FIGURE = "relay (confluent) vs raw confluent-kafka, whole run (start-up included)"
@@ -414,8 +415,9 @@ def main() -> None:
                             "baseline_values": [round(value, 1) for value in baseline],
                         }
                     )
-                    if name == CONFLUENT_FLOOR_FIGURE:
-                        figures[-1]["target"] = 0.8  # issue 19
+                    # issue 19: 0.3x of raw confluent-kafka and 0.8 of the floor; the
+                    # comparison with raw kafka-python is for reading, not a goal
+                    figures[-1]["target"] = CONFLUENT_TARGETS.get(name)
             for name, key, baseline_name, baseline_key in (
                 (WHOLE_FIGURE, "relay", BASELINE, "raw"),
                 (CONFLUENT_WHOLE_FIGURE, "confluent", CONFLUENT_BASELINE, "raw_confluent"),
