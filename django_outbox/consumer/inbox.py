@@ -21,7 +21,7 @@ from django.db import IntegrityError
 
 from django_outbox.consumer.records import Delivery, replay_mark
 from django_outbox.envelope import Event
-from django_outbox.models.inbox import InboxEntry
+from django_outbox.models import inbox_sql
 
 #: The namespace of the inbox keys of replayed records (``uuid5``).
 REPLAY_NAMESPACE = uuid.UUID("0d9e6a52-7f7c-4d8e-9a43-5b2f3f1c8a10")
@@ -53,12 +53,7 @@ class Inbox:
 
     def handled(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Those of ``event_ids`` that this group has handled already (one query)."""
-        if not event_ids:
-            return set()
-        entries = InboxEntry.objects.using(self.alias).filter(
-            consumer_group=self.group, event_id__in=set(event_ids)
-        )
-        return set(entries.values_list("event_id", flat=True))
+        return inbox_sql.handled_ids(self.alias, self.group, event_ids)
 
     def insert_many(self, handled: Iterable[tuple[Delivery, Event]]) -> None:
         """The events' entries, in one ``INSERT`` in the handlers' transaction.
@@ -68,17 +63,16 @@ class Inbox:
         it runs in (on PostgreSQL the error leaves it unusable).
         """
         entries = [
-            InboxEntry(
-                consumer_group=self.group,
-                event_id=inbox_key(delivery, event),
-                event_type=event.event_type,
-                topic=delivery.topic,
-                partition=delivery.partition,
-                offset=delivery.offset,
+            inbox_sql.Entry(
+                inbox_key(delivery, event),
+                event.event_type,
+                delivery.topic,
+                delivery.partition,
+                delivery.offset,
             )
             for delivery, event in handled
         ]
         try:
-            InboxEntry.objects.using(self.alias).bulk_create(entries)
+            inbox_sql.insert_entries(self.alias, self.group, entries)
         except IntegrityError:
             raise Duplicate from None
