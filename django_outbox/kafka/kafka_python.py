@@ -15,6 +15,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from django_outbox.conf import outbox_settings
+from django_outbox.kafka import metadata
 from django_outbox.kafka.config import (
     CONSUMER_DEFAULTS,
     CONSUMER_OUTAGE_DEFAULTS,
@@ -86,10 +87,13 @@ def build_group_consumer(
     config.update(outbox_settings.kafka_consumer)
     config.update(options)
     if listener is None:
-        return KafkaConsumer(*topics, **config)
-    consumer = KafkaConsumer(**config)
-    listener.consumer = consumer
-    consumer.subscribe(list(topics), listener=listener)
+        consumer = KafkaConsumer(*topics, **config)
+    else:
+        consumer = KafkaConsumer(**config)
+        listener.consumer = consumer
+        consumer.subscribe(list(topics), listener=listener)
+    # the subscribed topics' metadata before the group's first join (metadata.py)
+    metadata.refresh_now(metadata.cluster_of(consumer))
     return consumer
 
 

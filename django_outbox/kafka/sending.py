@@ -7,7 +7,8 @@ exceptions of a record not sent or not acknowledged in time. A librdkafka produc
 ``await_into``.
 
 Imports kafka-python's ``KafkaTimeoutError`` only (the base of its two exceptions):
-it is given a producer, it never builds one.
+it is given a producer, it never builds one. A producer's first records to a topic
+wait for that topic's metadata (``metadata.learn_topics``), not kafka-python's backoff.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kafka.errors import KafkaTimeoutError
+
+from django_outbox.kafka import metadata
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -66,6 +69,7 @@ def send_batch(producer: KafkaProducer, records: Sequence[OutboxRecord], timeout
     if getattr(producer, "is_librdkafka", False):
         producer.send_into(records, outcomes, futures, deadline)
         return sending
+    metadata.learn_topics(producer, {record.topic for record in records}, min(timeout, 1.0))
     unavailable: dict[str, BaseException] = {}
     send = producer.send
     for index, record in enumerate(records):
