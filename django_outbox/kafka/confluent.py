@@ -13,6 +13,7 @@ assumed.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +29,8 @@ POLL_EVERY = 256
 QUEUE_FULL_WAIT = 0.05
 #: At most this many seconds to learn a topic's partitions before its first record.
 METADATA_WAIT = 2.0
+#: The names Kafka accepts for a topic; no metadata is asked for any other.
+LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 class Reports:
@@ -146,6 +149,8 @@ class Producer:
         """
         for topic in sorted(topics - self._looked_up):
             self._looked_up.add(topic)
+            if not LEGAL_TOPIC.fullmatch(topic):
+                continue  # an invalid name: produce() says so for its record alone
             wait = min(METADATA_WAIT, deadline - time.monotonic())
             if wait <= 0:
                 return
