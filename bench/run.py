@@ -131,17 +131,19 @@ def confluent_missing() -> str:
 
 
 def bench_args(name: str, quick: bool, own: dict[str, list[str]]) -> list[str]:
-    """The options of bench ``name``: ``--args``'s, else ``--quick``'s or a full run's."""
-    if name in own:
-        return own[name]
+    """The options of bench ``name``: ``--args``'s, else ``--quick``'s or a full run's,
+    then the confluent options (unless ``--args`` gives ``--client`` itself)."""
     bench = BENCHES[name]
+    sizes = own[name] if name in own else bench.quick if quick else bench.full
     extra = bench.confluent
+    if extra and "--client" in sizes:
+        extra = []
     if extra:
         why = confluent_missing()
         if why:
             print(f"{name}: {shlex.join(extra)} left out: {why}")
             extra = []
-    return [*(bench.quick if quick else bench.full), *extra]
+    return [*sizes, *extra]
 
 
 @dataclass
@@ -554,7 +556,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="BENCH=ARGS",
-        help="the script's own options for BENCH instead of --quick's or a full run's, "
+        help="the script's own options for BENCH instead of --quick's or a full run's "
+        "(the relay bench's --client confluent stays, unless they name a --client), "
         "e.g. --args 'relay=--rows 10000 --repeat 3' (repeatable)",
     )
     args = parser.parse_args()

@@ -9,17 +9,32 @@ hears of the commit, and the relay (the only sender, so key order holds) deliver
   one extra connection per PostgreSQL database that ``LISTEN``\\s.
 - Every database: an ``on_commit`` callback wakes relays running in the same
   process (tests, a development server running a relay thread).
-- MySQL/MariaDB and SQLite have no such channel: a relay in another process polls
-  the (indexed) due rows every ``OUTBOX_POLL_INTERVAL`` seconds while idle (said
-  once in the log at start-up).
+- SQLite (a database file): ``PRAGMA data_version`` on a connection of the relay's
+  own changes whenever another connection, in any process, commits to the file. A
+  thread reads it every ``_SqliteWatch.STEP`` seconds (5 ms; an in-process read of a
+  counter, no disk access, no transaction) and wakes the relay when it moved. It
+  cannot tell an outbox row from any other write: a commit elsewhere in the file
+  costs an idle relay one claim, empty most of the time (at most one per step). The
+  relay polls as before too (``Wakeup.listening``). An in-memory database has no
+  other process to hear from.
+- MySQL/MariaDB have no such channel. A thread of the relay reads the outbox
+  table's highest id (``SELECT MAX(id)``: one look at the primary key's end, about
+  80 µs on a local server) every ``_MaxIdWatch.STEP`` seconds (10 ms) on a
+  connection of its own in autocommit mode, and wakes the relay when it grew: a
+  committed new row. A row whose transaction commits after a later row's was seen
+  leaves the highest id as it was: the relay finds it at its next poll of the due
+  rows, every ``OUTBOX_POLL_INTERVAL`` seconds while idle (said once in the log at
+  start-up), as before.
 
 The listening connection uses Django's own driver: psycopg 3 (``notifies()``) or
-psycopg2 (``select()`` on the connection, then ``poll()`` and ``notifies``); either
-reconnects every ``_Listener.RETRY`` seconds after the database went away.
+psycopg2 (``select()`` on the connection, then ``poll()`` and ``notifies``), or
+``sqlite3``; each reconnects every ``_Listener.RETRY`` seconds after the database
+went away.
 
-A relay also polls on a PostgreSQL database (every ``--interval`` seconds) as a
+A relay also polls a database it listens to (every ``--interval`` seconds) as a
 safety net: a notification lost while its listening connection was down only
-delays delivery.
+delays delivery, and a row that comes due by time (a retry's back-off ends) is no
+commit.
 """
 
 from __future__ import annotations
@@ -27,9 +42,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from django.db import connections
@@ -51,35 +69,68 @@ def wake_local() -> None:
         event.set()
 
 
+#: Said once at a relay's start, per kind of database: how a commit there reaches it.
+_HOW = {
+    None: "no commit notifications from %s (no LISTEN there); polling every {interval}s",
+    "sqlite": "a commit to %s wakes it (PRAGMA data_version, read every {step}s); "
+    "it still polls every {interval}s",
+    "mysql": "a new row on %s wakes it (the table's highest id, read every {step}s); "
+    "it still polls every {interval}s",
+}
+
+
+def _announce(drivers: dict[str, str | None], interval: float) -> None:
+    steps = {"sqlite": _SqliteWatch.STEP, "mysql": _MaxIdWatch.STEP}
+    for kind, how in _HOW.items():
+        aliases = [alias for alias, driver in drivers.items() if driver == kind]
+        if aliases:
+            text = how.format(interval=f"{interval:g}", step=f"{steps.get(kind or '', 0):g}")
+            logger.info("outbox relay: " + text, ", ".join(map(repr, aliases)))
+
+
 class Wakeup:
-    """What an idle relay sleeps on: a commit anywhere (PostgreSQL) or in this process."""
+    """What an idle relay sleeps on: a commit anywhere (PostgreSQL, a SQLite file) or in
+    this process."""
 
     def __init__(
-        self, aliases: Sequence[str], *, listen: bool = True, interval: float | None = None
+        self,
+        aliases: Sequence[str],
+        *,
+        listen: bool = True,
+        interval: float | None = None,
+        table: str | None = None,
     ) -> None:
+        """``table``: the outbox table, whose highest id a MySQL/MariaDB watch reads (none
+        without it)."""
         self.event = threading.Event()
         with _local_lock:
             _local_events.add(self.event)
         drivers = {alias: driver_of(alias) for alias in aliases} if listen else {}
+        if table is None:
+            drivers = {a: None if d == "mysql" else d for a, d in drivers.items()}
         self._listeners = [
-            _Listener(alias, self.event, driver) for alias, driver in drivers.items() if driver
+            _Listener(alias, self.event, driver, table)
+            for alias, driver in drivers.items()
+            if driver
         ]
-        polled = [alias for alias, driver in drivers.items() if not driver]
-        if polled and interval is not None:
-            # Said once, at start-up: a commit there reaches the relay at its next look.
-            logger.info(
-                "outbox relay: no commit notifications from %s (no LISTEN there); "
-                "polling every %gs",
-                ", ".join(map(repr, polled)),
-                interval,
-            )
+        if interval is not None:
+            _announce(drivers, interval)
         for listener in self._listeners:
             listener.start()
 
     @property
     def listening(self) -> set[str]:
-        """The aliases a notification reaches this relay from (others need polling)."""
-        return {listener.alias for listener in self._listeners if listener.connected}
+        """The aliases a notification reaches this relay from, standing in for polling.
+
+        A SQLite watch is not among them: it wakes the relay sooner, and the relay polls
+        that database as often as before (``OUTBOX_POLL_INTERVAL``), so that nothing
+        else about its timing changed with it.
+        """
+        return {
+            listener.alias
+            for listener in self._listeners
+            if listener.connected and listener.driver in NOTIFYING
+        }
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds`` or until woken; return whether something woke it."""
@@ -96,6 +147,9 @@ class Wakeup:
             _local_events.discard(self.event)
 
 
+#: The drivers whose notifications stand in for polling (a ``LISTEN`` connection).
+NOTIFYING = ("psycopg", "psycopg2")
+
 #: Connection parameters of Django's own driver that a LISTEN connection does without
 #: (and that the other driver would refuse): the rest are libpq's, common to both.
 _DJANGO_ONLY = ("context", "prepare_threshold", "cursor_factory")
@@ -104,10 +158,15 @@ _DJANGO_ONLY = ("context", "prepare_threshold", "cursor_factory")
 def driver_of(alias: str) -> str | None:
     """The driver a ``LISTEN`` connection to ``alias`` uses: Django's own, if it can listen.
 
-    ``"psycopg"`` (3) or ``"psycopg2"``; None for a database with no notifications
-    (MySQL/MariaDB, SQLite).
+    ``"psycopg"`` (3) or ``"psycopg2"``; ``"sqlite"`` for a database file, ``"mysql"``
+    for MySQL/MariaDB (watches, see above); None for a database with no way to hear of
+    a commit (an in-memory SQLite database, another backend).
     """
     connection = connections[alias]
+    if connection.vendor == "sqlite":
+        return None if connection.is_in_memory_db() else "sqlite"  # type: ignore[attr-defined]
+    if connection.vendor == "mysql":
+        return "mysql"
     if connection.vendor != "postgresql":
         return None
     name = getattr(getattr(connection, "Database", None), "__name__", "")
@@ -115,18 +174,22 @@ def driver_of(alias: str) -> str | None:
 
 
 class _Listener(threading.Thread):
-    """A daemon thread holding a ``LISTEN`` connection to one PostgreSQL database."""
+    """A daemon thread holding a ``LISTEN`` connection to one PostgreSQL database, or
+    watching one SQLite file's ``data_version``."""
 
     #: Seconds between reconnection attempts after the database went away.
     RETRY = 2.0
     #: Seconds one wait for a notification lasts (how soon a stop is seen).
     TICK = 0.5
 
-    def __init__(self, alias: str, event: threading.Event, driver: str) -> None:
+    def __init__(
+        self, alias: str, event: threading.Event, driver: str, table: str | None = None
+    ) -> None:
         super().__init__(name=f"django-outbox-listen-{alias}", daemon=True)
         self.alias = alias
         self.event = event
         self.driver = driver
+        self.table = table
         self._stop_event = threading.Event()
         #: True while the LISTEN connection is up.
         self.connected = False
@@ -141,7 +204,7 @@ class _Listener(threading.Thread):
         failures = 0
         while not self._stop_event.is_set():
             try:
-                with connect(self._params) as connection:
+                with connect(self._params, self.table) as connection:
                     failures, self.connected = 0, True
                     self.event.set()  # commits made while nobody listened
                     while not self._stop_event.is_set():
@@ -161,7 +224,7 @@ class _Listener(threading.Thread):
 
 
 @contextlib.contextmanager
-def _connect_psycopg(params: dict[str, Any]) -> Iterator[Any]:
+def _connect_psycopg(params: dict[str, Any], table: str | None = None) -> Iterator[Any]:
     import psycopg
 
     with psycopg.connect(**params, autocommit=True) as connection:
@@ -174,7 +237,7 @@ def _notified_psycopg(connection: Any, timeout: float) -> bool:
 
 
 @contextlib.contextmanager
-def _connect_psycopg2(params: dict[str, Any]) -> Iterator[Any]:
+def _connect_psycopg2(params: dict[str, Any], table: str | None = None) -> Iterator[Any]:
     import psycopg2
 
     # psycopg2's ``with connection`` is a transaction, not its lifetime: close it here.
@@ -197,8 +260,116 @@ def _notified_psycopg2(connection: Any, timeout: float) -> bool:
     return True
 
 
+class _SqliteWatch:
+    """Commits to a SQLite file by other connections, seen in ``PRAGMA data_version``."""
+
+    #: Seconds between two reads of the counter.
+    STEP = 0.005
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.version = self._read()
+
+    def _read(self) -> int:
+        return int(self.connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self, timeout: float) -> bool:
+        """Whether another connection committed since the last look (waits up to ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            version = self._read()
+            if version != self.version:
+                self.version = version
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.STEP, left))
+
+
+def _existing_file_uri(name: str) -> str:
+    """A URI that opens the database ``name`` only if it exists (``mode=rw``): a relay
+    started before ``migrate`` must not leave an empty database file behind."""
+    if not name.startswith("file:"):
+        return f"{Path(name).resolve().as_uri()}?mode=rw"
+    if "mode=" in name:
+        return name
+    return f"{name}{'&' if '?' in name else '?'}mode=rw"
+
+
+@contextlib.contextmanager
+def _connect_sqlite(params: dict[str, Any], table: str | None = None) -> Iterator[_SqliteWatch]:
+    # Autocommit (no implicit transaction: a reader holding one would hold up WAL
+    # checkpoints); only the file's name and how to open it, not Django's options.
+    connection = sqlite3.connect(
+        _existing_file_uri(str(params["database"])),
+        uri=True,
+        timeout=float(params.get("timeout", 5)),
+        isolation_level=None,
+        check_same_thread=False,
+    )
+    with contextlib.closing(connection):
+        yield _SqliteWatch(connection)
+
+
+class _MaxIdWatch:
+    """New rows of the outbox table on MySQL/MariaDB, seen in its highest id."""
+
+    #: Seconds between two reads (a round trip each: about 100 a second).
+    STEP = 0.01
+
+    def __init__(self, connection: Any, table: str) -> None:
+        self.connection = connection
+        self.sql = f"SELECT MAX(id) FROM `{table.replace('`', '``')}`"
+        self.highest = self._read()
+
+    def _read(self) -> int:
+        with contextlib.closing(self.connection.cursor()) as cursor:
+            cursor.execute(self.sql)
+            (value,) = cursor.fetchone()
+        return int(value or 0)
+
+    def changed(self, timeout: float) -> bool:
+        """Whether a row with a higher id committed since the last look (waits up to
+        ``timeout``). A highest id that went down (the newest rows deleted, the table
+        truncated) is taken as the new mark, so that the next row is seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            highest = self._read()
+            if highest > self.highest:
+                self.highest = highest
+                return True
+            self.highest = highest
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.STEP, left))
+
+
+@contextlib.contextmanager
+def _connect_mysql(params: dict[str, Any], table: str | None = None) -> Iterator[_MaxIdWatch]:
+    import MySQLdb
+
+    if table is None:
+        raise ValueError("a MySQL/MariaDB watch needs the outbox table's name")
+    connection = MySQLdb.connect(**params)
+    with contextlib.closing(connection):
+        # Each read its own transaction: under REPEATABLE READ, one long transaction
+        # would read the same snapshot, and the same highest id, forever.
+        connection.autocommit(True)
+        yield _MaxIdWatch(connection, table)
+
+
+def _notified_watch(watch: Any, timeout: float) -> bool:
+    return bool(watch.changed(timeout))
+
+
 #: Per driver: open a connection that listens, wait up to N s for a notification on it.
-_DRIVERS: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[Any, float], bool]]] = {
+_DRIVERS: dict[
+    str, tuple[Callable[[dict[str, Any], str | None], Any], Callable[[Any, float], bool]]
+] = {
     "psycopg": (_connect_psycopg, _notified_psycopg),
     "psycopg2": (_connect_psycopg2, _notified_psycopg2),
+    "sqlite": (_connect_sqlite, _notified_watch),
+    "mysql": (_connect_mysql, _notified_watch),
 }

@@ -288,8 +288,13 @@ def test_the_relay_bench_gets_client_confluent_when_it_is_importable(
     assert (
         "--client confluent left out: confluent-kafka is not installed" in capsys.readouterr().out
     )
-    # The operator's own options are taken as they are.
-    assert run.bench_args("relay", False, {"relay": ["--rows", "10"]}) == ["--rows", "10"]
+    # --args replaces the sizes, not the choice of client: a full run with sizes of
+    # its own measured no confluent figure (the 2026-12-07 run)
+    monkeypatch.setattr(run, "confluent_missing", lambda: "")
+    own = {"relay": ["--rows", "10"]}
+    assert run.bench_args("relay", False, own) == ["--rows", "10", "--client", "confluent"]
+    own = {"relay": ["--rows", "10", "--client", "kafka-python"]}
+    assert run.bench_args("relay", False, own) == ["--rows", "10", "--client", "kafka-python"]
     assert run.bench_args("startup", True, {}) == ["--events", "200", "--repeat", "2"]
 
 

@@ -1,14 +1,20 @@
-"""The commit wakes the relay: NOTIFY on PostgreSQL, on_commit in the same process."""
+"""The commit wakes the relay: NOTIFY on PostgreSQL, ``PRAGMA data_version`` on a SQLite
+file, on_commit in the same process."""
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
 from django.db import connection, connections, transaction
 
 from django_outbox import publish_event
-from django_outbox.wakeup import Wakeup, wake_local
+from django_outbox import wakeup as wakeup_module
+from django_outbox.models import OutboxMessage
+from django_outbox.wakeup import Wakeup, driver_of, wake_local
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,14 +66,14 @@ DRIVERS = [
 
 
 def listening_with(driver: str, monkeypatch: pytest.MonkeyPatch) -> Wakeup:
-    """A wake-up whose LISTEN connection uses ``driver``, deaf to this process's commits."""
+    """A wake-up whose listener uses ``driver``, deaf to this process's commits."""
     from django_outbox import wakeup as module
 
     monkeypatch.setattr(module, "driver_of", lambda alias: driver)
-    wakeup = Wakeup(["default"])
+    wakeup = Wakeup(["default"], interval=0.2, table=OutboxMessage._meta.db_table)
     # The listener's first connection wakes it once (commits made while nobody listened).
     assert wakeup.wait(10)
-    assert wakeup.listening == {"default"}
+    assert wakeup.listening == ({"default"} if driver in module.NOTIFYING else set())
     assert [listener.driver for listener in wakeup._listeners] == [driver]
     # A commit in another connection must reach it through NOTIFY, not on_commit: the
     # local hook is switched off by dropping the wake-up's local registration.
@@ -116,7 +122,102 @@ def test_a_listener_whose_connection_was_killed_listens_again(settings, monkeypa
         wakeup.close()
 
 
-@pytest.mark.skipif("connection.vendor == 'postgresql'")
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_a_sqlite_file_wakes_relays_elsewhere_at_commit_only(settings, monkeypatch, caplog):
+    settings.OUTBOX_WAKE_RELAY = True
+    assert driver_of("default") == "sqlite"  # the suite's SQLite databases are files
+    with caplog.at_level("INFO", logger="django_outbox.wakeup"):
+        wakeup = listening_with("sqlite", monkeypatch)
+    try:
+        # It wakes the relay sooner; the relay still polls the file as often as before.
+        assert wakeup.listening == set()
+        assert any("wakes it (PRAGMA data_version" in r.getMessage() for r in caplog.records)
+        publish_from_another_thread(rollback=True)
+        assert not wakeup.wait(1.5)  # a rollback changes nothing in the file
+        publish_from_another_thread()
+        assert wakeup.wait(10)  # True: the event was set, not a timeout
+        # Another process: plain sqlite3, no Django, no on_commit.
+        code = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('CREATE TABLE IF NOT EXISTS wake_probe (n)'); c.commit(); c.close()"
+        )
+        subprocess.run([sys.executable, "-c", code, connection.settings_dict["NAME"]], check=True)
+        assert wakeup.wait(10)
+        assert not wakeup.wait(0.5)  # quiet again: no commit, no wake-up
+    finally:
+        wakeup.close()
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_an_in_memory_sqlite_database_is_polled(monkeypatch, caplog):
+    monkeypatch.setattr(connection, "is_in_memory_db", lambda: True)
+    assert driver_of("default") is None  # no other process can write to it
+    with caplog.at_level("INFO", logger="django_outbox.wakeup"):
+        wakeup = Wakeup(["default"], interval=0.5)
+        wakeup.close()
+    assert wakeup.listening == set()
+    assert any("polling every 0.5s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sqlite_watch_never_creates_the_database_file(tmp_path):
+    missing = tmp_path / "not-migrated-yet.sqlite3"
+    with pytest.raises(sqlite3.OperationalError):
+        with wakeup_module._connect_sqlite({"database": str(missing)}):
+            pass
+    assert not missing.exists()
+    for name, uri in [
+        (str(missing), f"{missing.as_uri()}?mode=rw"),
+        ("file:db.sqlite3?cache=shared", "file:db.sqlite3?cache=shared&mode=rw"),
+        ("file:db.sqlite3?mode=ro", "file:db.sqlite3?mode=ro"),
+    ]:
+        assert wakeup_module._existing_file_uri(name) == uri
+
+
+def test_a_sqlite_watch_sees_commits_of_other_connections_only(tmp_path):
+    path = tmp_path / "watched.sqlite3"
+    writer = sqlite3.connect(path)
+    writer.execute("CREATE TABLE t (n)")
+    writer.commit()
+    with wakeup_module._connect_sqlite({"database": str(path)}) as watch:
+        assert not watch.changed(0.05)
+        writer.execute("INSERT INTO t VALUES (1)")
+        assert not watch.changed(0.05)  # not committed yet
+        writer.rollback()
+        assert not watch.changed(0.05)
+        writer.execute("INSERT INTO t VALUES (2)")
+        writer.commit()
+        assert watch.changed(5)
+        assert not watch.changed(0.05)  # seen once
+        watch.connection.execute("SELECT count(*) FROM t").fetchone()
+        assert watch.connection.in_transaction is False  # it holds no read transaction
+    writer.close()
+
+
+@pytest.mark.skipif("connection.vendor != 'mysql'")
+def test_a_new_row_on_mariadb_wakes_relays_elsewhere(settings, monkeypatch, caplog):
+    settings.OUTBOX_WAKE_RELAY = True
+    assert driver_of("default") == "mysql"
+    with caplog.at_level("INFO", logger="django_outbox.wakeup"):
+        wakeup = listening_with("mysql", monkeypatch)
+    try:
+        assert wakeup.listening == set()  # it still polls as often as before
+        assert any("a new row on 'default' wakes it" in r.getMessage() for r in caplog.records)
+        publish_from_another_thread(rollback=True)
+        assert not wakeup.wait(1.5)  # a rolled-back row was never there
+        publish_from_another_thread()
+        assert wakeup.wait(10)  # True: the event was set, not a timeout
+        publish_from_another_thread()
+        assert wakeup.wait(10)  # a fresh snapshot at each read (autocommit)
+        # The newest row deleted: the highest id goes down, and the next row is seen.
+        OutboxMessage.objects.filter(pk=OutboxMessage.objects.order_by("-pk")[0].pk).delete()
+        assert not wakeup.wait(0.5)
+        publish_from_another_thread()
+        assert wakeup.wait(10)
+    finally:
+        wakeup.close()
+
+
+@pytest.mark.skipif("connection.vendor != 'mysql'")
 def test_a_database_with_no_notifications_says_once_that_it_is_polled(caplog):
     with caplog.at_level("INFO", logger="django_outbox.wakeup"):
         wakeup = Wakeup(["default"], interval=0.5)

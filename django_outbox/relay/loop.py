@@ -41,6 +41,7 @@ from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from django_outbox.conf import outbox_settings
+from django_outbox.models import OutboxMessage
 from django_outbox.relay import buckets, progress
 from django_outbox.relay.claims import Claims
 from django_outbox.relay.coordination import Coordination
@@ -183,6 +184,7 @@ class Relay:
             self.databases,
             listen=not self.burst and outbox_settings.wake_relay,
             interval=min(self.interval, outbox_settings.poll_interval),
+            table=OutboxMessage._meta.db_table,
         )
         self.shutdown.wakes(self.wakeup.event)
         try:
