@@ -89,8 +89,8 @@ def _announce(drivers: dict[str, str | None], interval: float) -> None:
 
 
 class Wakeup:
-    """What an idle relay sleeps on: a commit anywhere (PostgreSQL, a SQLite file) or in
-    this process."""
+    """What an idle relay sleeps on: a commit anywhere (PostgreSQL's LISTEN, the watch
+    of a SQLite file or a MariaDB table) or in this process."""
 
     def __init__(
         self,
@@ -122,9 +122,9 @@ class Wakeup:
     def listening(self) -> set[str]:
         """The aliases a notification reaches this relay from, standing in for polling.
 
-        A SQLite watch is not among them: it wakes the relay sooner, and the relay polls
-        that database as often as before (``OUTBOX_POLL_INTERVAL``), so that nothing
-        else about its timing changed with it.
+        A SQLite or MariaDB watch is not among them: it wakes the relay sooner, and the
+        relay polls that database as often as before (``OUTBOX_POLL_INTERVAL``), so that
+        nothing else about its timing changed with it.
         """
         return {
             listener.alias
