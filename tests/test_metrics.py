@@ -216,7 +216,7 @@ def test_without_prometheus_client(monkeypatch, client, settings):
 
 
 def test_metrics_off_a_process_never_imports_prometheus_client(tmp_path):
-    # Its import was 45-80 ms of every worker's django.setup() on a 2-core machine.
+    # Its import was about 20 ms of every worker's django.setup() on a 2-core machine.
     code = (
         "import os, sys, django; django.setup(); "
         "from django_outbox.ops import metrics; "
