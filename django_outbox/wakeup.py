@@ -27,9 +27,9 @@ hears of the commit, and the relay (the only sender, so key order holds) deliver
   start-up), as before.
 
 The listening connection uses Django's own driver: psycopg 3 (``notifies()``) or
-psycopg2 (``select()`` on the connection, then ``poll()`` and ``notifies``), or
-``sqlite3``; each reconnects every ``_Listener.RETRY`` seconds after the database
-went away.
+psycopg2 (``select()`` on the connection, then ``poll()`` and ``notifies``); a
+watch uses ``sqlite3`` or mysqlclient. Each reconnects every ``_Listener.RETRY``
+seconds after the database went away.
 
 A relay also polls a database it listens to (every ``--interval`` seconds) as a
 safety net: a notification lost while its listening connection was down only
@@ -175,7 +175,7 @@ def driver_of(alias: str) -> str | None:
 
 class _Listener(threading.Thread):
     """A daemon thread holding a ``LISTEN`` connection to one PostgreSQL database, or
-    watching one SQLite file's ``data_version``."""
+    the connection of a watch (``_Watch``) of a SQLite file or a MariaDB table."""
 
     #: Seconds between reconnection attempts after the database went away.
     RETRY = 2.0
@@ -260,31 +260,44 @@ def _notified_psycopg2(connection: Any, timeout: float) -> bool:
     return True
 
 
-class _SqliteWatch:
-    """Commits to a SQLite file by other connections, seen in ``PRAGMA data_version``."""
+class _Watch:
+    """A number read every ``STEP`` seconds on a connection of its own; a commit moves it."""
 
-    #: Seconds between two reads of the counter.
-    STEP = 0.005
+    #: Seconds between two reads.
+    STEP = 0.01
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.version = self._read()
+        self.last = self._read()
 
     def _read(self) -> int:
-        return int(self.connection.execute("PRAGMA data_version").fetchone()[0])
+        raise NotImplementedError
+
+    def _moved(self, value: int) -> bool:
+        """Whether ``value`` (read after ``self.last``) says a commit came."""
+        return value != self.last
 
     def changed(self, timeout: float) -> bool:
-        """Whether another connection committed since the last look (waits up to ``timeout``)."""
+        """Whether a commit came since the last look (waits up to ``timeout`` seconds)."""
         deadline = time.monotonic() + timeout
         while True:
-            version = self._read()
-            if version != self.version:
-                self.version = version
+            value = self._read()
+            moved, self.last = self._moved(value), value
+            if moved:
                 return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             time.sleep(min(self.STEP, left))
+
+
+class _SqliteWatch(_Watch):
+    """Commits to a SQLite file by other connections, seen in ``PRAGMA data_version``."""
+
+    STEP = 0.005
+
+    def _read(self) -> int:
+        return int(self.connection.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _existing_file_uri(name: str) -> str:
@@ -312,16 +325,13 @@ def _connect_sqlite(params: dict[str, Any], table: str | None = None) -> Iterato
         yield _SqliteWatch(connection)
 
 
-class _MaxIdWatch:
-    """New rows of the outbox table on MySQL/MariaDB, seen in its highest id."""
-
-    #: Seconds between two reads (a round trip each: about 100 a second).
-    STEP = 0.01
+class _MaxIdWatch(_Watch):
+    """New rows of the outbox table on MySQL/MariaDB, seen in its highest id (a round
+    trip per read: about 100 a second)."""
 
     def __init__(self, connection: Any, table: str) -> None:
-        self.connection = connection
         self.sql = f"SELECT MAX(id) FROM `{table.replace('`', '``')}`"
-        self.highest = self._read()
+        super().__init__(connection)
 
     def _read(self) -> int:
         with contextlib.closing(self.connection.cursor()) as cursor:
@@ -329,21 +339,10 @@ class _MaxIdWatch:
             (value,) = cursor.fetchone()
         return int(value or 0)
 
-    def changed(self, timeout: float) -> bool:
-        """Whether a row with a higher id committed since the last look (waits up to
-        ``timeout``). A highest id that went down (the newest rows deleted, the table
-        truncated) is taken as the new mark, so that the next row is seen."""
-        deadline = time.monotonic() + timeout
-        while True:
-            highest = self._read()
-            if highest > self.highest:
-                self.highest = highest
-                return True
-            self.highest = highest
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(self.STEP, left))
+    def _moved(self, value: int) -> bool:
+        # Only a higher id is a new row. A lower one (the newest rows deleted, the table
+        # truncated) becomes the mark all the same, so that the next row is seen.
+        return value > self.last
 
 
 @contextlib.contextmanager
@@ -360,8 +359,8 @@ def _connect_mysql(params: dict[str, Any], table: str | None = None) -> Iterator
         yield _MaxIdWatch(connection, table)
 
 
-def _notified_watch(watch: Any, timeout: float) -> bool:
-    return bool(watch.changed(timeout))
+def _notified_watch(watch: _Watch, timeout: float) -> bool:
+    return watch.changed(timeout)
 
 
 #: Per driver: open a connection that listens, wait up to N s for a notification on it.

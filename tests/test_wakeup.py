@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from django.db import connection, connections, transaction
@@ -171,6 +172,38 @@ def test_a_sqlite_watch_never_creates_the_database_file(tmp_path):
         ("file:db.sqlite3?mode=ro", "file:db.sqlite3?mode=ro"),
     ]:
         assert wakeup_module._existing_file_uri(name) == uri
+
+
+def test_a_watch_that_cannot_open_its_database_says_so_and_tries_again(
+    tmp_path, monkeypatch, caplog
+):
+    missing = tmp_path / "not-migrated-yet.sqlite3"
+    monkeypatch.setattr(wakeup_module._Listener, "RETRY", 0.05)
+    event = threading.Event()
+    listener = wakeup_module._Listener("default", event, "sqlite")
+    listener._params = {"database": str(missing)}
+    tries: list[int] = []
+    real_connect = wakeup_module._connect_sqlite
+
+    def counted(params, table=None):
+        tries.append(1)
+        return real_connect(params, table)
+
+    monkeypatch.setitem(wakeup_module._DRIVERS, "sqlite", (counted, wakeup_module._notified_watch))
+    with caplog.at_level("WARNING", logger="django_outbox.wakeup"):
+        listener.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(tries) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            listener.stop()
+            listener.join(5)
+    assert len(tries) >= 3 and not listener.is_alive()
+    assert not listener.connected and not event.is_set()
+    assert not missing.exists()  # it never creates the database
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "cannot listen for commits on 'default'" in said[0], said
 
 
 def test_a_sqlite_watch_sees_commits_of_other_connections_only(tmp_path):
