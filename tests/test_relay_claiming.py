@@ -274,7 +274,7 @@ def test_a_claim_in_progress_leaves_the_rest_of_the_backlog_to_others(vendor):
     """A claim locks only the rows it takes, not every due row it looked at."""
     if vendor == "sqlite":
         pytest.skip("SQLite has no row locks (one writer at a time)")
-    from django_outbox.models.claiming import _lock_due_ids
+    from django_outbox.models.row_locks import lock_due_ids
 
     rows = make_rows(300, "t")
     locked, done = threading.Event(), threading.Event()
@@ -284,7 +284,7 @@ def test_a_claim_in_progress_leaves_the_rest_of_the_backlog_to_others(vendor):
         try:
             with transaction.atomic():
                 due = OutboxMessage.objects.due().order_by("id")
-                taken.extend(_lock_due_ids("default", due, 10))
+                taken.extend(lock_due_ids("default", due, 10))
                 locked.set()
                 done.wait(30)
         finally:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import EmptyResultSet
@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from django_outbox.backoff import retry_delay
 from django_outbox.fields import clip_error
-from django_outbox.models import buckets, fencing
+from django_outbox.models import buckets, fencing, row_locks
 from django_outbox.models.fencing import Fence
 from django_outbox.models.ordering import in_key_order
 from django_outbox.models.outbox import (
@@ -175,7 +175,7 @@ def claim(
     due_by = min(due_by or now, now)
     due = _due_rows(alias, due_by, now, ids=ids, owner=owner)
     if connections[alias].vendor == "postgresql":
-        leased = _lease_returning(alias, due, batch_size, fence, now)
+        leased = _lease_returning(alias, due, batch_size, fence, now, keep_order=owner is not None)
     else:
         leased = _lease_locked(alias, due, batch_size, fence, now, due_by=due_by, owner=owner)
     return Claim(alias, lease, leased, token=fence.token)
@@ -211,7 +211,8 @@ def _lease_locked(
     """Lease rows of ``due`` in one short transaction (MySQL/MariaDB, SQLite).
 
     MariaDB has no ``UPDATE ... RETURNING``: ``SELECT id ... FOR UPDATE SKIP LOCKED``
-    (``_lock_due_ids``), one ``UPDATE`` setting the lease, then the columns of the
+    (``row_locks.lock_due_ids``: never a row of a key whose earlier row it skipped),
+    one ``UPDATE`` setting the lease, then the columns of the
     rows leased read by primary key, and their fence rows written. SQLite has no row
     locks, but its transactions are serializable (one writer at a time; a concurrent
     writer gets "database is locked"), so the same statements are just as safe there.
@@ -219,48 +220,21 @@ def _lease_locked(
     manager = OutboxMessage.objects.using(alias)
     rows: list[ClaimedRow] = []
     with transaction.atomic(using=alias):
-        locked = _lock_due_ids(alias, due, batch_size)
+        # only a relay that owns its keys can keep them in order (``buckets``)
+        locked = row_locks.lock_due_ids(alias, due, batch_size, keep_order=owner is not None)
         if locked:
             # The due() condition again: a no-op under row locks, and a guard for
             # any backend whose isolation would let a row slip between the two.
             again = manager.due(due_by) if owner is None else owner.scope(manager.due(due_by), now)
-            again.with_ids(locked).update(next_retry_at=fence.lease, updated_at=now)
+            row_locks.update_locked(
+                connections[alias],
+                again.with_ids(locked),
+                {"next_retry_at": fence.lease, "updated_at": now},
+            )
             held = manager.with_ids(locked).filter(status=Status.PENDING, next_retry_at=fence.lease)
             rows = list(map(ClaimedRow._make, held.order_by("id").values_list(*COLUMNS)))
             fencing.hold(connections[alias], [row.id for row in rows], fence, now)
     return rows
-
-
-#: On MySQL/MariaDB, how many more candidate ids than rows wanted a claim looks at.
-CANDIDATES_PER_ROW = 4
-
-
-def _lock_due_ids(alias: str, due: OutboxMessageQuerySet, batch_size: int) -> list[int]:
-    """Lock up to ``batch_size`` of the first due rows, skipping rows others hold.
-
-    On MySQL/MariaDB a locking read locks every row it *examines*: when the
-    optimizer reads the due rows through the status index and sorts them by id, a
-    claim of 50 locks the whole backlog, and every other relay finds nothing to
-    take (their ``SKIP LOCKED`` skips it all). So the candidates' ids are read
-    first without locks, and only those rows are locked, through the primary key,
-    in id order, stopping at ``batch_size``. If others hold every candidate, the
-    next candidates are tried.
-    """
-    locking = due.select_for_update(skip_locked=True)
-    if connections[alias].vendor != "mysql":
-        return list(locking.values_list("id", flat=True)[:batch_size])
-    window = batch_size * CANDIDATES_PER_ROW
-    after = None
-    for _ in range(4):
-        candidates = due if after is None else due.filter(pk__gt=after)
-        ids = list(candidates.values_list("id", flat=True)[:window])
-        if not ids:
-            return []
-        locked = list(locking.with_ids(ids).values_list("id", flat=True)[:batch_size])
-        if locked or len(ids) < window:
-            return locked
-        after = ids[-1]
-    return []
 
 
 def _lease_returning(
@@ -269,6 +243,8 @@ def _lease_returning(
     batch_size: int,
     fence: Fence,
     now: datetime.datetime,
+    *,
+    keep_order: bool = False,
 ) -> list[ClaimedRow]:
     """Lease the first ``batch_size`` rows of ``due`` in one ``UPDATE ... RETURNING``,
     with their fence rows written by the same statement (a data-modifying ``WITH``).
@@ -284,10 +260,12 @@ def _lease_returning(
     and each run skips the rows the last one locked, so a claim took more rows than
     its batch (CI saw a claim of 1 take 2). An ``ARRAY()`` subquery is an InitPlan: run
     once.
+
+    ``keep_order``: no row of a key whose earlier row was skipped (``row_locks``).
     """
     connection = connections[alias]
     try:
-        select, params = due.values_list("id")[:batch_size].query.get_compiler(alias).as_sql()
+        ids, params = _ids_to_lease(alias, due, batch_size, keep_order=keep_order)
     except EmptyResultSet:  # an empty ``ids``: nothing to ask the database
         return []
     meta = OutboxMessage._meta
@@ -300,8 +278,7 @@ def _lease_returning(
 
     sql = (
         f"WITH claimed AS (UPDATE {quote(meta.db_table)} SET {column('next_retry_at')} = %s, "
-        f"{column('updated_at')} = %s WHERE {column('id')} = ANY(ARRAY("
-        f"{select} {connection.ops.for_update_sql(skip_locked=True)})) "
+        f"{column('updated_at')} = %s WHERE {column('id')} = ANY(ARRAY({ids})) "
         f"RETURNING {_returning(column)}), "
         f"fenced AS ({fencing.hold_from(connection, 'claimed', column('id'))}) "
         f"SELECT * FROM claimed"
@@ -320,6 +297,16 @@ def _lease_returning(
     if settings.USE_TZ:
         rows = [(*row[:-1], _utc(row[-1])) for row in rows]
     return sorted(map(ClaimedRow._make, rows), key=itemgetter(0))
+
+
+def _ids_to_lease(
+    alias: str, due: OutboxMessageQuerySet, batch_size: int, *, keep_order: bool
+) -> tuple[str, list[Any]]:
+    """PostgreSQL: the ``SELECT`` of the ids a claim leases, locked, and its parameters."""
+    if keep_order:
+        return row_locks.ordered_claim_sql(alias, due, batch_size)
+    select, params = due.values_list("id")[:batch_size].query.get_compiler(alias).as_sql()
+    return f"{select} {connections[alias].ops.for_update_sql(skip_locked=True)}", list(params)
 
 
 def _returning(column: Callable[[str], str]) -> str:
