@@ -22,23 +22,40 @@ from typing import Any
 
 
 def relay_floor(alias: str, batch_size: int, lease_seconds: float) -> tuple[int, float]:
-    """Claim and write back every due row of ``alias``; ``(rows, seconds)``."""
+    """Claim and write back every due row of ``alias``; ``(rows, seconds)``.
+
+    With relay buckets on (the default), the claims keep to the buckets of a relay
+    alone on its database, as the relay's do: the same statements, the same checks.
+    """
     from django.utils import timezone
 
+    from django_outbox.conf import outbox_settings
     from django_outbox.models.claiming import claim
+    from django_outbox.relay import buckets
     from django_outbox.relay.send import Settled
     from django_outbox.relay.write_back import write_back
 
+    coordinator = buckets.Coordinator(alias, buckets.new_name(), lease_seconds)
+    sharing = outbox_settings.relay_buckets and coordinator.enabled
     due_by = timezone.now()  # as a burst: what is due when it starts
     done = 0
+    tick_at = 0.0
     started = time.perf_counter()
-    while True:
-        batch = claim(alias, batch_size, lease_seconds, due_by=due_by)
-        if not batch.rows:
-            break
-        write_back(Settled(batch, [None] * len(batch.rows)))
-        done += len(batch.rows)
-    return done, time.perf_counter() - started
+    try:
+        while True:
+            if sharing and time.perf_counter() >= tick_at:  # as often as the relay ticks
+                coordinator.tick(greedy=True)
+                tick_at = time.perf_counter() + buckets.TICK
+            owner = coordinator.owner() if sharing else None
+            batch = claim(alias, batch_size, lease_seconds, due_by=due_by, owner=owner)
+            if not batch.rows:
+                break
+            write_back(Settled(batch, [None] * len(batch.rows)))
+            done += len(batch.rows)
+        return done, time.perf_counter() - started
+    finally:
+        if sharing:
+            coordinator.leave()
 
 
 def consumer_floor(handling: Any, deliveries: Sequence[Any], batch_size: int) -> tuple[int, float]:

@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from django_outbox.models.buckets import BUCKETS, RelayBucket, RelayMember, supported
+from django_outbox.models.claiming import Owner
 from django_outbox.relay import deadlocks
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,13 @@ class Coordinator:
         if not self.enabled:
             return None
         return self.holding.until
+
+    def owner(self) -> Owner | None:
+        """What a claim of this database keeps to now (None: coordination is off)."""
+        if not self.enabled:
+            return None
+        whole = self.holding.count == BUCKETS
+        return Owner(self.name, self.lease_cap(timezone.now()), whole=whole)
 
     # ---------------------------------------------------------------- statements
 

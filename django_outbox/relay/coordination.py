@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from django.db import connections
-from django.utils import timezone
 
 from django_outbox.conf import outbox_settings
 from django_outbox.models.claiming import Owner
@@ -60,10 +59,7 @@ class Coordination:
     def owner(self, alias: str) -> Owner | None:
         """On the database thread: the buckets a claim of ``alias`` keeps to (None: all)."""
         coordinator = self.coordinators.get(alias)
-        if coordinator is None or not coordinator.enabled:
-            return None
-        whole = coordinator.holding.count == buckets.BUCKETS
-        return Owner(self.name, coordinator.lease_cap(timezone.now()), whole=whole)
+        return None if coordinator is None else coordinator.owner()
 
     def tick(self) -> None:
         """Renew this relay's buckets, take its share, give back what is over it.
